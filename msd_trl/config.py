@@ -1,0 +1,224 @@
+"""`MSDConfig`: the configuration of both MSD trainers.
+
+Design: `MSDConfig` subclasses TRL's `GKDConfig`, so every GKD field (`lmbda`, `beta`, `temperature`,
+`max_new_tokens`, `teacher_model_name_or_path`, ...) and every `TrainingArguments` field keeps its meaning, and
+`TrlParser` / YAML configs work unchanged. MSD adds four groups of fields (teacher, divergence, generation, data),
+each with a `help` string, and changes three defaults so a run fits the hardware it is on:
+
+* `bf16` is on only where the accelerator supports it (TRL turns it on everywhere; on CPU it is many times
+  slower than fp32);
+* `gradient_checkpointing` is off unless asked for (TRL turns it on; it also disables the KV cache during
+  on-policy generation);
+* `lmbda` is 1.0: MSD rows carry no response, so every step is on-policy unless a row has a fixed completion.
+
+Cross-field checks live in `__post_init__`; each raises `ValueError` naming the field and the bad value.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl.experimental.gkd import GKDConfig
+
+from .divergences import Divergence, available_divergences
+
+__all__ = ["MSDConfig", "TEMPLATE_PLACEHOLDERS", "bf16_supported"]
+
+TEMPLATE_PLACEHOLDERS = ("prompt", "teacher_prompt", "language")
+
+
+def bf16_supported() -> bool:
+    """True where bf16 training is fast: a CUDA device with native bf16 (Ampere or newer)."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@dataclass
+class MSDConfig(GKDConfig):
+    r"""
+    Configuration of [`OnPolicyMSDTrainer`] and [`OffPolicyMSDTrainer`].
+
+    Everything from `GKDConfig` and `TrainingArguments` applies; the fields below are MSD's own.
+
+    > Teacher: the privileged cross-lingual context
+
+    teacher_prompt_template (`str`, defaults to `"{teacher_prompt}"`):
+        How the teacher's user turn is built from a row. Placeholders: `{prompt}` (the student's, target-language
+        query), `{teacher_prompt}` (the English query) and `{language}` (the target language's English name, e.g.
+        "Javanese"). Example: `"{teacher_prompt}\n\n(The user originally asked, in {language}: {prompt})"`.
+    teacher_system_prompt (`str` or `None`, defaults to `None`):
+        A system prompt only the teacher sees (for example a safety instruction). The student never sees it.
+
+    > Divergence
+
+    divergence (`str` or `Divergence`, defaults to `"dpsw"`):
+        The objective: `"dpsw"`, `"reverse_kl"`, `"forward_kl"`, `"jsd"` (GKD's generalized JSD with `beta`), a
+        name registered with `register_divergence`, or a `Divergence` instance.
+    dpsw_base (`str`, defaults to `"reverse_kl"`):
+        The divergence DPSW weights (`"reverse_kl"`, `"forward_kl"` or `"jsd"`).
+    dpsw_top_k (`int`, defaults to `20`):
+        K of DPSW's teacher view (entropy of the teacher's renormalised top-K).
+    dpsw_min_weight (`float`, defaults to `0.1`):
+        DPSW's floor `w_min`: every valid token keeps at least this weight before normalisation.
+    dpsw_normalize (`bool`, defaults to `True`):
+        Normalise DPSW weights to mean 1 over the valid tokens of each micro-batch.
+    divergence_temperature (`float`, defaults to `1.0`):
+        Both logit sets are divided by it inside the divergence (GKD's loss also uses 1.0; `temperature` is the
+        sampling temperature).
+
+    > Generation (on-policy rollouts and teacher text)
+
+    top_p (`float`, defaults to `1.0`):
+        Nucleus sampling threshold for on-policy rollouts and teacher completions.
+    top_k (`int`, defaults to `0`):
+        Top-k sampling for rollouts (`0` disables it), explicit so a model's own generation config never
+        changes the sampling distribution behind your back.
+
+    > Data
+
+    max_prompt_length (`int` or `None`, defaults to `512`):
+        Longest tokenised prompt (student or teacher, chat template included). Longer prompts are handled by
+        `prompt_truncation`. Completion tokens are never truncated by this limit.
+    prompt_truncation (`str`, defaults to `"left"`):
+        `"left"`: keep the last `max_prompt_length` tokens and log a warning with the row's id; `"error"`: raise.
+    """
+
+    # --- teacher ---
+    teacher_prompt_template: str = field(
+        default="{teacher_prompt}",
+        metadata={
+            "help": "Template of the teacher's user turn. Placeholders: {prompt} (target-language query), "
+            "{teacher_prompt} (English query), {language} (target language name)."
+        },
+    )
+    teacher_system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "System prompt that only the teacher sees (e.g. a safety instruction)."},
+    )
+    # --- divergence ---
+    divergence: Any = field(
+        default="dpsw",
+        metadata={
+            "help": "Objective: 'dpsw', 'reverse_kl', 'forward_kl', 'jsd' (GKD's JSD with `beta`), a registered "
+            "name, or a Divergence instance.",
+        },
+    )
+    dpsw_base: str = field(
+        default="reverse_kl",
+        metadata={"help": "Divergence that DPSW weights: 'reverse_kl', 'forward_kl' or 'jsd'."},
+    )
+    dpsw_top_k: int = field(
+        default=20,
+        metadata={"help": "K of DPSW's teacher view: entropy of the teacher's renormalised top-K probabilities."},
+    )
+    dpsw_min_weight: float = field(
+        default=0.1,
+        metadata={"help": "DPSW floor w_min in [0, 1]: the least weight of any valid token before normalisation."},
+    )
+    dpsw_normalize: bool = field(
+        default=True,
+        metadata={"help": "Normalise DPSW token weights to mean 1 over the valid tokens of each micro-batch."},
+    )
+    divergence_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Temperature applied to both logit sets inside the divergence (GKD uses 1.0)."},
+    )
+    # --- generation ---
+    top_p: float = field(
+        default=1.0,
+        metadata={"help": "Nucleus sampling threshold for rollouts and teacher completions, in (0, 1]."},
+    )
+    top_k: int = field(
+        default=0,
+        metadata={"help": "Top-k sampling for rollouts and teacher completions; 0 disables it."},
+    )
+    # --- data ---
+    max_prompt_length: int | None = field(
+        default=512,
+        metadata={"help": "Longest tokenised prompt (student or teacher); longer ones follow `prompt_truncation`."},
+    )
+    prompt_truncation: str = field(
+        default="left",
+        metadata={"help": "'left': keep the last max_prompt_length tokens and log it; 'error': raise."},
+    )
+    # --- GKD / TRL defaults that MSD changes ---
+    lmbda: float = field(
+        default=1.0,
+        metadata={
+            "help": "Probability that a step is on-policy (student rollouts). Other steps use the row's fixed "
+            "completion if it has one. Ignored by OffPolicyMSDTrainer."
+        },
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Deprecated alias of `activation_checkpointing` (off unless asked: it slows steps and disables "
+            "the KV cache during generation)."
+        },
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Default: on only where the accelerator supports bf16 natively."},
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = bool(bf16_supported() and not self.fp16)
+        super().__post_init__()
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        def bad(name: str, why: str):
+            raise ValueError(f"MSDConfig.{name}={getattr(self, name)!r} is invalid: {why}")
+
+        if isinstance(self.divergence, str):
+            if self.divergence not in available_divergences():
+                bad("divergence", f"choose one of {available_divergences()} or pass a Divergence instance.")
+        elif not isinstance(self.divergence, Divergence):
+            bad("divergence", "expected a name or a Divergence instance.")
+        if self.dpsw_base not in available_divergences() or self.dpsw_base == "dpsw":
+            bad("dpsw_base", f"choose one of {[n for n in available_divergences() if n != 'dpsw']}.")
+        if isinstance(self.dpsw_top_k, bool) or not isinstance(self.dpsw_top_k, int) or self.dpsw_top_k < 2:
+            bad("dpsw_top_k", "must be an integer >= 2.")
+        if not 0.0 <= self.dpsw_min_weight <= 1.0:
+            bad("dpsw_min_weight", "must be in [0, 1].")
+        if not self.divergence_temperature > 0:
+            bad("divergence_temperature", "must be > 0.")
+        if not self.temperature > 0:
+            bad("temperature", "the sampling temperature must be > 0.")
+        if not 0.0 < self.top_p <= 1.0:
+            bad("top_p", "must be in (0, 1].")
+        if self.top_k < 0:
+            bad("top_k", "must be >= 0 (0 disables top-k sampling).")
+        if self.max_new_tokens < 1:
+            bad("max_new_tokens", "must be >= 1.")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            bad("max_prompt_length", "must be >= 1 or None.")
+        if self.prompt_truncation not in ("left", "error"):
+            bad("prompt_truncation", "must be 'left' or 'error'.")
+        placeholders = self.template_placeholders(self.teacher_prompt_template)
+        unknown = sorted(placeholders - set(TEMPLATE_PLACEHOLDERS))
+        if unknown:
+            bad(
+                "teacher_prompt_template", f"unknown placeholder(s) {unknown}; allowed: {list(TEMPLATE_PLACEHOLDERS)}."
+            )
+        if not placeholders & {"prompt", "teacher_prompt"}:
+            bad(
+                "teacher_prompt_template", "must contain {teacher_prompt} or {prompt}, else the teacher sees no query."
+            )
+
+    @staticmethod
+    def template_placeholders(template: str) -> set[str]:
+        try:
+            return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        except ValueError as err:
+            raise ValueError(f"MSDConfig.teacher_prompt_template={template!r} is not a valid format string: {err}")
+
+    def to_dict(self) -> dict[str, Any]:
+        # A Divergence instance is not JSON-serialisable; record its repr so saved configs stay readable.
+        output = super().to_dict()
+        if isinstance(self.divergence, Divergence):
+            output["divergence"] = repr(self.divergence)
+        return output

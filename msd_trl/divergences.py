@@ -1,0 +1,430 @@
+"""Token-level divergences between a student and a teacher next-token distribution, with token weights.
+
+Design
+------
+MSD compares, at every completion position, the student's next-token distribution (the model shown the
+target-language query) with the teacher's (the same model shown the English query). Every objective here
+follows one contract, on logits already aligned to the completion tokens:
+
+* ``per_token(student_logits [B, T, V], teacher_logits [B, T, V], completion_ids [B, T]) -> [B, T]``:
+  the unweighted divergence at each position (a pure function of the logits, differentiable in the student);
+* ``token_weights(student_logits, teacher_logits, completion_ids, completion_mask) -> [B, T]``: a detached
+  per-token weight (ones in the base class);
+* ``__call__(..., completion_mask, num_items_in_batch=None) -> scalar``: ``sum(mask * w * D) / N`` with ``N``
+  the number of valid tokens, or ``num_items_in_batch`` when the caller counted them over a whole accumulated
+  batch. Masking and averaging happen in this one place, so a subclass never re-implements them.
+
+Both ``per_token`` and ``token_weights`` receive logits already divided by ``temperature``; the scaling happens
+once, in :meth:`Divergence.compute`.
+
+The default MSD objective is :class:`DPSW` (Dual-Perspective Safety Weighting) around :class:`ReverseKL`:
+``w_t = w_min + (1 - w_min) * w_T(t) * w_S(t)`` with the teacher view ``w_T = 1 - H(top-K teacher) / log K``
+(how decisive the teacher is: high on the tokens that open a refusal) and the student view
+``w_S = 1 - p_S(argmax p_T)`` (how much mass the student fails to put on the teacher's choice), then
+normalised to mean 1 over the valid tokens so the loss keeps the scale of the unweighted divergence.
+
+Memory: with V up to 152k, ``[B, T, V]`` tensors dominate. Each built-in ``per_token`` allocates a constant
+number of full-size temporaries (documented per function); token weights allocate ``[B, T, K]`` top-K
+tensors and ``[B, T]`` reductions only, never a full-size temporary that is kept for backward.
+
+Writing a new objective::
+
+    class TotalVariation(Divergence):
+        name = "tv"
+
+        def per_token(self, student_logits, teacher_logits, completion_ids):
+            # [B, T, V] -> [B, T]
+            return 0.5 * (student_logits.softmax(-1) - teacher_logits.softmax(-1)).abs().sum(-1)
+
+    loss = TotalVariation()(student_logits, teacher_logits, completion_ids, completion_mask)
+
+Pass the instance wherever a divergence is accepted (``MSDConfig(divergence=...)`` takes names, trainers take
+instances too), or register it by name with :func:`register_divergence`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DPSW",
+    "Divergence",
+    "DivergenceOutput",
+    "ForwardKL",
+    "GeneralizedJSD",
+    "ReverseKL",
+    "available_divergences",
+    "forward_kl",
+    "generalized_jsd",
+    "get_divergence",
+    "register_divergence",
+    "reverse_kl",
+    "student_disagreement_view",
+    "teacher_confidence_view",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure per-token functions: logits [B, T, V] -> divergence [B, T], no masking, no reduction over tokens.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """``KL(p_teacher || p_student)`` per token, summed over the vocabulary.
+
+    Mass-covering: the student is pushed to put mass wherever the teacher does. Allocates three ``[B, T, V]``
+    temporaries (two log-softmaxes and the pointwise KL).
+    """
+    student_log_probs = F.log_softmax(student_logits, dim=-1)  # [B, T, V]
+    teacher_log_probs = F.log_softmax(teacher_logits, dim=-1)  # [B, T, V]
+    return F.kl_div(student_log_probs, teacher_log_probs, reduction="none", log_target=True).sum(-1)  # [B, T]
+
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """``KL(p_student || p_teacher)`` per token, summed over the vocabulary (MSD's default base divergence).
+
+    Mode-seeking: the student is penalised for mass where the teacher has little, which is what makes it commit
+    to the teacher's refusal instead of hedging. Allocates three ``[B, T, V]`` temporaries.
+    """
+    student_log_probs = F.log_softmax(student_logits, dim=-1)  # [B, T, V]
+    teacher_log_probs = F.log_softmax(teacher_logits, dim=-1)  # [B, T, V]
+    return F.kl_div(teacher_log_probs, student_log_probs, reduction="none", log_target=True).sum(-1)  # [B, T]
+
+
+def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """Generalized Jensen-Shannon divergence of GKD (Agarwal et al., 2024, Eq. 1), per token.
+
+    With the mixture ``m = beta * p_teacher + (1 - beta) * p_student`` it is
+    ``beta * KL(p_teacher || m) + (1 - beta) * KL(p_student || m)``; ``beta = 0`` is forward KL and ``beta = 1``
+    reverse KL, exactly as in TRL's ``GKDTrainer.generalized_jsd_loss`` (same operations, so the same numbers).
+    Allocates up to six ``[B, T, V]`` temporaries for ``0 < beta < 1`` (the stacked mixture counts twice).
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got beta={beta!r}.")
+    if beta == 0.0:
+        return forward_kl(student_logits, teacher_logits)
+    if beta == 1.0:
+        return reverse_kl(student_logits, teacher_logits)
+    student_log_probs = F.log_softmax(student_logits, dim=-1)  # [B, T, V]
+    teacher_log_probs = F.log_softmax(teacher_logits, dim=-1)  # [B, T, V]
+    beta_t = torch.tensor(beta, dtype=student_log_probs.dtype, device=student_log_probs.device)
+    mixture_log_probs = torch.logsumexp(
+        torch.stack([student_log_probs + torch.log1p(-beta_t), teacher_log_probs + torch.log(beta_t)]), dim=0
+    )  # [B, T, V]
+    kl_teacher = F.kl_div(mixture_log_probs, teacher_log_probs, reduction="none", log_target=True)
+    kl_student = F.kl_div(mixture_log_probs, student_log_probs, reduction="none", log_target=True)
+    return (beta_t * kl_teacher + (1 - beta_t) * kl_student).sum(-1)  # [B, T]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DPSW views: detached [B, T] factors in [0, 1].
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def teacher_confidence_view(teacher_logits: torch.Tensor, *, top_k: int = 20) -> torch.Tensor:
+    """Safety-criticality from the teacher: ``1 - H(p_T^K) / log K`` in [0, 1], per token.
+
+    ``p_T^K`` is the teacher's top-K probabilities renormalised. 1 when the teacher is certain (one token carries
+    the decision, as at the opening of a refusal), 0 when its top-K is flat. K is clipped to the vocabulary size.
+    Allocates ``[B, T, K]`` tensors only.
+    """
+    if top_k < 2:
+        raise ValueError(f"top_k must be >= 2 for the entropy ratio H / log K to be defined, got top_k={top_k!r}.")
+    k = min(top_k, teacher_logits.size(-1))
+    if k < 2:
+        return torch.ones(teacher_logits.shape[:-1], dtype=teacher_logits.dtype, device=teacher_logits.device)
+    top_logits = teacher_logits.topk(k, dim=-1).values.float()  # [B, T, K]
+    top_log_probs = F.log_softmax(top_logits, dim=-1)  # [B, T, K]
+    entropy = -(top_log_probs.exp() * top_log_probs).sum(-1)  # [B, T]
+    return (1.0 - entropy / math.log(k)).clamp(0.0, 1.0).to(teacher_logits.dtype)
+
+
+@torch.no_grad()
+def student_disagreement_view(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Disagreement risk from the student: ``1 - p_S(argmax p_T)`` in [0, 1], per token.
+
+    The probability mass the student fails to put on the teacher's preferred token. Uses a gather and a
+    logsumexp, so no full-size probability tensor is materialised.
+    """
+    teacher_top1 = teacher_logits.argmax(dim=-1, keepdim=True)  # [B, T, 1]
+    student_logit_at_top1 = student_logits.gather(-1, teacher_top1).squeeze(-1)  # [B, T]
+    student_prob_at_top1 = (student_logit_at_top1 - torch.logsumexp(student_logits, dim=-1)).exp()  # [B, T]
+    return (1.0 - student_prob_at_top1).clamp(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Divergence contract.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DivergenceOutput:
+    """What one divergence evaluation produced; the trainer logs from it without recomputing anything.
+
+    Attributes:
+        loss: scalar, ``sum(mask * weights * per_token_loss) / N``, differentiable in the student logits.
+        per_token_loss: ``[B, T]`` unweighted divergence (zero where masked), differentiable.
+        weights: ``[B, T]`` detached token weights (as used in the loss, before masking).
+        num_tokens: the normaliser ``N`` that was used.
+    """
+
+    loss: torch.Tensor
+    per_token_loss: torch.Tensor
+    weights: torch.Tensor
+    num_tokens: torch.Tensor
+
+
+class Divergence:
+    """Base class of every MSD objective: subclass it and implement :meth:`per_token`.
+
+    Hooks:
+        per_token: ``[B, T, V], [B, T, V], [B, T] -> [B, T]`` unweighted divergence, differentiable in the
+            student logits (the teacher logits arrive without grad).
+        token_weights: ``-> [B, T]`` detached weights; override to weight tokens (the base returns ones).
+
+    Args:
+        temperature: both logit sets are divided by it before either hook sees them (default 1.0).
+    """
+
+    name: str = "divergence"
+
+    def __init__(self, *, temperature: float = 1.0):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got temperature={temperature!r}.")
+        self.temperature = float(temperature)
+
+    def per_token(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, completion_ids: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement per_token().")
+
+    def token_weights(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        return torch.ones(completion_ids.shape, dtype=student_logits.dtype, device=student_logits.device)
+
+    def compute(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> DivergenceOutput:
+        """Evaluate the weighted, masked, normalised loss and keep the pieces for logging."""
+        if student_logits.shape != teacher_logits.shape:
+            raise ValueError(
+                f"student_logits and teacher_logits must have the same shape [B, T, V], got "
+                f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}."
+            )
+        if completion_mask.shape != student_logits.shape[:-1] or completion_ids.shape != completion_mask.shape:
+            raise ValueError(
+                f"completion_ids {tuple(completion_ids.shape)} and completion_mask {tuple(completion_mask.shape)} "
+                f"must both be [B, T] = {tuple(student_logits.shape[:-1])}."
+            )
+        teacher_logits = teacher_logits.detach()
+        if self.temperature != 1.0:
+            student_logits = student_logits / self.temperature
+            teacher_logits = teacher_logits / self.temperature
+        mask = completion_mask.to(student_logits.dtype)  # [B, T]
+        per_token_loss = self.per_token(student_logits, teacher_logits, completion_ids)  # [B, T]
+        with torch.no_grad():
+            weights = self.token_weights(student_logits, teacher_logits, completion_ids, completion_mask)
+        weights = weights.detach().to(per_token_loss.dtype)  # [B, T]
+        if num_items_in_batch is None:
+            num_tokens = mask.sum()
+        else:
+            num_tokens = torch.as_tensor(num_items_in_batch, dtype=mask.dtype, device=mask.device)
+        # clamp: an all-masked batch gives 0 / 1 = 0, finite, still connected to the student graph.
+        loss = (per_token_loss * weights * mask).sum() / num_tokens.clamp(min=1)
+        return DivergenceOutput(
+            loss=loss, per_token_loss=per_token_loss * mask, weights=weights, num_tokens=num_tokens.detach()
+        )
+
+    def __call__(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.compute(student_logits, teacher_logits, completion_ids, completion_mask, num_items_in_batch).loss
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(temperature={self.temperature})"
+
+
+class ForwardKL(Divergence):
+    """``KL(p_teacher || p_student)`` per token (mass-covering). See :func:`forward_kl`."""
+
+    name = "forward_kl"
+
+    def per_token(self, student_logits, teacher_logits, completion_ids):
+        return forward_kl(student_logits, teacher_logits)
+
+
+class ReverseKL(Divergence):
+    """``KL(p_student || p_teacher)`` per token (mode-seeking; MSD's base divergence). See :func:`reverse_kl`."""
+
+    name = "reverse_kl"
+
+    def per_token(self, student_logits, teacher_logits, completion_ids):
+        return reverse_kl(student_logits, teacher_logits)
+
+
+class GeneralizedJSD(Divergence):
+    """GKD's generalized JSD with interpolation ``beta`` (0: forward KL, 1: reverse KL). See :func:`generalized_jsd`.
+
+    Numerically equal to ``trl.experimental.gkd.GKDTrainer.generalized_jsd_loss`` on the same inputs.
+    """
+
+    name = "jsd"
+
+    def __init__(self, beta: float = 0.5, *, temperature: float = 1.0):
+        super().__init__(temperature=temperature)
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got beta={beta!r}.")
+        self.beta = float(beta)
+
+    def per_token(self, student_logits, teacher_logits, completion_ids):
+        return generalized_jsd(student_logits, teacher_logits, beta=self.beta)
+
+    def __repr__(self) -> str:
+        return f"GeneralizedJSD(beta={self.beta}, temperature={self.temperature})"
+
+
+ViewFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class DPSW(Divergence):
+    """Dual-Perspective Safety Weighting around a base divergence (default :class:`ReverseKL`).
+
+    ``w_t = min_weight + (1 - min_weight) * w_T(t) * w_S(t)``, then (if ``normalize``) divided by its mean over the
+    valid tokens of the batch, so the mean weight is 1 and the loss keeps the unweighted divergence's scale.
+
+    Args:
+        base: the divergence whose ``per_token`` is weighted (composition, not inheritance: any ``Divergence``).
+        top_k: K of the teacher view's top-K entropy (our default 20, a choice the paper summary leaves open).
+        min_weight: floor ``w_min`` in [0, 1] so no valid token is ignored (our default 0.1).
+        normalize: divide by the mean weight over valid tokens. Under gradient accumulation this mean is per
+            micro-batch, so accumulation equivalence is exact only with ``normalize=False``.
+        teacher_view / student_view: replace either view with a callable
+            ``(student_logits, teacher_logits, completion_ids) -> [B, T]`` in [0, 1]; ``None`` keeps the default
+            (:func:`teacher_confidence_view`, :func:`student_disagreement_view`).
+        temperature: defaults to the base divergence's temperature.
+    """
+
+    name = "dpsw"
+
+    def __init__(
+        self,
+        base: Divergence | None = None,
+        *,
+        top_k: int = 20,
+        min_weight: float = 0.1,
+        normalize: bool = True,
+        teacher_view: ViewFn | None = None,
+        student_view: ViewFn | None = None,
+        temperature: float | None = None,
+    ):
+        base = ReverseKL() if base is None else base
+        if not isinstance(base, Divergence):
+            raise ValueError(f"base must be a Divergence instance, got base={base!r}.")
+        super().__init__(temperature=base.temperature if temperature is None else temperature)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 2:
+            raise ValueError(f"top_k must be an integer >= 2, got top_k={top_k!r}.")
+        if not 0.0 <= min_weight <= 1.0:
+            raise ValueError(f"min_weight must be in [0, 1], got min_weight={min_weight!r}.")
+        self.base = base
+        self.top_k = top_k
+        self.min_weight = float(min_weight)
+        self.normalize = bool(normalize)
+        self.teacher_view = teacher_view or (lambda s, t, ids: teacher_confidence_view(t, top_k=self.top_k))
+        self.student_view = student_view or (lambda s, t, ids: student_disagreement_view(s, t))
+
+    def per_token(self, student_logits, teacher_logits, completion_ids):
+        return self.base.per_token(student_logits, teacher_logits, completion_ids)
+
+    def token_weights(self, student_logits, teacher_logits, completion_ids, completion_mask):
+        with torch.no_grad():
+            w_teacher = self.teacher_view(student_logits, teacher_logits, completion_ids)  # [B, T]
+            w_student = self.student_view(student_logits, teacher_logits, completion_ids)  # [B, T]
+            weights = self.min_weight + (1.0 - self.min_weight) * w_teacher * w_student  # [B, T]
+            if self.normalize:
+                mask = completion_mask.to(weights.dtype)
+                num_valid = mask.sum()
+                if num_valid > 0:
+                    mean_weight = (weights * mask).sum() / num_valid
+                    # mean_weight >= min_weight > 0 unless min_weight == 0 and every product is 0.
+                    weights = weights / mean_weight.clamp(min=torch.finfo(weights.dtype).tiny)
+        return weights.detach()
+
+    def __repr__(self) -> str:
+        return (
+            f"DPSW(base={self.base!r}, top_k={self.top_k}, min_weight={self.min_weight}, "
+            f"normalize={self.normalize}, temperature={self.temperature})"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Names -> instances.
+# ----------------------------------------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, type[Divergence]] = {
+    "forward_kl": ForwardKL,
+    "reverse_kl": ReverseKL,
+    "jsd": GeneralizedJSD,
+    "dpsw": DPSW,
+}
+
+
+def register_divergence(name: str) -> Callable[[type[Divergence]], type[Divergence]]:
+    """Class decorator: make ``get_divergence(name)`` (and so ``MSDConfig(divergence=name)``) build this class."""
+
+    def decorator(cls: type[Divergence]) -> type[Divergence]:
+        if not (isinstance(cls, type) and issubclass(cls, Divergence)):
+            raise ValueError(f"register_divergence({name!r}) needs a Divergence subclass, got {cls!r}.")
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def available_divergences() -> list[str]:
+    """Names :func:`get_divergence` accepts."""
+    return sorted(_REGISTRY)
+
+
+def get_divergence(name: str | Divergence, **kwargs) -> Divergence:
+    """Build a divergence from its name (``forward_kl``, ``reverse_kl``, ``jsd``, ``dpsw`` or a registered one).
+
+    An instance passes through unchanged (``kwargs`` must then be empty). For ``dpsw``, ``base`` may be a name too:
+    ``get_divergence("dpsw", base="jsd", top_k=10)``.
+    """
+    if isinstance(name, Divergence):
+        if kwargs:
+            raise ValueError(
+                f"got a Divergence instance {name!r} and extra options {sorted(kwargs)}; pass one or the other."
+            )
+        return name
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(
+            f"divergence={name!r} is not known; choose one of {available_divergences()} or pass an instance."
+        )
+    if isinstance(kwargs.get("base"), str):
+        kwargs["base"] = get_divergence(kwargs["base"])
+    try:
+        return _REGISTRY[name](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad options for divergence={name!r}: {err}") from err

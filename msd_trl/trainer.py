@@ -1,0 +1,576 @@
+"""MSD trainers: the shared core and `OnPolicyMSDTrainer` / `OffPolicyMSDTrainer`.
+
+Design
+------
+Data flows one way: rows -> tokenised student and teacher prompts (the collator) -> completions (student
+rollouts, or fixed teacher text) -> student and teacher logits aligned on the completion tokens -> divergence
+with token weights -> loss.
+
+* Drop-in for `trl.experimental.gkd.GKDTrainer`: the same constructor arguments in the same order, on top of
+  TRL's `SFTTrainer` (model names, `peft_config`, `model_init_kwargs` behave the same). A plain `GKDConfig` is
+  upgraded to an `MSDConfig` with `divergence="jsd"`, GKD's objective.
+* Self-teacher (`teacher_model=None`): the model's own initial weights, frozen. Under PEFT it is the same module
+  with the adapter disabled (no second copy in memory); without PEFT it is a frozen deep copy (its size is
+  logged).
+* Completions are generated (or tokenised) for a whole accumulated batch before the first backward, inside
+  `get_batch_samples`, so the loss is normalised by the number of completion tokens across the accumulated batch
+  *after* generation: accumulation 4 x 1 equals 1 x 4 (exactly so for unnormalised token weights).
+* Prompts are left-padded, completions right-padded; the student and the teacher score the same completion ids,
+  and logits are computed only on completion positions (`logits_to_keep` where the model takes it).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+from accelerate.utils import is_peft_model
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, TrainerCallback
+from trl.experimental.gkd import GKDConfig
+from trl.models import prepare_deepspeed, unwrap_model_for_generation
+from trl.trainer.sft_trainer import SFTTrainer
+from trl.trainer.utils import disable_dropout_in_model, pad, use_adapter
+
+from .config import MSDConfig
+from .divergences import DPSW, Divergence, get_divergence
+from .rendering import completion_token_ids, render_student_messages, render_teacher_messages, tokenize_messages
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MSDDataCollator", "OffPolicyMSDTrainer", "OnPolicyMSDTrainer", "build_divergence", "stop_token_ids"]
+
+
+def build_divergence(args: MSDConfig) -> Divergence:
+    """The divergence an `MSDConfig` asks for (an instance in `args.divergence` passes through)."""
+    if isinstance(args.divergence, Divergence):
+        return args.divergence
+    temperature = args.divergence_temperature
+    if args.divergence == "jsd":
+        return get_divergence("jsd", beta=args.beta, temperature=temperature)
+    if args.divergence == "dpsw":
+        base_kwargs = {"beta": args.beta} if args.dpsw_base == "jsd" else {}
+        base = get_divergence(args.dpsw_base, temperature=temperature, **base_kwargs)
+        return DPSW(base, top_k=args.dpsw_top_k, min_weight=args.dpsw_min_weight, normalize=args.dpsw_normalize)
+    return get_divergence(args.divergence, temperature=temperature)
+
+
+def stop_token_ids(model: PreTrainedModel | None, tokenizer) -> list[int]:
+    """Every id that ends a completion: the model's generation-config EOS (int or list) and the tokenizer's EOS."""
+    ids: list[int] = []
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in eos if isinstance(eos, (list, tuple)) else [eos]:
+        if value is not None and int(value) not in ids:
+            ids.append(int(value))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _upgrade_config(args: GKDConfig | MSDConfig | None, output_dir: str = "msd_output") -> MSDConfig:
+    if args is None:
+        return MSDConfig(output_dir=output_dir)
+    if isinstance(args, MSDConfig):
+        return args
+    if not isinstance(args, GKDConfig):
+        raise ValueError(f"args must be an MSDConfig or a GKDConfig, got {type(args).__name__}.")
+    values = {f.name: getattr(args, f.name) for f in fields(GKDConfig) if f.init and hasattr(args, f.name)}
+    # GKDConfig resolves these deprecated aliases in __post_init__; pass only the new names.
+    values.pop("gradient_checkpointing", None)
+    values.pop("gradient_checkpointing_kwargs", None)
+    logger.info("Upgrading GKDConfig to MSDConfig with divergence='jsd' (GKD's generalized JSD, beta=%s).", args.beta)
+    return MSDConfig(**values, divergence="jsd")
+
+
+class MSDDataCollator:
+    """Rows -> left-padded student and teacher prompts, plus right-padded fixed completions when rows have them.
+
+    Output keys: `prompt_ids`, `prompt_mask` `[B, Lp]`; `teacher_prompt_ids`, `teacher_prompt_mask` `[B, Lt]`;
+    when every row has a fixed completion (`completion_column`, or the last turn of `messages`):
+    `fixed_completion_ids`, `fixed_completion_mask` `[B, Lc]`; and `row_ids` (a list, for messages).
+    Prompts over `max_prompt_length` are left-truncated with a warning naming the row (or raise with
+    `prompt_truncation="error"`); a fixed completion is never truncated by the prompt limit.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        teacher_prompt_template: str = "{teacher_prompt}",
+        teacher_system_prompt: str | None = None,
+        max_prompt_length: int | None = None,
+        prompt_truncation: str = "left",
+        completion_column: str = "teacher_completion",
+        stop_ids: list[int] | None = None,
+    ):
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token).")
+        self.tokenizer = tokenizer
+        self.teacher_prompt_template = teacher_prompt_template
+        self.teacher_system_prompt = teacher_system_prompt
+        self.max_prompt_length = max_prompt_length
+        self.prompt_truncation = prompt_truncation
+        self.completion_column = completion_column
+        self.stop_ids = stop_ids if stop_ids is not None else [tokenizer.eos_token_id]
+
+    def _limit(self, ids: list[int], row_id: Any, who: str) -> list[int]:
+        if self.max_prompt_length is None or len(ids) <= self.max_prompt_length:
+            return ids
+        message = (
+            f"row {row_id!r}: the {who} prompt has {len(ids)} tokens, over max_prompt_length={self.max_prompt_length}"
+        )
+        if self.prompt_truncation == "error":
+            raise ValueError(message + " (prompt_truncation='error'); filter long rows or raise the limit.")
+        logger.warning("%s; keeping its last %d tokens.", message, self.max_prompt_length)
+        return ids[-self.max_prompt_length :]
+
+    def _fixed_completion(self, row: dict[str, Any]) -> str | None:
+        value = row.get(self.completion_column)
+        if value is None and row.get("messages") and row.get("prompt") is None:
+            value = row["messages"][-1].get("content")
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"row {row.get('id', '?')!r}: {self.completion_column} must be a string, got {value!r}.")
+        return value
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        prompt_ids, teacher_ids, completions = [], [], []
+        for row in rows:
+            row_id = row.get("id", "?")
+            student = render_student_messages(row)
+            if not any(str(m.get("content", "")).strip() for m in student):
+                raise ValueError(f"row {row_id!r} has an empty prompt.")
+            teacher = render_teacher_messages(
+                row, template=self.teacher_prompt_template, system_prompt=self.teacher_system_prompt
+            )
+            prompt_ids.append(self._limit(tokenize_messages(self.tokenizer, student), row_id, "student"))
+            teacher_ids.append(self._limit(tokenize_messages(self.tokenizer, teacher), row_id, "teacher"))
+            text = self._fixed_completion(row)
+            completions.append(
+                None if text is None else completion_token_ids(self.tokenizer, student, text, self.stop_ids)
+            )
+
+        def left(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+            tensors = [torch.tensor(s, dtype=torch.long) for s in seqs]
+            ids = pad(tensors, padding_value=self.tokenizer.pad_token_id, padding_side="left")
+            mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left")
+            return ids, mask
+
+        batch: dict[str, Any] = {"row_ids": [row.get("id") for row in rows]}
+        batch["prompt_ids"], batch["prompt_mask"] = left(prompt_ids)
+        batch["teacher_prompt_ids"], batch["teacher_prompt_mask"] = left(teacher_ids)
+        if all(c is not None for c in completions):
+            tensors = [torch.tensor(c, dtype=torch.long) for c in completions]
+            batch["fixed_completion_ids"] = pad(
+                tensors, padding_value=self.tokenizer.pad_token_id, padding_side="right"
+            )
+            batch["fixed_completion_mask"] = pad([torch.ones_like(t) for t in tensors], padding_value=0)
+        return batch
+
+
+class _MSDTrainerBase(SFTTrainer):
+    """The shared MSD core. Subclasses decide, per micro-batch, where the completion comes from."""
+
+    _tag_names = ["trl", "msd"]
+    _name = "MSD"
+    _paper = {
+        "title": "Multilingual Safety Alignment via Self-Distillation",
+        "id": "2605.02971",
+        "citation": "@article{qin2026msd, title={Multilingual Safety Alignment via Self-Distillation}, "
+        "author={Qin and Wang and Liu and Li and Wei and Shen}, journal={arXiv preprint arXiv:2605.02971}, "
+        "year={2026}}",
+    }
+    # compute_loss normalises by the token count of the whole accumulated batch itself.
+    loss_is_scaled_for_ga = True
+    requires_fixed_completions = False
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | str | None = None,
+        teacher_model: PreTrainedModel | nn.Module | str | None = None,
+        args: MSDConfig | GKDConfig | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class=None,
+        compute_metrics: Callable | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple = (None, None),
+        preprocess_logits_for_metrics: Callable | None = None,
+        peft_config=None,
+        formatting_func: Callable | None = None,
+    ):
+        args = _upgrade_config(args)
+        args.remove_unused_columns = False
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        for name, dataset in self._named_datasets(train_dataset, eval_dataset):
+            self._check_columns(dataset, name)
+        if isinstance(model, str):
+            from .models import resolve_model_name_or_path
+
+            model = resolve_model_name_or_path(model)
+        if data_collator is None:
+            # Placeholder so SFTTrainer builds no collator of its own; the real one needs the tokenizer it resolves.
+            data_collator = _PendingCollator()
+        super().__init__(
+            model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            peft_config=peft_config,
+            formatting_func=formatting_func,
+        )
+        tokenizer = self._tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        self.stop_ids = stop_token_ids(self.model, tokenizer)
+        if isinstance(self.data_collator, _PendingCollator):
+            self.data_collator = MSDDataCollator(
+                tokenizer,
+                teacher_prompt_template=args.teacher_prompt_template,
+                teacher_system_prompt=args.teacher_system_prompt,
+                max_prompt_length=args.max_prompt_length,
+                prompt_truncation=args.prompt_truncation,
+                stop_ids=self.stop_ids,
+            )
+        self._keep_adapter_dtype_on_cpu()
+        if args.disable_dropout:
+            disable_dropout_in_model(self.model)
+        self.divergence = build_divergence(args)
+        self._setup_teacher(teacher_model)
+        self.generation_config = GenerationConfig(
+            max_new_tokens=args.max_new_tokens,
+            do_sample=True,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            use_cache=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=self.stop_ids,
+        )
+        self._model_kwarg_keys = set(self._forward_signature(self.model))
+
+    # ------------------------------------------------------------------ set-up
+
+    @staticmethod
+    def _named_datasets(train_dataset, eval_dataset):
+        if train_dataset is not None:
+            yield "train_dataset", train_dataset
+        if isinstance(eval_dataset, dict):
+            yield from ((f"eval_dataset[{k!r}]", v) for k, v in eval_dataset.items())
+        elif eval_dataset is not None:
+            yield "eval_dataset", eval_dataset
+
+    def _check_columns(self, dataset, name: str) -> None:
+        columns = set(getattr(dataset, "column_names", None) or [])
+        if not columns:
+            return
+        if "prompt" not in columns and "messages" not in columns:
+            raise ValueError(
+                f"{name} has no 'prompt' column (nor GKD's 'messages'); found columns {sorted(columns)}. MSD rows "
+                "need 'prompt' (the target-language query) and usually 'teacher_prompt' (the English query)."
+            )
+        if self.requires_fixed_completions and "teacher_completion" not in columns and "prompt" in columns:
+            raise ValueError(
+                f"{name} has no 'teacher_completion' column (found {sorted(columns)}). {type(self).__name__} scores "
+                "fixed teacher text: create it with msd_trl.generate_teacher_completions(model, dataset, ...)."
+            )
+
+    def _keep_adapter_dtype_on_cpu(self) -> None:
+        # SFTTrainer casts QLoRA adapters to bf16 (the QLoRA paper's recipe); on hardware without fast bf16 that
+        # makes every step many times slower, so keep trainable parameters in fp32 there.
+        if self.args.bf16:
+            return
+        for param in self.model.parameters():
+            if param.requires_grad and param.dtype == torch.bfloat16:
+                param.data = param.data.float()
+
+    def _setup_teacher(self, teacher_model) -> None:
+        args = self.args
+        if teacher_model is None and args.teacher_model_name_or_path is not None:
+            teacher_model = args.teacher_model_name_or_path
+        if isinstance(teacher_model, str):
+            from .models import resolve_model_name_or_path
+
+            init_kwargs = dict(args.teacher_model_init_kwargs or {})
+            dtype = init_kwargs.get("dtype")
+            if isinstance(dtype, str) and dtype != "auto":
+                init_kwargs["dtype"] = getattr(torch, dtype)
+            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+            teacher_model = AutoModelForCausalLM.from_pretrained(
+                resolve_model_name_or_path(teacher_model), **init_kwargs
+            )
+        elif args.teacher_model_init_kwargs is not None and teacher_model is not None:
+            raise ValueError(
+                "teacher_model_init_kwargs is set in the config but teacher_model is already instantiated; "
+                "pass the teacher as a name or drop teacher_model_init_kwargs."
+            )
+
+        self.self_teacher = teacher_model is None
+        if self.self_teacher:
+            if is_peft_model(self.model):
+                # The base model with the adapter disabled: the initial weights, no second copy in memory.
+                self.teacher_model = None
+                logger.info("Self-teacher: the base model with the PEFT adapter disabled (no extra memory).")
+                return
+            teacher_model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+            size_mb = sum(p.numel() * p.element_size() for p in teacher_model.parameters()) / 2**20
+            logger.warning(
+                "Self-teacher without PEFT: keeping a frozen copy of the initial weights (%.1f MiB). Pass a "
+                "peft_config to use the adapter-disabled base model instead, with no copy.",
+                size_mb,
+            )
+        student_vocab = self.model.config.get_text_config().vocab_size
+        teacher_vocab = teacher_model.config.get_text_config().vocab_size
+        if student_vocab != teacher_vocab:
+            raise ValueError(
+                f"teacher_model has vocab_size={teacher_vocab} but the student has vocab_size={student_vocab}; MSD "
+                "compares full next-token distributions, so both must share one vocabulary."
+            )
+        teacher_model.requires_grad_(False)
+        teacher_model.eval()
+        if self.is_deepspeed_enabled:
+            self.teacher_model = prepare_deepspeed(teacher_model, self.accelerator)
+        else:
+            self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+
+    @staticmethod
+    def _forward_signature(model) -> list[str]:
+        import inspect
+
+        target = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return list(inspect.signature(target.forward).parameters)
+
+    # ------------------------------------------------------------------ completions
+
+    def _use_fixed_completion(self, inputs: dict[str, Any]) -> bool:
+        """Whether this micro-batch scores its fixed completion (True) or samples the student (False)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate_completions(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+        """Sample the student on its own prompts. Returns `completion_ids`, `completion_mask` `[B, Lc]`.
+
+        The mask keeps every token up to and including the first stop id (any of `self.stop_ids`), so when
+        pad == eos the real EOS keeps its label; tokens after it (padding) are masked.
+        """
+        with unwrap_model_for_generation(
+            model,
+            self.accelerator,
+            generation_kwargs=self.generation_config.to_dict(),
+            gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+        ) as unwrapped:
+            was_training = unwrapped.training
+            unwrapped.eval()
+            sequences = unwrapped.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.generation_config
+            )
+            unwrapped.train(was_training)
+        completion_ids = sequences[:, prompt_ids.size(1) :]  # [B, Lc]
+        return completion_ids, self.completion_mask_from_ids(completion_ids)
+
+    def completion_mask_from_ids(self, completion_ids: torch.Tensor) -> torch.Tensor:
+        is_stop = torch.isin(completion_ids, torch.tensor(self.stop_ids, device=completion_ids.device))  # [B, Lc]
+        length = completion_ids.size(1)
+        first_stop = torch.where(
+            is_stop.any(1), is_stop.int().argmax(1), torch.full_like(is_stop[:, 0], length, dtype=torch.long)
+        )
+        positions = torch.arange(length, device=completion_ids.device).unsqueeze(0)  # [1, Lc]
+        return (positions <= first_stop.unsqueeze(1)).long()  # [B, Lc]
+
+    def prepare_batch(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Collated rows -> a scored-ready batch (student and teacher sequences sharing the completion ids)."""
+        if "completion_ids" in inputs:
+            return inputs
+        if self._use_fixed_completion(inputs):
+            completion_ids, completion_mask = inputs["fixed_completion_ids"], inputs["fixed_completion_mask"]
+            self._metrics_append("completions/on_policy_ratio", 0.0)
+        else:
+            completion_ids, completion_mask = self.generate_completions(
+                model, inputs["prompt_ids"], inputs["prompt_mask"]
+            )
+            self._metrics_append("completions/on_policy_ratio", 1.0)
+        # Trim columns that are padding in every row (rollouts stop early, batches are padded to the longest).
+        keep = int(completion_mask.sum(1).max().item()) if completion_mask.numel() else 0
+        completion_ids, completion_mask = completion_ids[:, :keep], completion_mask[:, :keep]
+        lengths = completion_mask.sum(1)
+        ends_with_stop = torch.isin(
+            completion_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1),
+            torch.tensor(self.stop_ids, device=completion_ids.device),
+        ) & (lengths > 0)
+        self._metrics_append("completions/mean_length", self.accelerator.gather(lengths.float()).mean().item())
+        self._metrics_append(
+            "completions/clipped_ratio", self.accelerator.gather((~ends_with_stop).float()).mean().item()
+        )
+        completion_ids = completion_ids.masked_fill(completion_mask == 0, self._tokenizer.pad_token_id)
+        return {
+            "input_ids": torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
+            "attention_mask": torch.cat([inputs["prompt_mask"], completion_mask], dim=1),
+            "teacher_input_ids": torch.cat([inputs["teacher_prompt_ids"], completion_ids], dim=1),
+            "teacher_attention_mask": torch.cat([inputs["teacher_prompt_mask"], completion_mask], dim=1),
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+        }
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Collect the accumulated micro-batches, produce their completions, then count completion tokens.
+
+        Counting after generation is what makes the loss of accumulation 4 x 1 equal to 1 x 4.
+        """
+        raw_batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self.model.train()  # generation happens before training_step sets the mode; metrics go to "train"
+        batches = [self.prepare_batch(self.model_wrapped, self._prepare_inputs(b)) for b in raw_batches]
+        if not batches:
+            return batches, None
+        num_items = sum(b["completion_mask"].sum() for b in batches).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            num_items = self.accelerator.gather(num_items).sum()
+        return batches, num_items
+
+    # ------------------------------------------------------------------ loss
+
+    def _completion_logits(self, model, input_ids, attention_mask, num_completion: int) -> torch.Tensor:
+        """Logits that predict the last `num_completion` tokens: `[B, Lc, V]`."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        if "logits_to_keep" in self._model_kwarg_keys:
+            kwargs["logits_to_keep"] = num_completion + 1
+        logits = model(**kwargs).logits  # [B, L or Lc + 1, V]
+        return logits[:, -num_completion - 1 : -1, :]
+
+    def teacher_logits(self, inputs: dict[str, Any], num_completion: int) -> torch.Tensor:
+        """The teacher's logits on the completion, without grad, in eval mode."""
+        with torch.no_grad():
+            if self.teacher_model is None:
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                was_training = unwrapped.training
+                unwrapped.eval()  # the initial model is scored deterministically (no dropout)
+                try:
+                    with use_adapter(unwrapped, adapter_name=None):
+                        return self._completion_logits(
+                            unwrapped, inputs["teacher_input_ids"], inputs["teacher_attention_mask"], num_completion
+                        )
+                finally:
+                    unwrapped.train(was_training)
+            self.teacher_model.eval()
+            return self._completion_logits(
+                self.teacher_model, inputs["teacher_input_ids"], inputs["teacher_attention_mask"], num_completion
+            )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = self.prepare_batch(model, inputs)
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        num_completion = completion_ids.size(1)
+        if num_completion == 0:
+            # Every completion is empty: a finite zero that still touches the graph.
+            loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+            return (loss, None) if return_outputs else loss
+        student_logits = self._completion_logits(
+            model, inputs["input_ids"], inputs["attention_mask"], num_completion
+        )  # [B, Lc, V]
+        teacher_logits = self.teacher_logits(inputs, num_completion)  # [B, Lc, V]
+        output = self.divergence.compute(
+            student_logits, teacher_logits, completion_ids, completion_mask, num_items_in_batch=num_items_in_batch
+        )
+        self._log_step_metrics(output, student_logits, teacher_logits, completion_mask)
+        loss = output.loss
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            # N counts every process's tokens and DDP averages gradients over processes: undo the average.
+            loss = loss * self.accelerator.num_processes
+        return (loss, student_logits) if return_outputs else loss
+
+    # ------------------------------------------------------------------ metrics
+
+    def _metrics_append(self, key: str, value: float) -> None:
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode][key].append(value)
+
+    @torch.no_grad()
+    def _log_step_metrics(self, output, student_logits, teacher_logits, completion_mask) -> None:
+        mask = completion_mask.bool()
+        num_valid = mask.sum().clamp(min=1)
+        weights = output.weights[mask] if mask.any() else output.weights.new_ones(1)
+        agree = (student_logits.argmax(-1) == teacher_logits.argmax(-1)) & mask
+        local = torch.stack(
+            [
+                (output.per_token_loss.detach() * output.weights).sum() / num_valid,
+                output.per_token_loss.detach().sum() / num_valid,
+                weights.float().mean(),
+                weights.float().max(),
+                agree.sum() / num_valid,
+            ]
+        ).float()
+        values = self.accelerator.gather(local.unsqueeze(0)).mean(0).tolist()
+        for key, value in zip(
+            (
+                "msd/loss",
+                "msd/divergence",
+                "msd/dpsw_weight_mean",
+                "msd/dpsw_weight_max",
+                "msd/teacher_student_top1_agreement",
+            ),
+            values,
+        ):
+            self._metrics_append(key, value)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+
+class _PendingCollator:
+    """Marker: the trainer replaces it with an `MSDDataCollator` once the tokenizer is known."""
+
+    def __call__(self, rows):  # pragma: no cover - replaced before any batch is built
+        raise RuntimeError("MSD data collator used before the trainer finished initialising.")
+
+
+class OnPolicyMSDTrainer(_MSDTrainerBase):
+    """On-policy MSD: the student samples a response to its target-language prompt, the teacher scores it.
+
+    With probability `args.lmbda` a micro-batch is on-policy; otherwise it scores the rows' fixed completion
+    (`teacher_completion`, or the last turn of `messages`) when every row has one, and samples when not.
+    Arguments are those of `trl.experimental.gkd.GKDTrainer`, in the same order; `teacher_model=None` is the
+    self-teacher (see the module docstring).
+    """
+
+    _name = "On-policy MSD"
+
+    def _use_fixed_completion(self, inputs):
+        if "fixed_completion_ids" not in inputs:
+            return False
+        return random.random() > self.args.lmbda
+
+
+class OffPolicyMSDTrainer(_MSDTrainerBase):
+    """Off-policy MSD: student and teacher both score fixed teacher text (`teacher_completion`).
+
+    Create the column once with `generate_teacher_completions`. A GKD `messages` dataset works too (its last
+    turn is the fixed completion). `args.lmbda` is ignored: no step samples the student.
+    """
+
+    _name = "Off-policy MSD"
+    requires_fixed_completions = True
+
+    def _use_fixed_completion(self, inputs):
+        if "fixed_completion_ids" not in inputs:
+            raise ValueError(
+                "OffPolicyMSDTrainer needs a fixed completion in every row ('teacher_completion', or the last turn "
+                f"of 'messages'); rows {inputs.get('row_ids')} lack it. Run generate_teacher_completions first."
+            )
+        return True

@@ -1,0 +1,471 @@
+"""Trainer behaviour on tiny models built in the test: real (short) training runs, GKD parity, edge cases."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from conftest import make_model
+from datasets import Dataset
+from peft import LoraConfig
+
+from msd_trl import MSDConfig, OffPolicyMSDTrainer, OnPolicyMSDTrainer, generate_teacher_completions
+from msd_trl.trainer import MSDDataCollator
+
+
+def make_args(tmp_path, **overrides) -> MSDConfig:
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        report_to="none",
+        per_device_train_batch_size=2,
+        max_steps=2,
+        max_new_tokens=6,
+        learning_rate=5e-2,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        dataloader_drop_last=False,
+    )
+    values.update(overrides)
+    return MSDConfig(**values)
+
+
+def lora() -> LoraConfig:
+    return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
+
+
+def with_completions(dataset: Dataset, texts=None) -> Dataset:
+    texts = texts or ["I cannot help with that. I'm sorry.", "Sure, 12 plus 7 is 19."]
+    return dataset.add_column("teacher_completion", [texts[i % len(texts)] for i in range(len(dataset))])
+
+
+def base_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" not in k}
+
+
+# ------------------------------------------------------------------ real training runs
+
+
+@pytest.mark.parametrize("trainer_cls", [OnPolicyMSDTrainer, OffPolicyMSDTrainer])
+def test_short_training_run_changes_adapter_not_base_nor_teacher(trainer_cls, tmp_path, tiny_tokenizer, msd_rows):
+    dataset = msd_rows if trainer_cls is OnPolicyMSDTrainer else with_completions(msd_rows)
+    trainer = trainer_cls(
+        model=make_model(tiny_tokenizer),
+        args=make_args(tmp_path, max_steps=3),
+        train_dataset=dataset,
+        processing_class=tiny_tokenizer,
+        peft_config=lora(),
+    )
+    batch = trainer.prepare_batch(trainer.model, trainer._prepare_inputs(trainer.data_collator([dataset[0]] * 2)))
+    teacher_before = trainer.teacher_logits(batch, batch["completion_ids"].size(1)).clone()
+    base_before = base_state(trainer.model)
+    lora_before = {k: v.clone() for k, v in trainer.model.state_dict().items() if "lora_B" in k}
+
+    trainer.train()
+
+    lora_after = {k: v for k, v in trainer.model.state_dict().items() if "lora_B" in k}
+    assert any(not torch.equal(lora_before[k], lora_after[k]) for k in lora_before), "the adapter did not train"
+    for key, value in base_state(trainer.model).items():
+        assert torch.equal(value, base_before[key]), f"base weight {key} changed"
+    teacher_after = trainer.teacher_logits(batch, batch["completion_ids"].size(1))
+    torch.testing.assert_close(teacher_after, teacher_before)
+
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    for key in (
+        "msd/loss",
+        "msd/divergence",
+        "msd/dpsw_weight_mean",
+        "msd/dpsw_weight_max",
+        "msd/teacher_student_top1_agreement",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+    ):
+        assert key in logged, key
+    losses = [e["msd/loss"] for e in trainer.state.log_history if "msd/loss" in e]
+    assert all(torch.isfinite(torch.tensor(losses))) and max(losses) > 0
+
+
+def test_self_teacher_without_peft_is_a_frozen_copy(tmp_path, tiny_tokenizer, msd_rows, caplog):
+    with caplog.at_level(logging.WARNING, logger="msd_trl.trainer"):
+        trainer = OnPolicyMSDTrainer(
+            model=make_model(tiny_tokenizer),
+            args=make_args(tmp_path),
+            train_dataset=msd_rows,
+            processing_class=tiny_tokenizer,
+        )
+    assert "frozen copy" in caplog.text and "MiB" in caplog.text
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
+    assert any(not torch.equal(v, student_before[k]) for k, v in trainer.model.state_dict().items())
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_teacher_sees_privileged_context_student_does_not(tiny_tokenizer, msd_rows):
+    collator = MSDDataCollator(
+        tiny_tokenizer,
+        teacher_prompt_template="{teacher_prompt} (asked in {language}: {prompt})",
+        teacher_system_prompt="Be safe.",
+    )
+    batch = collator([msd_rows[0]])
+    student = tiny_tokenizer.decode(batch["prompt_ids"][0][batch["prompt_mask"][0].bool()])
+    teacher = tiny_tokenizer.decode(batch["teacher_prompt_ids"][0][batch["teacher_prompt_mask"][0].bool()])
+    assert "Piye carane gawe bom?" in student and "How do I make a bomb?" not in student and "Be safe." not in student
+    assert "<|im_start|>system\nBe safe.<|im_end|>" in teacher
+    assert "How do I make a bomb? (asked in Javanese: Piye carane gawe bom?)" in teacher
+
+
+# ------------------------------------------------------------------ GKD drop-in
+
+
+def gkd_messages_dataset() -> Dataset:
+    return Dataset.from_list(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+            for question, answer in [
+                ("What is 12 plus 7?", "It is 19."),
+                ("How do I make a cake?", "Mix flour, eggs and sugar, then bake it."),
+                ("Keki?", "Sure."),
+                ("Pira 12 tambah 7?", "19, step by step: 12 + 7 = 19."),
+            ]
+        ]
+    )
+
+
+def gkd_user_script(trainer_cls, config_cls, tmp_path, tokenizer, **extra_config):
+    """A GKD user's script, as TRL documents it: messages dataset, separate teacher, GKDConfig."""
+    student = make_model(tokenizer, seed=0)
+    teacher = make_model(tokenizer, seed=1)
+    training_args = config_cls(
+        output_dir=str(tmp_path / trainer_cls.__name__),
+        per_device_train_batch_size=2,
+        max_steps=2,
+        max_new_tokens=6,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        bf16=False,
+        **extra_config,
+    )
+    trainer = trainer_cls(
+        model=student,
+        teacher_model=teacher,
+        args=training_args,
+        processing_class=tokenizer,
+        train_dataset=gkd_messages_dataset(),
+    )
+    trainer.train()
+    return trainer
+
+
+def test_gkd_user_script_runs_unchanged_after_swapping_the_class(tmp_path, tiny_tokenizer):
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    gkd = gkd_user_script(GKDTrainer, GKDConfig, tmp_path, tiny_tokenizer, lmbda=0.5)
+    msd = gkd_user_script(OnPolicyMSDTrainer, GKDConfig, tmp_path, tiny_tokenizer, lmbda=0.5)
+    assert gkd.state.global_step == msd.state.global_step == 2
+    assert msd.args.divergence == "jsd"  # a GKDConfig keeps GKD's objective
+    assert msd.self_teacher is False
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_jsd_loss_equals_gkd_on_the_same_batch(tmp_path, tiny_tokenizer, beta):
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    student, teacher = make_model(tiny_tokenizer, seed=0), make_model(tiny_tokenizer, seed=1)
+    common = dict(report_to="none", bf16=False, per_device_train_batch_size=4, beta=beta, lmbda=0.0)
+    gkd = GKDTrainer(
+        model=copy.deepcopy(student),
+        teacher_model=copy.deepcopy(teacher),
+        args=GKDConfig(output_dir=str(tmp_path / "gkd"), **common),
+        processing_class=tiny_tokenizer,
+        train_dataset=gkd_messages_dataset(),
+    )
+    msd = OnPolicyMSDTrainer(
+        model=copy.deepcopy(student),
+        teacher_model=copy.deepcopy(teacher),
+        args=MSDConfig(output_dir=str(tmp_path / "msd"), divergence="jsd", **common),
+        processing_class=tiny_tokenizer,
+        train_dataset=gkd_messages_dataset(),
+    )
+    rows = list(gkd_messages_dataset())
+    batch = msd.prepare_batch(msd.model, msd.data_collator(rows))
+    # Same batch for GKD: the full sequence, labels only on the completion tokens.
+    prompt_len = batch["input_ids"].size(1) - batch["completion_ids"].size(1)
+    labels = batch["input_ids"].clone()
+    labels[:, :prompt_len] = -100
+    labels[:, prompt_len:][batch["completion_mask"] == 0] = -100
+    gkd_inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
+    with torch.no_grad():
+        gkd_loss = gkd.compute_loss(gkd.model, gkd_inputs)
+        msd_loss = msd.compute_loss(msd.model, batch)
+    torch.testing.assert_close(msd_loss, gkd_loss, rtol=1e-5, atol=1e-7)
+    assert msd_loss > 0
+    # Our completion tokens are GKD's label tokens up to the end-of-turn token.
+    gkd_batch = gkd.data_collator(rows)
+    for row in range(len(rows)):
+        ours = batch["completion_ids"][row][batch["completion_mask"][row].bool()].tolist()
+        theirs = gkd_batch["input_ids"][row][gkd_batch["labels"][row] != -100].tolist()
+        assert theirs[: len(ours)] == ours
+
+
+def test_vocabulary_mismatch_is_a_clear_error(tmp_path, tiny_tokenizer, msd_rows):
+    teacher = make_model(tiny_tokenizer)
+    teacher.resize_token_embeddings(len(tiny_tokenizer) + 8)
+    with pytest.raises(ValueError, match="vocab_size"):
+        OnPolicyMSDTrainer(
+            model=make_model(tiny_tokenizer),
+            teacher_model=teacher,
+            args=make_args(tmp_path),
+            train_dataset=msd_rows,
+            processing_class=tiny_tokenizer,
+        )
+
+
+# ------------------------------------------------------------------ completions and masks
+
+
+def test_every_completion_token_counted_with_variable_prompt_lengths(tmp_path, tiny_tokenizer, msd_rows):
+    dataset = with_completions(msd_rows, ["No.", "I cannot help with that request, I'm sorry. Samahani."])
+    trainer = OffPolicyMSDTrainer(
+        model=make_model(tiny_tokenizer),
+        args=make_args(tmp_path, per_device_train_batch_size=6),
+        train_dataset=dataset,
+        processing_class=tiny_tokenizer,
+        peft_config=lora(),
+    )
+    collated = trainer.data_collator(list(dataset))
+    assert len(set(collated["prompt_mask"].sum(1).tolist())) > 1
+    assert collated["teacher_prompt_ids"].size(1) != collated["prompt_ids"].size(1)
+    batch = trainer.prepare_batch(trainer.model, collated)
+    expected = [
+        len(trainer.data_collator([row])["fixed_completion_ids"][0]) for row in dataset
+    ]  # each row collated alone: no padding
+    assert batch["completion_mask"].sum(1).tolist() == expected
+    # The completion is the last columns of both sequences, token for token.
+    lc = batch["completion_ids"].size(1)
+    assert torch.equal(batch["input_ids"][:, -lc:], batch["teacher_input_ids"][:, -lc:])
+    loss = trainer.compute_loss(trainer.model, batch)
+    assert trainer._metrics["train"]["msd/loss"] and torch.isfinite(loss)
+
+
+def test_completion_stops_at_the_first_of_several_stop_ids(tmp_path, tiny_tokenizer, msd_rows):
+    model = make_model(tiny_tokenizer)
+    other_stop = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    model.generation_config.eos_token_id = [tiny_tokenizer.eos_token_id, other_stop]
+    trainer = OnPolicyMSDTrainer(
+        model=model, args=make_args(tmp_path), train_dataset=msd_rows, processing_class=tiny_tokenizer
+    )
+    assert set(trainer.stop_ids) == {tiny_tokenizer.eos_token_id, other_stop}
+    eos, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    ids = torch.tensor([[5, other_stop, 7, eos], [5, 6, eos, pad], [5, 6, 7, 8]])
+    assert trainer.completion_mask_from_ids(ids).tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    # Generation itself stops on either id.
+    assert set(trainer.generation_config.eos_token_id) == {eos, other_stop}
+
+
+def test_pad_equal_to_eos_keeps_the_real_eos_label(tmp_path, msd_rows):
+    from conftest import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    trainer = OffPolicyMSDTrainer(
+        model=make_model(tokenizer),
+        args=make_args(tmp_path, per_device_train_batch_size=2),
+        train_dataset=with_completions(msd_rows, ["No.", "I cannot help with that request."]),
+        processing_class=tokenizer,
+    )
+    eos = tokenizer.eos_token_id
+    assert trainer.completion_mask_from_ids(torch.tensor([[5, eos, eos, eos]])).tolist() == [[1, 1, 0, 0]]
+    batch = trainer.prepare_batch(trainer.model, trainer.data_collator(list(trainer.train_dataset)[:2]))
+    for ids, mask in zip(batch["completion_ids"], batch["completion_mask"]):
+        kept = ids[mask.bool()].tolist()
+        assert kept[-1] == eos and kept.count(eos) == 1
+
+
+def test_gradient_accumulation_4x1_equals_1x4(tmp_path, tiny_tokenizer, msd_rows):
+    dataset = with_completions(msd_rows.select(range(4)), ["No.", "I cannot help with that request, sorry."])
+    final = {}
+    for name, (batch_size, accumulation) in {"1x4": (4, 1), "4x1": (1, 4)}.items():
+        trainer = OffPolicyMSDTrainer(
+            model=make_model(tiny_tokenizer),
+            args=make_args(
+                tmp_path / name,
+                per_device_train_batch_size=batch_size,
+                gradient_accumulation_steps=accumulation,
+                max_steps=1,
+                optim="sgd",
+                learning_rate=1.0,
+                lr_scheduler_type="constant",
+                max_grad_norm=0.0,
+                divergence="dpsw",
+                dpsw_normalize=False,
+            ),
+            train_dataset=dataset,
+            processing_class=tiny_tokenizer,
+            peft_config=lora(),
+        )
+        trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(dataset)
+        trainer.train()
+        final[name] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if "lora_" in k}
+        assert trainer.state.global_step == 1
+    changed = [k for k in final["1x4"] if "lora_B" in k and final["1x4"][k].abs().sum() > 0]
+    assert changed
+    for key in final["1x4"]:
+        torch.testing.assert_close(final["4x1"][key], final["1x4"][key], rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------ QLoRA, resume, evaluation
+
+
+def test_qlora_4bit_self_teacher_trains(tmp_path, tiny_tokenizer, msd_rows):
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    path = tmp_path / "tiny64"
+    make_model(tiny_tokenizer, hidden_size=64).save_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        ),
+    )
+    trainer = OnPolicyMSDTrainer(
+        model=model,
+        args=make_args(tmp_path),
+        train_dataset=msd_rows,
+        processing_class=tiny_tokenizer,
+        peft_config=lora(),
+    )
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.modules())
+    assert trainer.teacher_model is None  # adapter-disabled base: no second copy
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if "lora_B" in k}
+    trainer.train()
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_save_resume_and_evaluate(tmp_path, tiny_tokenizer, msd_rows):
+    args = make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, eval_strategy="no")
+    trainer = OnPolicyMSDTrainer(
+        model=make_model(tiny_tokenizer),
+        args=args,
+        train_dataset=msd_rows,
+        eval_dataset=msd_rows.select(range(2)),
+        processing_class=tiny_tokenizer,
+        peft_config=lora(),
+    )
+    trainer.train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert (checkpoint / "adapter_model.safetensors").exists()
+    resumed = OnPolicyMSDTrainer(
+        model=make_model(tiny_tokenizer),
+        args=args,
+        train_dataset=msd_rows,
+        processing_class=tiny_tokenizer,
+        peft_config=lora(),
+    )
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 4
+    metrics = trainer.evaluate()
+    assert "eval_loss" in metrics and metrics["eval_loss"] >= 0
+    assert "eval_msd/divergence" in metrics
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_missing_prompt_column(tmp_path, tiny_tokenizer):
+    with pytest.raises(ValueError, match="'prompt'"):
+        OnPolicyMSDTrainer(
+            model=make_model(tiny_tokenizer),
+            args=make_args(tmp_path),
+            train_dataset=Dataset.from_list([{"text": "hi"}]),
+            processing_class=tiny_tokenizer,
+        )
+
+
+def test_missing_teacher_completion_column(tmp_path, tiny_tokenizer, msd_rows):
+    with pytest.raises(ValueError, match="teacher_completion.*generate_teacher_completions"):
+        OffPolicyMSDTrainer(
+            model=make_model(tiny_tokenizer),
+            args=make_args(tmp_path),
+            train_dataset=msd_rows,
+            processing_class=tiny_tokenizer,
+        )
+
+
+def test_missing_teacher_prompt_means_teacher_sees_student_prompt(tiny_tokenizer, msd_rows):
+    collator = MSDDataCollator(tiny_tokenizer)
+    batch = collator(list(msd_rows.remove_columns("teacher_prompt"))[:2])
+    assert torch.equal(batch["prompt_ids"], batch["teacher_prompt_ids"])
+
+
+def test_empty_prompt_is_an_error(tiny_tokenizer):
+    collator = MSDDataCollator(tiny_tokenizer)
+    with pytest.raises(ValueError, match="'q9'.*empty prompt"):
+        collator([{"id": "q9", "prompt": "   ", "teacher_prompt": "Hello"}])
+
+
+def test_long_prompt_is_truncated_with_a_warning_or_an_error(tiny_tokenizer, caplog):
+    row = {"id": "long", "prompt": "word " * 200, "teacher_prompt": "short", "teacher_completion": "No."}
+    collator = MSDDataCollator(tiny_tokenizer, max_prompt_length=16)
+    with caplog.at_level(logging.WARNING, logger="msd_trl.trainer"):
+        batch = collator([row])
+    assert batch["prompt_ids"].size(1) == 16
+    assert "'long'" in caplog.text and "max_prompt_length=16" in caplog.text
+    full = MSDDataCollator(tiny_tokenizer)([row])
+    assert torch.equal(batch["fixed_completion_ids"], full["fixed_completion_ids"])  # completion untouched
+    with pytest.raises(ValueError, match="'long'.*max_prompt_length=16"):
+        MSDDataCollator(tiny_tokenizer, max_prompt_length=16, prompt_truncation="error")([row])
+
+
+# ------------------------------------------------------------------ teacher text
+
+
+def test_generate_teacher_completions_batched_and_resumable(tmp_path, tiny_tokenizer, msd_rows):
+    model = make_model(tiny_tokenizer)
+    output = tmp_path / "teacher.jsonl"
+    kwargs = dict(args=make_args(tmp_path, max_new_tokens=5), batch_size=4, output_path=output, progress=False)
+    first = generate_teacher_completions(model, msd_rows, tiny_tokenizer, **kwargs)
+    assert first.column_names[-1] == "teacher_completion" and len(first) == len(msd_rows)
+    assert len(output.read_text().splitlines()) == len(msd_rows)
+
+    # Resume: drop the last two records and a partial line; only those rows are generated again.
+    lines = output.read_text().splitlines()
+    output.write_text("\n".join(lines[:-2]) + '\n{"index": 9')
+    calls = []
+    original = model.generate
+
+    def counting_generate(*args, **kw):
+        calls.append(kw["input_ids"].size(0))
+        return original(*args, **kw)
+
+    model.generate = counting_generate
+    second = generate_teacher_completions(model, msd_rows, tiny_tokenizer, **kwargs)
+    assert sum(calls) == 2
+    kept = {int(__import__("json").loads(line)["index"]) for line in lines[:-2]}
+    for i in kept:
+        assert second[i]["teacher_completion"] == first[i]["teacher_completion"]
+    # The result trains off-policy as is.
+    trainer = OffPolicyMSDTrainer(
+        model=make_model(tiny_tokenizer),
+        args=make_args(tmp_path, max_steps=1),
+        train_dataset=second,
+        processing_class=tiny_tokenizer,
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1
