@@ -214,7 +214,7 @@ class MSDConfig(GKDConfig):
         try:
             return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
         except ValueError as err:
-            raise ValueError(f"MSDConfig.teacher_prompt_template={template!r} is not a valid format string: {err}")
+            raise ValueError(f"MSDConfig.teacher_prompt_template={template!r} is not a valid format string: {err}") from err
 
     def to_dict(self) -> dict[str, Any]:
         # A Divergence instance is not JSON-serialisable; record its repr so saved configs stay readable.
