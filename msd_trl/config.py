@@ -9,6 +9,8 @@ each with a `help` string, and changes three defaults so a run fits the hardware
   slower than fp32);
 * `gradient_checkpointing` is off unless asked for (TRL turns it on; it also disables the KV cache during
   on-policy generation);
+* under `accelerate launch` / torchrun on a machine with no accelerator, `use_cpu` is set so the processes
+  form one data-parallel job over gloo instead of N independent runs;
 * `lmbda` is 1.0: MSD rows carry no response, so every step is on-policy unless a row has a fixed completion.
 
 Cross-field checks live in `__post_init__`; each raises `ValueError` naming the field and the bad value.
@@ -16,6 +18,7 @@ Cross-field checks live in `__post_init__`; each raises `ValueError` naming the 
 
 from __future__ import annotations
 
+import os
 import string
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +31,14 @@ from .divergences import Divergence, available_divergences
 __all__ = ["MSDConfig", "TEMPLATE_PLACEHOLDERS", "bf16_supported"]
 
 TEMPLATE_PLACEHOLDERS = ("prompt", "teacher_prompt", "language")
+
+
+def _launched_distributed() -> bool:
+    return int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
+
+
+def _has_accelerator() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
 def bf16_supported() -> bool:
@@ -166,6 +177,10 @@ class MSDConfig(GKDConfig):
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = bool(bf16_supported() and not self.fp16)
+        if not self.use_cpu and _launched_distributed() and not _has_accelerator():
+            # `accelerate launch --multi_gpu` / torchrun on a machine with no accelerator: without use_cpu,
+            # accelerate would silently run N independent processes; with it, DDP over gloo.
+            self.use_cpu = True
         super().__post_init__()
         self._check_fields()
 
@@ -214,7 +229,9 @@ class MSDConfig(GKDConfig):
         try:
             return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
         except ValueError as err:
-            raise ValueError(f"MSDConfig.teacher_prompt_template={template!r} is not a valid format string: {err}") from err
+            raise ValueError(
+                f"MSDConfig.teacher_prompt_template={template!r} is not a valid format string: {err}"
+            ) from err
 
     def to_dict(self) -> dict[str, Any]:
         # A Divergence instance is not JSON-serialisable; record its repr so saved configs stay readable.
