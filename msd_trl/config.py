@@ -109,7 +109,7 @@ class MSDConfig(GKDConfig):
         metadata={"help": "System prompt that only the teacher sees (e.g. a safety instruction)."},
     )
     # --- divergence ---
-    divergence: Any = field(
+    divergence: str = field(  # a Divergence instance is accepted too (not from the command line)
         default="dpsw",
         metadata={
             "help": "Objective: 'dpsw', 'reverse_kl', 'forward_kl', 'jsd' (GKD's JSD with `beta`), a registered "
@@ -175,6 +175,9 @@ class MSDConfig(GKDConfig):
     )
 
     def __post_init__(self):
+        for name in ("lmbda", "beta"):  # GKDConfig checks these too, without naming the value
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"MSDConfig.{name}={getattr(self, name)!r} is invalid: must be in [0, 1].")
         if self.bf16 is None:
             self.bf16 = bool(bf16_supported() and not self.fp16)
         if not self.use_cpu and _launched_distributed() and not _has_accelerator():

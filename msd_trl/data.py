@@ -54,6 +54,7 @@ from datasets import Dataset, DatasetDict, List, Value, concatenate_datasets, lo
 from tqdm.auto import tqdm
 
 __all__ = [
+    "build_safety_mix",
     "LANGUAGE_NAMES",
     "MGSM_HUB_NAME",
     "MGSM_LANGUAGES",
@@ -770,3 +771,54 @@ def filter_by_length(
     else:
         logger.info("filter_by_length: kept all %d rows (longest %s)", len(dataset), longest)
     return dataset.select(np.flatnonzero(keep).tolist())
+
+
+def build_safety_mix(
+    harmful_languages: Sequence[str] = ("jv", "sw", "bn"),
+    benign_languages: Sequence[str] = ("sw", "bn"),
+    *,
+    benign_proportion: float = 0.4,
+    split: str = "train",
+    test_size: float | int = 0.2,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    tokenizer=None,
+    max_prompt_tokens: int | None = None,
+    num_rows: int | None = None,
+    conversational: bool = False,
+) -> Dataset:
+    """The MSD training (or held-out) set: MultiJail harmful queries mixed with MGSM benign ones.
+
+    Each corpus is split by query id first (``split_by_id`` with ``test_size`` and ``seed``, the same split the
+    evaluation holds out), then ``split`` ("train" or "test") of each is kept, optionally filtered by prompt
+    length, and the two are mixed with ``benign_proportion`` of benign rows. Benign rows matter: distilling on
+    harmful queries alone teaches "non-English prompt -> refuse" (see docs/results.md).
+
+    Args:
+        harmful_languages / benign_languages: MultiJail and MGSM language codes; an empty benign list means no
+            benign rows (``benign_proportion`` is then ignored).
+        data_dir: the folder holding ``multijail/`` and ``mgsm/``; default :func:`find_shared_data_dir`, else the Hub.
+        tokenizer / max_prompt_tokens: when both are given, rows whose prompt is longer are dropped (logged).
+        num_rows: size of the mix (default: the largest that needs no repeated row).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
+    if not 0.0 <= benign_proportion < 1.0:
+        raise ValueError(f"`benign_proportion` must be in [0, 1), got {benign_proportion!r}")
+    base = Path(data_dir) if data_dir is not None else find_shared_data_dir()
+    multijail_source = base / "multijail" if base is not None else None
+    mgsm_source = base / "mgsm" if base is not None else None
+    corpora: dict[str, Dataset] = {}
+    harmful = load_multijail(multijail_source, harmful_languages, conversational=conversational)
+    corpora["multijail"] = split_by_id(harmful, test_size=test_size, seed=seed)[split]
+    if benign_languages and benign_proportion > 0:
+        benign = load_mgsm(mgsm_source, benign_languages, conversational=conversational)
+        corpora["mgsm"] = split_by_id(benign, test_size=test_size, seed=seed)[split]
+    if tokenizer is not None and max_prompt_tokens is not None:
+        corpora = {
+            name: filter_by_length(ds, tokenizer, max_prompt_tokens=max_prompt_tokens) for name, ds in corpora.items()
+        }
+    if len(corpora) == 1:
+        return corpora["multijail"].shuffle(seed=seed)
+    proportions = {"multijail": 1.0 - benign_proportion, "mgsm": benign_proportion}
+    return mix_datasets(corpora, proportions, num_rows=num_rows, seed=seed)

@@ -236,19 +236,23 @@ class Divergence:
         if self.temperature != 1.0:
             student_logits = student_logits / self.temperature
             teacher_logits = teacher_logits / self.temperature
-        mask = completion_mask.to(student_logits.dtype)  # [B, T]
+        # Count and reduce in float32: in bf16, 1001 tokens round to 1000 and the loss drifts.
+        mask = completion_mask.to(torch.float32)  # [B, T]
         per_token_loss = self.per_token(student_logits, teacher_logits, completion_ids)  # [B, T]
         with torch.no_grad():
             weights = self.token_weights(student_logits, teacher_logits, completion_ids, completion_mask)
-        weights = weights.detach().to(per_token_loss.dtype)  # [B, T]
+        weights = weights.detach().float()  # [B, T]
         if num_items_in_batch is None:
             num_tokens = mask.sum()
         else:
             num_tokens = torch.as_tensor(num_items_in_batch, dtype=mask.dtype, device=mask.device)
         # clamp: an all-masked batch gives 0 / 1 = 0, finite, still connected to the student graph.
-        loss = (per_token_loss * weights * mask).sum() / num_tokens.clamp(min=1)
+        loss = (per_token_loss.float() * weights * mask).sum() / num_tokens.clamp(min=1)
         return DivergenceOutput(
-            loss=loss, per_token_loss=per_token_loss * mask, weights=weights, num_tokens=num_tokens.detach()
+            loss=loss,
+            per_token_loss=per_token_loss * mask.to(per_token_loss.dtype),
+            weights=weights,
+            num_tokens=num_tokens.detach(),
         )
 
     def __call__(
@@ -350,8 +354,15 @@ class DPSW(Divergence):
         self.top_k = top_k
         self.min_weight = float(min_weight)
         self.normalize = bool(normalize)
-        self.teacher_view = teacher_view or (lambda s, t, ids: teacher_confidence_view(t, top_k=self.top_k))
-        self.student_view = student_view or (lambda s, t, ids: student_disagreement_view(s, t))
+        # Bound methods, not lambdas: a config holding this instance is pickled with every checkpoint.
+        self.teacher_view = teacher_view or self._default_teacher_view
+        self.student_view = student_view or self._default_student_view
+
+    def _default_teacher_view(self, student_logits, teacher_logits, completion_ids):
+        return teacher_confidence_view(teacher_logits, top_k=self.top_k)
+
+    def _default_student_view(self, student_logits, teacher_logits, completion_ids):
+        return student_disagreement_view(student_logits, teacher_logits)
 
     def per_token(self, student_logits, teacher_logits, completion_ids):
         return self.base.per_token(student_logits, teacher_logits, completion_ids)

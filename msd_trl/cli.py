@@ -1,0 +1,298 @@
+"""The `msd-trl` command: `train`, `generate-teacher` and `evaluate`.
+
+Design: every subcommand is a thin layer over the public API, parsed with TRL's `TrlParser`, so any
+`MSDConfig` / `TrainingArguments` flag (`--max_steps 1`, `--learning_rate 5e-4`) and TRL's `ModelConfig` flags
+(`--model_name_or_path`, `--lora_r`, `--load_in_4bit`) work, and `--config file.yaml` sets any of them. With no
+model or data flags it trains the embedded SmolLM2-135M-Instruct on MultiJail (+ MGSM benign questions) from
+`../shared/data` or the Hub, with LoRA and the safety system prompt as the teacher's privileged context.
+
+`msd-trl train` leaves in `--output_dir`: the adapter (`adapter_model.safetensors`, `adapter_config.json`), the
+tokenizer, `msd_config.json` (every resolved setting) and `run_summary.json` (data counts, steps, wall time, final
+metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DataArguments", "build_train_parser", "main"]
+
+logger = logging.getLogger("msd_trl")
+
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class DataArguments:
+    """Which queries to train on (and, for `train --trainer`, which trainer)."""
+
+    trainer: str = field(
+        default="on-policy",
+        metadata={"help": "Trainer: 'on-policy' (student samples, teacher scores) or 'off-policy' (teacher text).",
+                  "choices": ["on-policy", "off-policy"]},
+    )  # fmt: skip
+    languages: str = field(
+        default="jv,sw,bn", metadata={"help": "Comma-separated MultiJail target languages to train on."}
+    )
+    benign_languages: str = field(
+        default="sw,bn", metadata={"help": "Comma-separated MGSM languages of benign rows ('' for none)."}
+    )
+    benign_proportion: float = field(
+        default=0.4, metadata={"help": "Fraction of benign (MGSM) rows in the training mix, in [0, 1)."}
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder holding multijail/ and mgsm/ (default: ../shared/data if found, else the Hub)."},
+    )
+    test_size: float = field(
+        default=0.2, metadata={"help": "Fraction of query ids held out for evaluation (split by id)."}
+    )
+    split_seed: int = field(default=0, metadata={"help": "Seed of the by-id train/test split and of the mix."})
+    max_prompt_tokens: int | None = field(
+        default=256,
+        metadata={"help": "Drop training rows whose student or teacher prompt is longer (logged per language)."},
+    )
+    max_train_rows: int | None = field(default=None, metadata={"help": "Cap on the number of training rows."})
+    teacher_completions: str | None = field(
+        default=None,
+        metadata={"help": "Off-policy: JSON-lines cache of teacher text (default OUTPUT_DIR/teacher_completions"
+                  ".jsonl); resumed if it exists."},
+    )  # fmt: skip
+    generation_batch_size: int = field(default=8, metadata={"help": "Batch size of teacher-text generation."})
+    no_safety_system_prompt: bool = field(
+        default=False,
+        metadata={"help": "Do not default teacher_system_prompt to msd_trl.evaluation.SAFETY_SYSTEM_PROMPT."},
+    )
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_train_parser(prog: str = "msd-trl train"):
+    from trl import ModelConfig, TrlParser
+
+    from .config import MSDConfig
+
+    parser = TrlParser((DataArguments, MSDConfig, ModelConfig), prog=prog)
+    # The CLI's defaults for an MSD run; --config YAML and flags override them.
+    parser.set_defaults(
+        output_dir="outputs/msd",
+        use_peft=True,
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        lora_target_modules=DEFAULT_LORA_TARGETS,
+        learning_rate=5e-4,
+        per_device_train_batch_size=4,
+        max_new_tokens=32,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        dtype="float32",
+    )
+    return parser
+
+
+def _prepare(data_args: DataArguments, config, model_args):
+    """Shared by train and generate-teacher: tokenizer, training rows, teacher system prompt."""
+    from .data import build_safety_mix
+    from .models import load_tokenizer, resolve_model_name_or_path
+
+    if config.teacher_system_prompt is None and not data_args.no_safety_system_prompt:
+        from .evaluation import SAFETY_SYSTEM_PROMPT
+
+        config.teacher_system_prompt = SAFETY_SYSTEM_PROMPT
+    model_path = resolve_model_name_or_path(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_path)
+    dataset = build_safety_mix(
+        _split(data_args.languages),
+        _split(data_args.benign_languages),
+        benign_proportion=data_args.benign_proportion,
+        split="train",
+        test_size=data_args.test_size,
+        seed=data_args.split_seed,
+        data_dir=data_args.data_dir,
+        tokenizer=tokenizer,
+        max_prompt_tokens=data_args.max_prompt_tokens,
+        num_rows=data_args.max_train_rows,
+    )
+    return model_path, tokenizer, dataset
+
+
+def _load_model(model_path: str, model_args):
+    from .models import load_model
+
+    if model_args.load_in_8bit:
+        raise ValueError("--load_in_8bit is not supported by msd-trl; use --load_in_4bit (QLoRA, NF4).")
+    kwargs = {"revision": model_args.model_revision}
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    return load_model(model_path, dtype=model_args.dtype or "auto", load_in_4bit=model_args.load_in_4bit, **kwargs)
+
+
+def _teacher_text(model, tokenizer, dataset, config, data_args: DataArguments, path: Path):
+    from .generation import generate_teacher_completions
+
+    return generate_teacher_completions(
+        model,
+        dataset,
+        tokenizer,
+        args=config,
+        batch_size=data_args.generation_batch_size,
+        output_path=path,
+        seed=config.seed,
+    )
+
+
+def _final_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for entry in log_history:
+        metrics.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
+    return metrics
+
+
+def train(argv: list[str]) -> dict[str, Any]:
+    from trl import get_peft_config
+
+    from .trainer import OffPolicyMSDTrainer, OnPolicyMSDTrainer
+
+    data_args, config, model_args = build_train_parser().parse_args_and_config(args=argv)
+    start = time.time()
+    model_path, tokenizer, dataset = _prepare(data_args, config, model_args)
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = _load_model(model_path, model_args)
+    trainer_cls = OnPolicyMSDTrainer if data_args.trainer == "on-policy" else OffPolicyMSDTrainer
+    if trainer_cls is OffPolicyMSDTrainer:
+        path = Path(data_args.teacher_completions or output_dir / "teacher_completions.jsonl")
+        dataset = _teacher_text(model, tokenizer, dataset, config, data_args, path)
+    counts = Counter(f"{row['source']}/{row['language']}" for row in dataset)
+    print(f"msd-trl: training {trainer_cls.__name__} on {len(dataset)} rows: {dict(sorted(counts.items()))}")
+    trainer = trainer_cls(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    train_start = time.time()
+    result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    train_time = time.time() - train_start
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(output_dir)
+    resolved = {
+        "data": asdict(data_args),
+        "model": {**asdict(model_args), "resolved_path": model_path},
+        "training": json.loads(config.to_json_string()),
+    }
+    (output_dir / "msd_config.json").write_text(json.dumps(resolved, indent=2, default=str), encoding="utf-8")
+    summary = {
+        "trainer": trainer_cls.__name__,
+        "model": model_args.model_name_or_path or "embedded:smollm2-135m-instruct",
+        "adapter_dir": str(output_dir.resolve()),
+        "train_rows": len(dataset),
+        "rows_by_source_language": dict(sorted(counts.items())),
+        "global_step": result.global_step,
+        "train_loss": result.training_loss,
+        "train_wall_time_s": round(train_time, 1),
+        "total_wall_time_s": round(time.time() - start, 1),
+        "final_metrics": _final_metrics(trainer.state.log_history),
+    }
+    (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(
+        f"msd-trl: done in {summary['total_wall_time_s']} s ({result.global_step} steps). Adapter: {output_dir}/"
+        f"adapter_model.safetensors; summary: {output_dir}/run_summary.json; config: {output_dir}/msd_config.json"
+    )
+    return summary
+
+
+def generate_teacher(argv: list[str]) -> Path:
+    data_args, config, model_args = build_train_parser("msd-trl generate-teacher").parse_args_and_config(args=argv)
+    model_path, tokenizer, dataset = _prepare(data_args, config, model_args)
+    path = Path(data_args.teacher_completions or Path(config.output_dir) / "teacher_completions.jsonl")
+    model = _load_model(model_path, model_args)
+    dataset = _teacher_text(model, tokenizer, dataset, config, data_args, path)
+    dataset_path = path.with_suffix(".dataset.jsonl")
+    dataset.to_json(str(dataset_path), force_ascii=False)
+    print(f"msd-trl: {len(dataset)} teacher completions in {path}; rows with the column in {dataset_path}")
+    return dataset_path
+
+
+def evaluate(argv: list[str]) -> dict[str, Any]:
+    from .evaluation import SAFETY_SYSTEM_PROMPT, run_evaluation
+
+    parser = argparse.ArgumentParser(
+        prog="msd-trl evaluate",
+        description="Refusal rate on held-out harmful MultiJail queries per language, over-refusal on benign MGSM "
+        "questions, and the teacher's own refusal rate (English + safety system prompt) as the ceiling.",
+    )
+    parser.add_argument("--model", default=None, help="Model name or path (default: the embedded SmolLM2).")
+    parser.add_argument("--adapter", default=None, help="A PEFT adapter directory (e.g. a train output_dir).")
+    parser.add_argument("--languages", default="jv,sw,bn", help="Comma-separated MultiJail languages.")
+    parser.add_argument("--benign_languages", default="sw,bn,th", help="Comma-separated MGSM languages ('' none).")
+    parser.add_argument("--limit", type=int, default=None, help="At most this many queries per language.")
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--judge", default="keyword", help="Refusal judge: 'keyword' (default).")
+    parser.add_argument("--test_size", type=float, default=0.2, help="Must match training's (split by id).")
+    parser.add_argument("--seed", type=int, default=0, help="Split seed; must match training's split_seed.")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--baseline_report", default=None, help="A report.json to chart before vs after.")
+    parser.add_argument("--no_teacher_system_prompt", action="store_true")
+    parser.add_argument("--load_in_4bit", action="store_true")
+    parser.add_argument("--output_dir", required=True)
+    a = parser.parse_args(argv)
+    report = run_evaluation(
+        a.model,
+        adapter=a.adapter,
+        languages=_split(a.languages),
+        benign_languages=_split(a.benign_languages),
+        test_size=a.test_size,
+        seed=a.seed,
+        limit=a.limit,
+        max_new_tokens=a.max_new_tokens,
+        batch_size=a.batch_size,
+        judge=a.judge,
+        teacher_system_prompt=None if a.no_teacher_system_prompt else SAFETY_SYSTEM_PROMPT,
+        output_dir=a.output_dir,
+        baseline_report=a.baseline_report,
+        data_dir=a.data_dir,
+        load_in_4bit=a.load_in_4bit,
+    )
+    print(f"msd-trl: report in {a.output_dir}/report.json")
+    return report
+
+
+COMMANDS = {
+    "train": (train, "Train an adapter with on-policy or off-policy MSD."),
+    "generate-teacher": (generate_teacher, "Sample teacher text under the privileged context (off-policy data)."),
+    "evaluate": (evaluate, "Multilingual refusal / over-refusal report of a model (+ adapter)."),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = "usage: msd-trl {train,generate-teacher,evaluate} [options]   (msd-trl COMMAND --help for options)"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage + "\n\ncommands:\n" + "\n".join(f"  {name:18s}{text}" for name, (_, text) in COMMANDS.items()))
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"msd-trl: unknown command {command!r}\n{usage}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    COMMANDS[command][0](rest)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
