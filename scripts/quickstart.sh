@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# One command: set up .venv, then train an MSD adapter on the embedded SmolLM2-135M-Instruct with MultiJail
+# (on-policy, LoRA, CPU, a few minutes). Extra arguments go to `msd-trl train`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/msd-trl train --config examples/configs/quickstart.yaml "$@"
