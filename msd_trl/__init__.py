@@ -26,11 +26,31 @@ from .divergences import (
     register_divergence,
 )
 from .generation import generate_teacher_completions
+from .models import (
+    EMBEDDED_MODEL,
+    EmbeddedModelNotInstalledError,
+    default_lora_config,
+    disable_bnb_cpu_weight_packing,
+    ensure_embedded_model,
+    get_quantization_config,
+    load_model,
+    load_tokenizer,
+    resolve_model_name_or_path,
+)
 from .trainer import MSDDataCollator, OffPolicyMSDTrainer, OnPolicyMSDTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EMBEDDED_MODEL",
+    "EmbeddedModelNotInstalledError",
+    "default_lora_config",
+    "disable_bnb_cpu_weight_packing",
+    "ensure_embedded_model",
+    "get_quantization_config",
+    "load_model",
+    "load_tokenizer",
+    "resolve_model_name_or_path",
     "DPSW",
     "LANGUAGE_NAMES",
     "MGSM_LANGUAGES",

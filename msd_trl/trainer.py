@@ -40,6 +40,7 @@ from trl.trainer.utils import disable_dropout_in_model, pad, use_adapter
 
 from .config import MSDConfig
 from .divergences import DPSW, Divergence, get_divergence
+from .models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
 from .rendering import completion_token_ids, render_student_messages, render_teacher_messages, tokenize_messages
 
 logger = logging.getLogger(__name__)
@@ -213,8 +214,6 @@ class _MSDTrainerBase(SFTTrainer):
         for name, dataset in self._named_datasets(train_dataset, eval_dataset):
             self._check_columns(dataset, name)
         if isinstance(model, str):
-            from .models import resolve_model_name_or_path
-
             model = resolve_model_name_or_path(model)
         if data_collator is None:
             # Placeholder so SFTTrainer builds no collator of its own; the real one needs the tokenizer it resolves.
@@ -248,6 +247,9 @@ class _MSDTrainerBase(SFTTrainer):
                 stop_ids=self.stop_ids,
             )
         self._keep_adapter_dtype_on_cpu()
+        # bitsandbytes on CPU would otherwise switch 4-bit layers to a kernel without backward after the first
+        # generation step, silently dropping QLoRA gradients (see models.disable_bnb_cpu_weight_packing).
+        disable_bnb_cpu_weight_packing(self.model)
         if args.disable_dropout:
             disable_dropout_in_model(self.model)
         self.divergence = build_divergence(args)
@@ -304,8 +306,6 @@ class _MSDTrainerBase(SFTTrainer):
         if teacher_model is None and args.teacher_model_name_or_path is not None:
             teacher_model = args.teacher_model_name_or_path
         if isinstance(teacher_model, str):
-            from .models import resolve_model_name_or_path
-
             init_kwargs = dict(args.teacher_model_init_kwargs or {})
             dtype = init_kwargs.get("dtype")
             if isinstance(dtype, str) and dtype != "auto":
@@ -343,6 +343,7 @@ class _MSDTrainerBase(SFTTrainer):
             )
         teacher_model.requires_grad_(False)
         teacher_model.eval()
+        disable_bnb_cpu_weight_packing(teacher_model)
         if self.is_deepspeed_enabled:
             self.teacher_model = prepare_deepspeed(teacher_model, self.accelerator)
         else:

