@@ -72,6 +72,30 @@ class DataArguments:
         metadata={"help": "Do not default teacher_system_prompt to msd_trl.evaluation.SAFETY_SYSTEM_PROMPT."},
     )
 
+    def build_dataset(self, tokenizer, split: str = "train"):
+        """The MultiJail (+ MGSM benign) rows these arguments describe: `data.build_safety_mix`, split by id."""
+        from .data import build_safety_mix
+
+        return build_safety_mix(
+            _split(self.languages),
+            _split(self.benign_languages),
+            benign_proportion=self.benign_proportion,
+            split=split,
+            test_size=self.test_size,
+            seed=self.split_seed,
+            data_dir=self.data_dir,
+            tokenizer=tokenizer,
+            max_prompt_tokens=self.max_prompt_tokens,
+            num_rows=self.max_train_rows,
+        )
+
+    def apply_teacher_defaults(self, config) -> None:
+        """Default the teacher's system prompt to `evaluation.SAFETY_SYSTEM_PROMPT` (unless opted out)."""
+        if config.teacher_system_prompt is None and not self.no_safety_system_prompt:
+            from .evaluation import SAFETY_SYSTEM_PROMPT
+
+            config.teacher_system_prompt = SAFETY_SYSTEM_PROMPT
+
 
 def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -104,28 +128,12 @@ def build_train_parser(prog: str = "msd-trl train"):
 
 def _prepare(data_args: DataArguments, config, model_args):
     """Shared by train and generate-teacher: tokenizer, training rows, teacher system prompt."""
-    from .data import build_safety_mix
     from .models import load_tokenizer, resolve_model_name_or_path
 
-    if config.teacher_system_prompt is None and not data_args.no_safety_system_prompt:
-        from .evaluation import SAFETY_SYSTEM_PROMPT
-
-        config.teacher_system_prompt = SAFETY_SYSTEM_PROMPT
+    data_args.apply_teacher_defaults(config)
     model_path = resolve_model_name_or_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_path)
-    dataset = build_safety_mix(
-        _split(data_args.languages),
-        _split(data_args.benign_languages),
-        benign_proportion=data_args.benign_proportion,
-        split="train",
-        test_size=data_args.test_size,
-        seed=data_args.split_seed,
-        data_dir=data_args.data_dir,
-        tokenizer=tokenizer,
-        max_prompt_tokens=data_args.max_prompt_tokens,
-        num_rows=data_args.max_train_rows,
-    )
-    return model_path, tokenizer, dataset
+    return model_path, tokenizer, data_args.build_dataset(tokenizer)
 
 
 def _load_model(model_path: str, model_args):

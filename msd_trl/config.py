@@ -214,6 +214,11 @@ class MSDConfig(GKDConfig):
             bad("max_new_tokens", "must be >= 1.")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             bad("max_prompt_length", "must be >= 1 or None.")
+        if self.seq_kd:
+            bad(
+                "seq_kd",
+                "sequence-level KD is not implemented by the MSD trainers; use OffPolicyMSDTrainer on teacher text.",
+            )
         if self.prompt_truncation not in ("left", "error"):
             bad("prompt_truncation", "must be 'left' or 'error'.")
         placeholders = self.template_placeholders(self.teacher_prompt_template)

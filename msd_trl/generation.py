@@ -30,7 +30,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["generate_teacher_completions"]
 
 
-def _load_done(output_path: Path, column: str) -> dict[int, str]:
+def _row_key(row: dict[str, Any]) -> list[Any]:
+    return [row.get("id"), row.get("language")]
+
+
+def _load_done(output_path: Path, column: str, dataset: Dataset) -> dict[int, str]:
+    """Completions already in the file, after checking each belongs to the same row of `dataset`."""
     done: dict[int, str] = {}
     if not output_path.exists():
         return done
@@ -40,12 +45,22 @@ def _load_done(output_path: Path, column: str) -> dict[int, str]:
                 continue
             try:
                 record = json.loads(line)
-                done[int(record["index"])] = record[column]
-            except (json.JSONDecodeError, KeyError, ValueError):
+                index, text = int(record["index"]), record[column]
+            except (json.JSONDecodeError, KeyError, ValueError, TypeError):
                 # A run killed mid-write leaves at most one partial last line; regenerate that row.
                 logger.warning(
                     "%s:%d is not a complete record; that row will be generated again.", output_path, line_number
                 )
+                continue
+            cached_key = [record.get("id"), record.get("language")]
+            if index >= len(dataset) or cached_key != _row_key(dataset[index]):
+                expected = _row_key(dataset[index]) if index < len(dataset) else "missing"
+                raise ValueError(
+                    f"{output_path}:{line_number} holds row {index} with (id, language) {cached_key}, but the "
+                    f"dataset's row {index} is {expected}: the cache was made for other data. Use a new "
+                    "output_path (or delete this file) when the rows change."
+                )
+            done[index] = text
     return done
 
 
@@ -120,7 +135,7 @@ def generate_teacher_completions(
         for row in dataset
     ]
     path = Path(output_path) if output_path is not None else None
-    done = _load_done(path, column) if path is not None else {}
+    done = _load_done(path, column, dataset) if path is not None else {}
     if done:
         logger.info("Resuming: %d of %d rows already in %s.", len(done), len(prompts), path)
     todo = sorted((i for i in range(len(prompts)) if i not in done), key=lambda i: len(prompts[i]))
@@ -150,7 +165,8 @@ def generate_teacher_completions(
                     text = tokenizer.decode(completion[:end], skip_special_tokens=True)
                     done[row_index] = text
                     if sink is not None:
-                        record = {"index": row_index, "id": dataset[row_index].get("id"), column: text}
+                        row_id, language = _row_key(dataset[row_index])
+                        record = {"index": row_index, "id": row_id, "language": language, column: text}
                         sink.write(json.dumps(record, ensure_ascii=False) + "\n")
                 if sink is not None:
                     sink.flush()

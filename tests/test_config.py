@@ -318,3 +318,8 @@ def test_build_dpsw_with_all_options(tmp_path):
 def test_build_passes_an_instance_through(tmp_path):
     divergence = ForwardKL(temperature=3.0)
     assert build_divergence(make_config(tmp_path, divergence=divergence, divergence_temperature=0.5)) is divergence
+
+
+def test_seq_kd_is_refused_not_silently_ignored(tmp_path):
+    with pytest.raises(ValueError, match="seq_kd=True"):
+        MSDConfig(output_dir=str(tmp_path), report_to="none", seq_kd=True)

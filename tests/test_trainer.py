@@ -460,6 +460,9 @@ def test_generate_teacher_completions_batched_and_resumable(tmp_path, tiny_token
     kept = {int(__import__("json").loads(line)["index"]) for line in lines[:-2]}
     for i in kept:
         assert second[i]["teacher_completion"] == first[i]["teacher_completion"]
+    # A cache made for other rows is refused, not silently paired with the wrong prompts.
+    with pytest.raises(ValueError, match="made for other data"):
+        generate_teacher_completions(model, msd_rows.select([1, 0, 2, 3, 4, 5]), tiny_tokenizer, **kwargs)
     # The result trains off-policy as is.
     trainer = OffPolicyMSDTrainer(
         model=make_model(tiny_tokenizer),

