@@ -25,6 +25,16 @@ from .divergences import (
     get_divergence,
     register_divergence,
 )
+from .evaluation import (
+    SAFETY_SYSTEM_PROMPT,
+    ClassifierJudge,
+    Judge,
+    KeywordRefusalJudge,
+    evaluate,
+    generate_responses,
+    run_evaluation,
+    write_report,
+)
 from .generation import generate_teacher_completions
 from .models import (
     EMBEDDED_MODEL,
@@ -42,6 +52,14 @@ from .trainer import MSDDataCollator, OffPolicyMSDTrainer, OnPolicyMSDTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "SAFETY_SYSTEM_PROMPT",
+    "ClassifierJudge",
+    "Judge",
+    "KeywordRefusalJudge",
+    "evaluate",
+    "generate_responses",
+    "run_evaluation",
+    "write_report",
     "EMBEDDED_MODEL",
     "EmbeddedModelNotInstalledError",
     "default_lora_config",
