@@ -130,7 +130,10 @@ class MSDConfig(GKDConfig):
     )
     dpsw_normalize: bool = field(
         default=True,
-        metadata={"help": "Normalise DPSW token weights to mean 1 over the valid tokens of each micro-batch."},
+        metadata={
+            "help": "Normalise DPSW token weights to mean 1 over the valid tokens of each micro-batch (the loss "
+            "itself always divides by the token count of the whole accumulated batch)."
+        },
     )
     divergence_temperature: float = field(
         default=1.0,

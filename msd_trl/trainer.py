@@ -85,7 +85,14 @@ def _upgrade_config(args: GKDConfig | MSDConfig | None, output_dir: str = "msd_o
     # GKDConfig resolves these deprecated aliases in __post_init__; pass only the new names.
     values.pop("gradient_checkpointing", None)
     values.pop("gradient_checkpointing_kwargs", None)
-    logger.info("Upgrading GKDConfig to MSDConfig with divergence='jsd' (GKD's generalized JSD, beta=%s).", args.beta)
+    logger.info(
+        "Upgrading GKDConfig to MSDConfig with divergence='jsd' (GKD's generalized JSD, beta=%s); GKD's own values "
+        "(lmbda=%s, bf16=%s, gradient checkpointing=%s) are kept as given.",
+        args.beta,
+        args.lmbda,
+        args.bf16,
+        args.gradient_checkpointing,
+    )
     return MSDConfig(**values, divergence="jsd")
 
 
