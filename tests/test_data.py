@@ -73,7 +73,7 @@ def test_constants():
 
 def test_find_shared_data_dir_from_repo(monkeypatch):
     monkeypatch.delenv("MSD_TRL_DATA_DIR", raising=False)
-    assert find_shared_data_dir(Path(__file__).parent) == DATA_DIR.resolve()
+    assert find_shared_data_dir(Path(__file__).parent).resolve() == DATA_DIR.resolve()
 
 
 def test_find_shared_data_dir_env_and_layouts(monkeypatch, tmp_path):
