@@ -12,21 +12,15 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, make_model, make_tokenizer
+from conftest import SHARED_DATA
 
 from msd_trl.cli import DataArguments, build_train_parser, main
 from msd_trl.models import EMBEDDED_INSTALL_HINT, EmbeddedModelNotInstalledError
 
-pytestmark = pytest.mark.skipif(not (SHARED_DATA / "multijail").is_dir(), reason="needs ../shared/data")
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cli-tiny-llama")
-    tokenizer = make_tokenizer()
-    make_model(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+@pytest.fixture
+def model_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir
 
 
 def _tiny_args(model_dir: Path, output_dir: Path) -> list[str]:

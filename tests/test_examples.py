@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, make_model, make_tokenizer
 from trl import ModelConfig, TrlParser
 
 from msd_trl import MSDConfig
@@ -19,16 +18,10 @@ from msd_trl.cli import DataArguments
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-pytestmark = pytest.mark.skipif(not (SHARED_DATA / "multijail").is_dir(), reason="needs ../shared/data")
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("examples-tiny-llama")
-    tokenizer = make_tokenizer()
-    make_model(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+@pytest.fixture
+def model_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir
 
 
 def _load_script(name: str):
