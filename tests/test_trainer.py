@@ -328,7 +328,6 @@ def test_gradient_accumulation_4x1_equals_1x4(tmp_path, tiny_tokenizer, msd_rows
 
 
 def test_qlora_4bit_self_teacher_trains(tmp_path, tiny_tokenizer, msd_rows):
-    pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     path = tmp_path / "tiny64"
