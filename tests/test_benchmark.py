@@ -1,0 +1,152 @@
+"""examples/benchmarks/compare_trainers.py: the report's schema on a tiny Llama, and the target arithmetic by hand.
+
+The benchmark's timings are reported, never asserted: the run test checks only that every trainer ran, that each
+number is present, finite and positive where it must be, and that the Markdown report has its table and verdicts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "benchmarks" / "compare_trainers.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("compare_trainers", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load_script()
+
+
+def test_quick_run_on_a_tiny_model_writes_the_report_schema(bench, tmp_path, tiny_model_dir):
+    model_dir = tiny_model_dir
+    out = tmp_path / "bench"
+
+    report = bench.main(
+        [
+            "--quick", "--steps", "1", "--warmup", "0", "--max_new_tokens", "4", "--batch_size", "2",
+            "--max_prompt_tokens", "128", "--no-isolate", "--model", str(model_dir), "--output_dir", str(out),
+        ]
+    )  # fmt: skip
+
+    saved = json.loads((out / "benchmark.json").read_text())
+    assert saved["ratios"] == report["ratios"]
+    assert set(saved) >= {"device", "model", "settings", "results", "ratios"}
+    assert isinstance(saved["device"], str) and saved["device"]
+    assert saved["model"] == str(model_dir)
+    settings = saved["settings"]
+    assert (settings["batch_size"], settings["max_new_tokens"], settings["steps"], settings["warmup"]) == (2, 4, 1, 0)
+    assert settings["lora"] == {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
+    assert settings["isolate"] is False
+
+    assert list(saved["results"]) == list(bench.TRAINERS)
+    trainable = set()
+    for name, result in saved["results"].items():
+        assert "error" not in result, name
+        for key in ("step_s_median", "peak_mem_mb", "tokens_per_s"):
+            assert isinstance(result[key], float) and result[key] > 0, (name, key)
+        assert result["completion_tokens_per_step"] > 0, name
+        assert len(result["step_s_measured"]) == 1 and result["step_s_warmup"] == []
+        breakdown = result["breakdown_s"]
+        assert set(breakdown) == set(bench.BREAKDOWN_KEYS), name
+        assert all(isinstance(v, float) and math.isfinite(v) for v in breakdown.values()), name
+        # Exclusive section times: the measured parts never exceed the step, so "other" is what is left.
+        measured = sum(v for k, v in breakdown.items() if k != "other")
+        assert measured <= result["step_s_mean"] + 1e-6, name
+        assert breakdown["other"] == pytest.approx(result["step_s_mean"] - measured)
+        assert breakdown["student_forward"] > 0 and breakdown["backward"] > 0 and breakdown["loss"] > 0, name
+        assert breakdown["teacher_forward"] > 0 and breakdown["optimizer"] > 0, name
+        assert math.isfinite(result["final_loss"]), name
+        trainable.add(result["trainable_params"])
+    assert len(trainable) == 1  # the same LoRA adapter in every run
+    for name in ("msd_on_policy", "gkd_on_policy", "sdft"):
+        assert saved["results"][name]["breakdown_s"]["generation"] > 0, name
+    for name in bench.OFF_POLICY:
+        assert saved["results"][name]["breakdown_s"]["generation"] == 0.0, name
+    assert saved["results"]["msd_on_policy"]["breakdown_s"]["metrics"] > 0
+
+    ratios = saved["ratios"]
+    for key in ("on_policy_vs_gkd_step", "on_policy_vs_sdft_step", "on_policy_vs_gkd_mem", "off_policy_vs_gkd_step"):
+        assert isinstance(ratios[key], float) and ratios[key] > 0, key
+    assert ratios["on_policy_vs_gkd_step"] == pytest.approx(
+        saved["results"]["msd_on_policy"]["step_s_median"] / saved["results"]["gkd_on_policy"]["step_s_median"]
+    )
+    assert {v["status"] for v in saved["targets"].values()} <= {"PASS", "MISS"}
+
+    rows = json.loads((out / "work" / "rows.json").read_text())
+    assert len(rows) == 2 and all(isinstance(row["teacher_completion"], str) for row in rows)
+
+    markdown = (out / "benchmark.md").read_text()
+    assert "| trainer | step s (median) |" in markdown
+    for name in bench.TRAINERS:
+        assert f"| {name} |" in markdown
+    for key, _, _ in bench.TARGETS:
+        assert f"`{key}`" in markdown
+    assert "PASS" in markdown or "MISS" in markdown
+
+
+def _result(step: float, mem: float, other_share: float = 0.05) -> dict:
+    return {"step_s_median": step, "peak_mem_mb": mem, "peak_mem_delta_mb": mem / 2, "other_share": other_share}
+
+
+def test_ratios_and_verdicts_by_hand(bench):
+    results = {
+        "msd_on_policy": _result(step=3.0, mem=600.0, other_share=0.12),
+        "gkd_on_policy": _result(step=5.0, mem=1000.0),
+        "sdft": _result(step=3.0, mem=700.0),
+        "msd_off_policy": _result(step=1.0, mem=500.0),
+        "gkd_off_policy": _result(step=2.0, mem=900.0),
+    }
+    ratios = bench.compute_ratios(results)
+    assert ratios["on_policy_vs_gkd_step"] == pytest.approx(0.6)  # 3 / 5
+    assert ratios["on_policy_vs_sdft_step"] == pytest.approx(1.0)  # 3 / 3
+    assert ratios["on_policy_vs_gkd_mem"] == pytest.approx(0.6)  # 600 / 1000
+    assert ratios["off_policy_vs_gkd_step"] == pytest.approx(0.5)  # 1 / 2
+    assert ratios["on_policy_other_share"] == pytest.approx(0.12)
+
+    verdicts = bench.evaluate_targets(ratios)
+    assert verdicts["on_policy_vs_gkd_step"]["status"] == "PASS"  # 0.6 <= 0.75
+    assert verdicts["on_policy_vs_sdft_step"]["status"] == "MISS"  # 1.0 > 0.9
+    assert verdicts["on_policy_vs_gkd_mem"]["status"] == "PASS"  # 0.6 <= 0.65
+    assert verdicts["off_policy_vs_gkd_step"]["status"] == "PASS"  # 0.5 <= 0.7
+    assert verdicts["on_policy_other_share"]["status"] == "MISS"  # 0.12 > 0.10
+
+
+def test_missing_or_failed_runs_give_no_ratio(bench):
+    ratios = bench.compute_ratios({"msd_on_policy": _result(3.0, 600.0), "gkd_on_policy": {"error": "boom"}})
+    assert ratios["on_policy_vs_gkd_step"] is None and ratios["on_policy_vs_sdft_step"] is None
+    assert bench.evaluate_targets(ratios)["on_policy_vs_gkd_step"]["status"] == "n/a"
+
+
+def test_profiler_sections_are_exclusive(bench):
+    profiler = bench.StepProfiler()
+    profiler.mark_step_start()
+    with profiler.section("data"):
+        with profiler.section("generation"):
+            pass
+        with profiler.section("student_forward", skip_inside=("data",)):  # skipped: "data" is open
+            pass
+    record = profiler.end_step()
+    assert set(record["sections"]) == {"data", "generation"}
+    assert record["sections"]["data"] + record["sections"]["generation"] <= record["step_s"]
+
+
+def test_bad_arguments_name_the_value(bench):
+    with pytest.raises(ValueError, match="--only='msd,gkd'"):
+        bench.settings_from_args(bench.parse_args(["--output_dir", "x", "--only", "msd,gkd", "--model", "m"]))
+    with pytest.raises(ValueError, match="--steps must be >= 1, got 0"):
+        bench.settings_from_args(bench.parse_args(["--output_dir", "x", "--steps", "0", "--model", "m"]))
+    quick = bench.settings_from_args(bench.parse_args(["--output_dir", "x", "--quick", "--model", "m"]))
+    assert (quick.steps, quick.warmup, quick.max_new_tokens, quick.batch_size) == (3, 1, 16, 4)
