@@ -148,6 +148,14 @@ class MSDConfig(GKDConfig):
         default=0,
         metadata={"help": "Top-k sampling for rollouts and teacher completions; 0 disables it."},
     )
+    teacher_cache_top_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "Off-policy only: score the teacher text once before training and keep the teacher's top-K "
+            "log-probs (the leftover mass spread evenly over the other tokens), so steps run only the student. "
+            "Exact when K = vocabulary size; DPSW weights are exact when K >= dpsw_top_k."
+        },
+    )
     # --- data ---
     max_prompt_length: int | None = field(
         default=512,
@@ -217,6 +225,11 @@ class MSDConfig(GKDConfig):
             bad("max_new_tokens", "must be >= 1.")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             bad("max_prompt_length", "must be >= 1 or None.")
+        if self.teacher_cache_top_k is not None:
+            if self.teacher_cache_top_k < 1:
+                bad("teacher_cache_top_k", "must be >= 1 or None.")
+            if self.divergence == "dpsw" and self.teacher_cache_top_k < self.dpsw_top_k:
+                bad("teacher_cache_top_k", f"must be >= dpsw_top_k={self.dpsw_top_k} so DPSW's teacher view is exact.")
         if self.seq_kd:
             bad(
                 "seq_kd",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import fields
@@ -32,6 +33,7 @@ import torch
 import torch.nn as nn
 from accelerate.utils import is_peft_model
 from datasets import Dataset
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, TrainerCallback
 from trl.experimental.gkd import GKDConfig
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
@@ -72,6 +74,25 @@ def stop_token_ids(model: PreTrainedModel | None, tokenizer) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
+
+
+TEACHER_CACHE_IDS = "teacher_topk_ids"
+TEACHER_CACHE_LOGPROBS = "teacher_topk_logprobs"
+
+
+def dense_from_topk(topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Teacher log-probs `[B, T, V]` rebuilt from its top-K: the K cached values, the leftover mass spread evenly.
+
+    The approximation of `teacher_cache_top_k`: exact when K = V (no leftover), and the top-K itself (so DPSW's
+    teacher view for any K' <= K and the teacher's argmax) is exact for every K. Every other token gets
+    `log((1 - sum_k p_k) / (V - K))`.
+    """
+    k = topk_ids.size(-1)
+    captured = topk_logprobs.float().exp().sum(-1).clamp(max=1.0)  # [B, T]
+    leftover = (1.0 - captured).clamp(min=torch.finfo(torch.float32).tiny)
+    fill = (leftover.log() - math.log(max(vocab_size - k, 1))).unsqueeze(-1)  # [B, T, 1]
+    dense = fill.expand(*topk_ids.shape[:-1], vocab_size).clone()  # [B, T, V]
+    return dense.scatter_(-1, topk_ids, topk_logprobs.float())
 
 
 def _upgrade_config(args: GKDConfig | MSDConfig | None, output_dir: str = "msd_output") -> MSDConfig:
@@ -180,7 +201,28 @@ class MSDDataCollator:
                 tensors, padding_value=self.tokenizer.pad_token_id, padding_side="right"
             )
             batch["fixed_completion_mask"] = pad([torch.ones_like(t) for t in tensors], padding_value=0)
+            if all(row.get(TEACHER_CACHE_IDS) is not None for row in rows):
+                batch.update(self._pad_teacher_cache(rows, completions))
         return batch
+
+    @staticmethod
+    def _pad_teacher_cache(rows: list[dict[str, Any]], completions: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Cached teacher top-K of each row -> `[B, Lc, K]` ids and log-probs, right-padded like the completions."""
+        ids, logprobs = [], []
+        for row, completion in zip(rows, completions):
+            row_ids = torch.tensor(row[TEACHER_CACHE_IDS], dtype=torch.long)  # [Lc_i, K]
+            if row_ids.size(0) != len(completion):
+                raise ValueError(
+                    f"row {row.get('id', '?')!r}: the cached teacher top-K covers {row_ids.size(0)} tokens but the "
+                    f"teacher_completion has {len(completion)}; the cache is stale, rebuild it with "
+                    "OffPolicyMSDTrainer.cache_teacher_topk."
+                )
+            ids.append(row_ids)
+            logprobs.append(torch.tensor(row[TEACHER_CACHE_LOGPROBS], dtype=torch.float32))
+        return {
+            TEACHER_CACHE_IDS: pad(ids, padding_value=0, padding_side="right"),
+            TEACHER_CACHE_LOGPROBS: pad(logprobs, padding_value=0.0, padding_side="right"),
+        }
 
 
 class _MSDTrainerBase(SFTTrainer):
@@ -198,6 +240,7 @@ class _MSDTrainerBase(SFTTrainer):
     # compute_loss normalises by the token count of the whole accumulated batch itself.
     loss_is_scaled_for_ga = True
     requires_fixed_completions = False
+    _use_teacher_cache = False
 
     def __init__(
         self,
@@ -425,7 +468,7 @@ class _MSDTrainerBase(SFTTrainer):
             "completions/clipped_ratio", self.accelerator.gather((~ends_with_stop).float()).mean().item()
         )
         completion_ids = completion_ids.masked_fill(completion_mask == 0, self._tokenizer.pad_token_id)
-        return {
+        batch = {
             "input_ids": torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
             "attention_mask": torch.cat([inputs["prompt_mask"], completion_mask], dim=1),
             "teacher_input_ids": torch.cat([inputs["teacher_prompt_ids"], completion_ids], dim=1),
@@ -433,6 +476,10 @@ class _MSDTrainerBase(SFTTrainer):
             "completion_ids": completion_ids,
             "completion_mask": completion_mask,
         }
+        if TEACHER_CACHE_IDS in inputs and self._use_teacher_cache:
+            batch[TEACHER_CACHE_IDS] = inputs[TEACHER_CACHE_IDS][:, :keep]
+            batch[TEACHER_CACHE_LOGPROBS] = inputs[TEACHER_CACHE_LOGPROBS][:, :keep]
+        return batch
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Collect the accumulated micro-batches, produce their completions, then count completion tokens.
@@ -459,8 +506,16 @@ class _MSDTrainerBase(SFTTrainer):
         logits = model(**kwargs).logits  # [B, L or Lc + 1, V]
         return logits[:, -num_completion - 1 : -1, :]
 
-    def teacher_logits(self, inputs: dict[str, Any], num_completion: int) -> torch.Tensor:
-        """The teacher's logits on the completion, without grad, in eval mode."""
+    def teacher_logits(
+        self, inputs: dict[str, Any], num_completion: int, vocab_size: int | None = None
+    ) -> torch.Tensor:
+        """The teacher's logits on the completion, without grad, in eval mode.
+
+        With cached top-K log-probs in the batch (off-policy `teacher_cache_top_k`) no teacher forward runs: the
+        dense teacher log-probs are rebuilt from the cache (see `dense_from_topk`).
+        """
+        if TEACHER_CACHE_LOGPROBS in inputs:
+            return dense_from_topk(inputs[TEACHER_CACHE_IDS], inputs[TEACHER_CACHE_LOGPROBS], vocab_size)
         with torch.no_grad():
             if self.teacher_model is None:
                 unwrapped = self.accelerator.unwrap_model(self.model)
@@ -489,7 +544,7 @@ class _MSDTrainerBase(SFTTrainer):
         student_logits = self._completion_logits(
             model, inputs["input_ids"], inputs["attention_mask"], num_completion
         )  # [B, Lc, V]
-        teacher_logits = self.teacher_logits(inputs, num_completion)  # [B, Lc, V]
+        teacher_logits = self.teacher_logits(inputs, num_completion, student_logits.size(-1))  # [B, Lc, V]
         output = self.divergence.compute(
             student_logits, teacher_logits, completion_ids, completion_mask, num_items_in_batch=num_items_in_batch
         )
@@ -574,6 +629,42 @@ class OffPolicyMSDTrainer(_MSDTrainerBase):
 
     _name = "Off-policy MSD"
     requires_fixed_completions = True
+    _use_teacher_cache = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        top_k = self.args.teacher_cache_top_k
+        if (
+            top_k is not None
+            and self.train_dataset is not None
+            and TEACHER_CACHE_IDS not in self.train_dataset.column_names
+        ):
+            self.train_dataset = self.cache_teacher_topk(self.train_dataset, top_k=top_k)
+
+    @torch.no_grad()
+    def cache_teacher_topk(self, dataset: Dataset, *, top_k: int, batch_size: int | None = None) -> Dataset:
+        """Score the fixed teacher text once and store the teacher's top-K log-probs per completion token.
+
+        Adds `teacher_topk_ids` and `teacher_topk_logprobs` (`[completion length, K]` per row); training steps on
+        such rows run only the student. The teacher's distribution is approximated by `dense_from_topk`.
+        """
+        batch_size = batch_size or self.args.per_device_eval_batch_size
+        all_ids, all_logprobs = [], []
+        for start in tqdm(range(0, len(dataset), batch_size), desc="caching teacher top-K", unit="batch"):
+            rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            inputs = self._prepare_inputs(self.data_collator(rows))
+            completion_ids, completion_mask = inputs["fixed_completion_ids"], inputs["fixed_completion_mask"]
+            batch = {
+                "teacher_input_ids": torch.cat([inputs["teacher_prompt_ids"], completion_ids], dim=1),
+                "teacher_attention_mask": torch.cat([inputs["teacher_prompt_mask"], completion_mask], dim=1),
+            }
+            log_probs = self.teacher_logits(batch, completion_ids.size(1)).float().log_softmax(-1)  # [B, Lc, V]
+            values, indices = log_probs.topk(min(top_k, log_probs.size(-1)), dim=-1)  # [B, Lc, K]
+            for row, length in enumerate(completion_mask.sum(1).tolist()):
+                all_ids.append(indices[row, :length].cpu().tolist())
+                all_logprobs.append(values[row, :length].cpu().tolist())
+        logger.info("Cached the teacher's top-%d log-probs for %d rows.", top_k, len(dataset))
+        return dataset.add_column(TEACHER_CACHE_IDS, all_ids).add_column(TEACHER_CACHE_LOGPROBS, all_logprobs)
 
     def _use_fixed_completion(self, inputs):
         if "fixed_completion_ids" not in inputs:

@@ -323,3 +323,11 @@ def test_build_passes_an_instance_through(tmp_path):
 def test_seq_kd_is_refused_not_silently_ignored(tmp_path):
     with pytest.raises(ValueError, match="seq_kd=True"):
         MSDConfig(output_dir=str(tmp_path), report_to="none", seq_kd=True)
+
+
+def test_teacher_cache_top_k_checks(tmp_path):
+    with pytest.raises(ValueError, match="teacher_cache_top_k=0"):
+        MSDConfig(output_dir=str(tmp_path), report_to="none", teacher_cache_top_k=0)
+    with pytest.raises(ValueError, match="teacher_cache_top_k=5.*dpsw_top_k=20"):
+        MSDConfig(output_dir=str(tmp_path), report_to="none", teacher_cache_top_k=5)
+    assert MSDConfig(output_dir=str(tmp_path), report_to="none", teacher_cache_top_k=5, dpsw_top_k=5)

@@ -471,3 +471,74 @@ def test_generate_teacher_completions_batched_and_resumable(tmp_path, tiny_token
     )
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+# ------------------------------------------------------------------ off-policy teacher cache
+
+
+def cached_trainer(tmp_path, tokenizer, dataset, **config):
+    return OffPolicyMSDTrainer(
+        model=make_model(tokenizer),
+        args=make_args(tmp_path, per_device_train_batch_size=6, **config),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "dpsw", "jsd"])
+def test_teacher_cache_with_k_equal_v_gives_the_exact_loss(tmp_path, tiny_tokenizer, msd_rows, divergence):
+    dataset = with_completions(msd_rows, ["No.", "I cannot help with that request, I'm sorry."])
+    exact = cached_trainer(tmp_path / "exact", tiny_tokenizer, dataset, divergence=divergence)
+    vocab = exact.model.config.vocab_size
+    cached = cached_trainer(
+        tmp_path / "cached", tiny_tokenizer, dataset, divergence=divergence, teacher_cache_top_k=vocab
+    )
+    assert "teacher_topk_ids" in cached.train_dataset.column_names
+    rows = list(cached.train_dataset)
+    with torch.no_grad():
+        exact_loss = exact.compute_loss(exact.model, exact.data_collator(list(dataset)))
+        cached_loss = cached.compute_loss(cached.model, cached.data_collator(rows))
+    torch.testing.assert_close(cached_loss, exact_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_teacher_cache_top_k_keeps_dpsw_weights_exact_and_skips_the_teacher_forward(
+    tmp_path, tiny_tokenizer, msd_rows
+):
+    dataset = with_completions(msd_rows, ["No.", "I cannot help with that request, I'm sorry."])
+    trainer = cached_trainer(
+        tmp_path, tiny_tokenizer, dataset, divergence="dpsw", dpsw_top_k=5, teacher_cache_top_k=8, max_steps=1
+    )
+    rows = list(trainer.train_dataset)
+    assert all(len(r["teacher_topk_ids"][0]) == 8 for r in rows)
+    cached_batch = trainer.prepare_batch(trainer.model, trainer.data_collator(rows))
+    plain_batch = {k: v for k, v in cached_batch.items() if not k.startswith("teacher_topk")}
+    lc, vocab = cached_batch["completion_ids"].size(1), trainer.model.config.vocab_size
+    with torch.no_grad():
+        exact_teacher = trainer.teacher_logits(plain_batch, lc)
+        approx_teacher = trainer.teacher_logits(cached_batch, lc, vocab)
+        student = trainer._completion_logits(
+            trainer.model, cached_batch["input_ids"], cached_batch["attention_mask"], lc
+        )
+    mask = cached_batch["completion_mask"]
+    args = (cached_batch["completion_ids"], mask)
+    exact_w = trainer.divergence.token_weights(student, exact_teacher, *args)
+    approx_w = trainer.divergence.token_weights(student, approx_teacher, *args)
+    torch.testing.assert_close(approx_w[mask.bool()], exact_w[mask.bool()], rtol=1e-4, atol=1e-5)
+    assert torch.equal(approx_teacher.argmax(-1)[mask.bool()], exact_teacher.argmax(-1)[mask.bool()])
+
+    calls = []
+    original = trainer._completion_logits
+    trainer._completion_logits = lambda model, ids, *a: calls.append(ids) or original(model, ids, *a)
+    trainer.train()
+    assert trainer.state.global_step == 1 and len(calls) == 1  # the student only: no teacher forward
+
+
+def test_stale_teacher_cache_is_an_error(tmp_path, tiny_tokenizer, msd_rows):
+    dataset = with_completions(msd_rows, ["No."])
+    trainer = cached_trainer(tmp_path, tiny_tokenizer, dataset, divergence="reverse_kl", teacher_cache_top_k=4)
+    stale = trainer.train_dataset.remove_columns("teacher_completion").add_column(
+        "teacher_completion", ["A much longer answer than before, sorry."] * len(dataset)
+    )
+    with pytest.raises(ValueError, match="cache is stale"):
+        trainer.data_collator(list(stale)[:2])

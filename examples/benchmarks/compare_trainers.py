@@ -13,6 +13,7 @@ and gradient checkpointing off, dropout disabled, sampling at temperature 1.0 (t
 * ``sdft``: TRL ``SDFTTrainer`` with ``teacher_model_kind="base"`` (adapter disabled, like MSD),
   ``distillation_mode="full_logits"``, ``distillation_alpha=1`` (reverse KL), ``num_generations=1``.
 * ``msd_off_policy``: ``OffPolicyMSDTrainer`` on fixed teacher text.
+* ``msd_off_policy_cached``: the same with ``teacher_cache_top_k=20`` (teacher scored once, before the steps).
 * ``gkd_off_policy``: ``GKDTrainer`` with ``lmbda=0`` on the same fixed text (a ``messages`` dataset).
 
 The fixed text is generated once, greedily, by the base model under the teacher's context
@@ -87,8 +88,9 @@ from transformers.trainer_callback import PrinterCallback  # noqa: E402
 
 logger = logging.getLogger("compare_trainers")
 
-TRAINERS = ("msd_on_policy", "gkd_on_policy", "sdft", "msd_off_policy", "gkd_off_policy")
-OFF_POLICY = ("msd_off_policy", "gkd_off_policy")
+TRAINERS = ("msd_on_policy", "gkd_on_policy", "sdft", "msd_off_policy", "msd_off_policy_cached", "gkd_off_policy")
+OFF_POLICY = ("msd_off_policy", "msd_off_policy_cached", "gkd_off_policy")
+TEACHER_CACHE_TOP_K = 20  # = DPSW's top_k, so the cached run's token weights are exact
 LANGUAGES = ("jv", "sw", "bn")
 # MSD's template, matched to SDFT's default "{prompt}\n\n{privileged_context}" so both teachers read the same text.
 MSD_TEACHER_TEMPLATE = "{prompt}\n\n{teacher_prompt}"
@@ -105,6 +107,8 @@ TRAINER_DESCRIPTIONS = {
     "gkd_on_policy": "GKDTrainer lmbda=1, beta=1 (reverse KL), teacher = separate copy of the weights",
     "sdft": "SDFTTrainer teacher_model_kind=base, full_logits, distillation_alpha=1 (reverse KL)",
     "msd_off_policy": "OffPolicyMSDTrainer on the fixed teacher text, DPSW-weighted reverse KL",
+    "msd_off_policy_cached": "the same with teacher_cache_top_k=20: the teacher's top-20 log-probs computed once "
+    "before training (time reported as teacher_cache_s, outside the steps), so steps run only the student",
     "gkd_off_policy": "GKDTrainer lmbda=0, beta=1, on the same fixed text (messages dataset)",
 }
 
@@ -132,6 +136,7 @@ TARGETS = (
     ("on_policy_vs_gkd_step", 0.75, "on-policy MSD step time <= 0.75 x GKD (lmbda=1)"),
     ("on_policy_vs_gkd_mem", 0.65, "on-policy MSD peak memory <= 0.65 x GKD (lmbda=1)"),
     ("off_policy_vs_gkd_step", 0.7, "off-policy MSD step time <= 0.7 x GKD (lmbda=0)"),
+    ("off_policy_cached_vs_gkd_step", 0.7, "same, with the teacher top-K cache (teacher_cache_top_k=20)"),
     ("on_policy_other_share", 0.10, "'other' time <= 10 % of the on-policy MSD step"),
 )
 # Informational: the same memory ratio without the interpreter and libraries (CPU: RSS at the run's start).
@@ -479,8 +484,9 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
     peft_config = default_lora_config(**settings.lora)  # a fresh one per run: trainers may edit it
     common = _common_args(settings, output_dir)
 
-    if name in ("msd_on_policy", "msd_off_policy"):
+    if name in ("msd_on_policy", "msd_off_policy", "msd_off_policy_cached"):
         args = MSDConfig(
+            teacher_cache_top_k=TEACHER_CACHE_TOP_K if name == "msd_off_policy_cached" else None,
             **common,
             max_new_tokens=settings.max_new_tokens,
             top_p=settings.top_p,
@@ -490,7 +496,7 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
             train_sampling_strategy="sequential",
         )
         columns = ("id", "language", "prompt", "teacher_prompt")
-        if name == "msd_off_policy":
+        if name != "msd_on_policy":
             columns += ("teacher_completion",)
         dataset = Dataset.from_list([{key: row[key] for key in columns} for row in rows])
         trainer_cls = OnPolicyMSDTrainer if name == "msd_on_policy" else OffPolicyMSDTrainer
@@ -655,6 +661,7 @@ def compute_ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None
         "on_policy_vs_sdft_step": _ratio(results, "msd_on_policy", "sdft", "step_s_median"),
         "on_policy_vs_gkd_mem": _ratio(results, "msd_on_policy", "gkd_on_policy", "peak_mem_mb"),
         "off_policy_vs_gkd_step": _ratio(results, "msd_off_policy", "gkd_off_policy", "step_s_median"),
+        "off_policy_cached_vs_gkd_step": _ratio(results, "msd_off_policy_cached", "gkd_off_policy", "step_s_median"),
         "on_policy_vs_gkd_mem_delta": _ratio(results, "msd_on_policy", "gkd_on_policy", "peak_mem_delta_mb"),
         "on_policy_other_share": msd.get("other_share") if "error" not in msd else None,
         "off_policy_other_share": msd_off.get("other_share") if "error" not in msd_off else None,
