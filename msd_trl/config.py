@@ -87,6 +87,11 @@ class MSDConfig(GKDConfig):
         Top-k sampling for rollouts (`0` disables it), explicit so a model's own generation config never
         changes the sampling distribution behind your back.
 
+    teacher_cache_top_k (`int` or `None`, defaults to `None`):
+        Off-policy only: score the fixed teacher text once before training and keep the teacher's top-K log-probs
+        (leftover mass spread evenly over the other tokens), so steps run only the student. Exact at K = V; DPSW
+        weights are exact when K >= `dpsw_top_k`.
+
     > Data
 
     max_prompt_length (`int` or `None`, defaults to `512`):
