@@ -108,6 +108,35 @@ def run_entry(report: dict, wall_time_s: float) -> dict:
     }
 
 
+def plot_results(results: dict, path: Path) -> Path:
+    """Grouped bars: refusal rate per language (harmful) and over-refusal (benign) for every run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(results["runs"])
+    panels = [("refusal_rate", "refusal on held-out harmful MultiJail"), ("over_refusal_rate", "over-refusal on MGSM")]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [7, 3]})
+    for ax, (key, title) in zip(axes, panels):
+        codes = list(results["runs"]["base"][key])
+        width = 0.8 / len(runs)
+        for i, run in enumerate(runs):
+            values = [results["runs"][run][key].get(code, 0.0) for code in codes]
+            ax.bar([x + i * width for x in range(len(codes))], values, width, label=run)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(codes))], codes)
+        ax.set_ylim(0, 1)
+        ax.set_title(title)
+        if key == "refusal_rate":
+            ax.axhline(results["teacher"]["refusal_rate"], color="black", linestyle="--", label="teacher (ceiling)")
+            ax.axvline(len(results["trained_languages"]) - 0.1, color="grey", linewidth=0.8)
+    axes[0].legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -139,9 +168,11 @@ def main(argv=None) -> dict:
         (output_dir / "mini_reproduction.json").write_text(json.dumps(results, indent=2))
     text = json.dumps(results, indent=2)
     (output_dir / "mini_reproduction.json").write_text(text)
+    plot_results(results, output_dir / "mini_reproduction.png")
     if args.results_json:
         Path(args.results_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results_json).write_text(text)
+        plot_results(results, Path(args.results_json).with_suffix(".png"))
     print(f"reproduce_mini: results in {output_dir / 'mini_reproduction.json'}")
     return results
 

@@ -74,3 +74,33 @@ def test_generate_then_off_policy_example_reuses_the_cache(model_dir, tmp_path):
     assert trainer.state.global_step == 1
     assert cache.read_text(encoding="utf-8") == before  # nothing generated twice
     assert (out / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_reproduce_mini_writes_the_results_schema_and_resumes(model_dir, tmp_path):
+    script = _load_script("reproduce_mini")
+    out = tmp_path / "repro"
+    argv = ["--model", str(model_dir), "--output_dir", str(out), "--max_steps", "1", "--eval_limit", "2",
+            "--max_train_rows", "8", "--max_new_tokens", "4", "--eval_max_new_tokens", "4",
+            "--results_json", str(tmp_path / "docs" / "mini_reproduction.json")]  # fmt: skip
+    results = script.main(argv)
+    assert set(results) >= {"model", "command", "teacher", "trained_languages", "unseen_languages", "runs"}
+    assert set(results["runs"]) == {"base", "on_policy_dpsw", "on_policy_rkl", "off_policy_dpsw", "off_policy_rkl"}
+    assert results["trained_languages"] == ["jv", "sw", "bn"] and results["unseen_languages"] == [
+        "th",
+        "ko",
+        "ar",
+        "vi",
+    ]
+    for name, run in results["runs"].items():
+        assert set(run["refusal_rate"]) == {"jv", "sw", "bn", "th", "ko", "ar", "vi"}
+        assert set(run["over_refusal_rate"]) == {"sw", "bn", "th"}
+        assert all(0.0 <= v <= 1.0 for v in [*run["refusal_rate"].values(), *run["over_refusal_rate"].values()])
+        assert (run["wall_time_s"] == 0.0) == (name == "base")
+    assert json.loads((tmp_path / "docs" / "mini_reproduction.json").read_text()) == results
+    assert (tmp_path / "docs" / "mini_reproduction.png").stat().st_size > 0
+    # A second call finds every run's summary and report and trains nothing again.
+    before = (out / "on_policy_dpsw" / "run_summary.json").stat().st_mtime_ns
+    script.main(argv)
+    assert (out / "on_policy_dpsw" / "run_summary.json").stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="unknown run"):
+        script.main([*argv, "--runs", "base,bogus"])
