@@ -520,14 +520,18 @@ class _MSDTrainerBase(SFTTrainer):
             if self.teacher_model is None:
                 unwrapped = self.accelerator.unwrap_model(self.model)
                 was_training = unwrapped.training
-                unwrapped.eval()  # the initial model is scored deterministically (no dropout)
+                # The initial model is scored without dropout. With disable_dropout the base has none and the
+                # (disabled) adapter's dropout is not applied, so skip the eval/train walk over every module.
+                if not self.args.disable_dropout:
+                    unwrapped.eval()
                 try:
                     with use_adapter(unwrapped, adapter_name=None):
                         return self._completion_logits(
                             unwrapped, inputs["teacher_input_ids"], inputs["teacher_attention_mask"], num_completion
                         )
                 finally:
-                    unwrapped.train(was_training)
+                    if not self.args.disable_dropout:
+                        unwrapped.train(was_training)
             self.teacher_model.eval()
             return self._completion_logits(
                 self.teacher_model, inputs["teacher_input_ids"], inputs["teacher_attention_mask"], num_completion
