@@ -39,7 +39,13 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
-from .rendering import message_text, render_student_messages, render_teacher_messages, tokenize_messages
+from .rendering import (
+    message_text,
+    render_student_messages,
+    render_teacher_messages,
+    stop_token_ids,
+    tokenize_messages,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -474,16 +480,6 @@ def _with_system_prompt(prompt: str | Sequence[Mapping[str, str]], system_prompt
     return messages
 
 
-def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    # The same rule as the trainers' rollouts (the model's EOS ids and the tokenizer's), so a completion ends where
-    # it ends in training; chat tokenizers often name the end-of-turn token as EOS while the model config does not.
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = [int(value) for value in (eos if isinstance(eos, (list, tuple)) else [eos]) if value is not None]
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    return list(dict.fromkeys(ids))
-
-
 def generate_responses(
     model: Any,
     tokenizer: Any,
@@ -535,7 +531,7 @@ def generate_responses(
     else:
         # Sampling knobs left in the model's config would only raise warnings under greedy decoding.
         generation_config.temperature = generation_config.top_p = generation_config.top_k = None
-    stop_ids = _stop_token_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     if stop_ids:
         generation_config.eos_token_id = stop_ids
 

@@ -22,8 +22,7 @@ from tqdm.auto import tqdm
 from trl.trainer.utils import pad, use_adapter
 
 from .config import MSDConfig
-from .rendering import render_teacher_messages, tokenize_messages
-from .trainer import stop_token_ids
+from .rendering import render_teacher_messages, stop_token_ids, tokenize_messages
 
 logger = logging.getLogger(__name__)
 

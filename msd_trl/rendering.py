@@ -26,6 +26,7 @@ __all__ = [
     "message_text",
     "render_student_messages",
     "render_teacher_messages",
+    "stop_token_ids",
     "tokenize_messages",
 ]
 
@@ -115,4 +116,16 @@ def completion_token_ids(
     for i, token in enumerate(ids):
         if token in stop_token_ids:
             return ids[: i + 1]
+    return ids
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion: the model's generation-config EOS (int or list) and the tokenizer's EOS."""
+    ids: list[int] = []
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in eos if isinstance(eos, (list, tuple)) else [eos]:
+        if value is not None and int(value) not in ids:
+            ids.append(int(value))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
     return ids

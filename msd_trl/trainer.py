@@ -43,11 +43,17 @@ from trl.trainer.utils import disable_dropout_in_model, pad, use_adapter
 from .config import MSDConfig
 from .divergences import DPSW, Divergence, get_divergence
 from .models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
-from .rendering import completion_token_ids, render_student_messages, render_teacher_messages, tokenize_messages
+from .rendering import (
+    completion_token_ids,
+    render_student_messages,
+    render_teacher_messages,
+    stop_token_ids,
+    tokenize_messages,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MSDDataCollator", "OffPolicyMSDTrainer", "OnPolicyMSDTrainer", "build_divergence", "stop_token_ids"]
+__all__ = ["MSDDataCollator", "OffPolicyMSDTrainer", "OnPolicyMSDTrainer", "build_divergence", "dense_from_topk"]
 
 
 def build_divergence(args: MSDConfig) -> Divergence:
@@ -62,18 +68,6 @@ def build_divergence(args: MSDConfig) -> Divergence:
         base = get_divergence(args.dpsw_base, temperature=temperature, **base_kwargs)
         return DPSW(base, top_k=args.dpsw_top_k, min_weight=args.dpsw_min_weight, normalize=args.dpsw_normalize)
     return get_divergence(args.divergence, temperature=temperature)
-
-
-def stop_token_ids(model: PreTrainedModel | None, tokenizer) -> list[int]:
-    """Every id that ends a completion: the model's generation-config EOS (int or list) and the tokenizer's EOS."""
-    ids: list[int] = []
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in eos if isinstance(eos, (list, tuple)) else [eos]:
-        if value is not None and int(value) not in ids:
-            ids.append(int(value))
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
 
 
 TEACHER_CACHE_IDS = "teacher_topk_ids"
