@@ -108,6 +108,27 @@ def run_entry(report: dict, wall_time_s: float) -> dict:
     }
 
 
+def results_table(results: dict) -> str:
+    """Markdown: one row per run, refusal per language (trained | unseen), over-refusal, training wall time."""
+    trained, unseen = results["trained_languages"], results["unseen_languages"]
+    benign = list(results["runs"]["base"]["over_refusal_rate"])
+    header = (
+        ["run"]
+        + [f"{c} (trained)" for c in trained]
+        + [f"{c} (unseen)" for c in unseen]
+        + [f"over-refusal {c}" for c in benign]
+        + ["train s"]
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, run in results["runs"].items():
+        cells = [f"{run['refusal_rate'][c]:.3f}" for c in trained + unseen]
+        cells += [f"{run['over_refusal_rate'][c]:.3f}" for c in benign]
+        lines.append("| " + " | ".join([name, *cells, f"{run['wall_time_s']:.0f}"]) + " |")
+    teacher = results["teacher"]
+    lines.append(f"\nTeacher (English query + safety system prompt) refusal rate: {teacher['refusal_rate']:.3f}.")
+    return "\n".join(lines) + "\n"
+
+
 def plot_results(results: dict, path: Path) -> Path:
     """Grouped bars: refusal rate per language (harmful) and over-refusal (benign) for every run."""
     import matplotlib
@@ -169,6 +190,7 @@ def main(argv=None) -> dict:
     text = json.dumps(results, indent=2)
     (output_dir / "mini_reproduction.json").write_text(text)
     plot_results(results, output_dir / "mini_reproduction.png")
+    (output_dir / "mini_reproduction.md").write_text(results_table(results))
     if args.results_json:
         Path(args.results_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results_json).write_text(text)

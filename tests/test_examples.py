@@ -98,6 +98,8 @@ def test_reproduce_mini_writes_the_results_schema_and_resumes(model_dir, tmp_pat
         assert (run["wall_time_s"] == 0.0) == (name == "base")
     assert json.loads((tmp_path / "docs" / "mini_reproduction.json").read_text()) == results
     assert (tmp_path / "docs" / "mini_reproduction.png").stat().st_size > 0
+    table = (out / "mini_reproduction.md").read_text()
+    assert "| on_policy_dpsw |" in table and "jv (trained)" in table and "th (unseen)" in table
     # A second call finds every run's summary and report and trains nothing again.
     before = (out / "on_policy_dpsw" / "run_summary.json").stat().st_mtime_ns
     script.main(argv)
