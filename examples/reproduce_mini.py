@@ -178,11 +178,12 @@ def main(argv=None) -> dict:
     }
     for name in [r for r in wanted if r != "base"]:
         run_dir = output_dir / name
-        start = time.time()
         train_argv, train_time = train_run(args, name, run_dir)
+        eval_start = time.time()
         report = evaluate_run(args, run_dir, str(run_dir), base)
         print(
-            f"reproduce_mini: {name} trained in {train_time:.0f} s, evaluated in {time.time() - start - train_time:.0f} s"
+            f"reproduce_mini: {name}: training took {train_time:.0f} s (run_summary.json), evaluation "
+            f"{time.time() - eval_start:.0f} s this call (0 when its report already existed)"
         )
         results["runs"][name] = run_entry(report, train_time)
         results["runs"][name]["train_command"] = "msd-trl train " + " ".join(shlex.quote(a) for a in train_argv)
