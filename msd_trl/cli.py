@@ -250,7 +250,11 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--limit", type=int, default=None, help="At most this many queries per language.")
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--judge", default="keyword", help="Refusal judge: 'keyword' (default).")
+    parser.add_argument(
+        "--judge",
+        default="keyword",
+        help="'keyword' (default) or 'classifier:NAME_OR_PATH' (e.g. a Llama Guard model).",
+    )
     parser.add_argument("--test_size", type=float, default=0.2, help="Must match training's (split by id).")
     parser.add_argument("--seed", type=int, default=0, help="Split seed; must match training's split_seed.")
     parser.add_argument("--data_dir", default=None)
