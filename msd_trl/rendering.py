@@ -96,21 +96,28 @@ def tokenize_messages(tokenizer, messages: Messages, *, add_generation_prompt: b
 
 
 def completion_token_ids(
-    tokenizer, prompt_messages: Messages, completion: str, stop_token_ids: list[int]
+    tokenizer,
+    prompt_messages: Messages,
+    completion: str,
+    stop_token_ids: list[int],
+    *,
+    prompt_length: int | None = None,
 ) -> list[int]:
     """Token ids of a fixed assistant completion, ending at (and including) the first stop token.
 
     With a chat template the completion is the template's assistant turn (so it ends with the end-of-turn token,
-    exactly as on-policy rollouts do); without one it is the plain text plus the first stop token.
+    exactly as on-policy rollouts do); without one it is the plain text plus the first stop token. A caller that
+    already tokenised the prompt passes its (untruncated) `prompt_length` so it is not tokenised again.
     """
     if getattr(tokenizer, "chat_template", None):
-        prompt_ids = tokenize_messages(tokenizer, prompt_messages, add_generation_prompt=True)
+        if prompt_length is None:
+            prompt_length = len(tokenize_messages(tokenizer, prompt_messages, add_generation_prompt=True))
         full_ids = tokenize_messages(
             tokenizer,
             prompt_messages + [{"role": "assistant", "content": completion}],
             add_generation_prompt=False,
         )
-        ids = full_ids[len(prompt_ids) :]
+        ids = full_ids[prompt_length:]
     else:
         ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + stop_token_ids[:1]
     for i, token in enumerate(ids):

@@ -173,11 +173,14 @@ class MSDDataCollator:
             teacher = render_teacher_messages(
                 row, template=self.teacher_prompt_template, system_prompt=self.teacher_system_prompt
             )
-            prompt_ids.append(self._limit(tokenize_messages(self.tokenizer, student), row_id, "student"))
+            student_ids = tokenize_messages(self.tokenizer, student)
+            prompt_ids.append(self._limit(student_ids, row_id, "student"))
             teacher_ids.append(self._limit(tokenize_messages(self.tokenizer, teacher), row_id, "teacher"))
             text = self._fixed_completion(row)
             completions.append(
-                None if text is None else completion_token_ids(self.tokenizer, student, text, self.stop_ids)
+                None
+                if text is None
+                else completion_token_ids(self.tokenizer, student, text, self.stop_ids, prompt_length=len(student_ids))
             )
 
         def left(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
