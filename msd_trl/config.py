@@ -27,6 +27,7 @@ import torch
 from trl.experimental.gkd import GKDConfig
 
 from .divergences import Divergence, available_divergences
+from .presets import DEFAULT_TEACHER_PRESET, TEACHER_PRESETS, get_teacher_preset
 
 __all__ = ["MSDConfig", "TEMPLATE_PLACEHOLDERS", "bf16_supported"]
 
@@ -55,12 +56,19 @@ class MSDConfig(GKDConfig):
 
     > Teacher: the privileged cross-lingual context
 
-    teacher_prompt_template (`str`, defaults to `"{teacher_prompt}"`):
+    teacher_preset (`str`, defaults to `"paper"`):
+        A named teacher context from `msd_trl.presets.TEACHER_PRESETS` (`"paper"`, `"english_refusal"`,
+        `"translation"`, `"identity"`, or one added with `register_teacher_preset`). It fills
+        `teacher_prompt_template` and `teacher_system_prompt` when those are left unset. `"paper"` (the default,
+        chosen by measurement, see docs/teacher_presets.md): the original query and its English translation, judge
+        safety in English, reply in `{language}`.
+    teacher_prompt_template (`str` or `None`, defaults to the preset's):
         How the teacher's user turn is built from a row. Placeholders: `{prompt}` (the student's, target-language
         query), `{teacher_prompt}` (the English query) and `{language}` (the target language's English name, e.g.
         "Javanese"). Example: `"{teacher_prompt}\n\n(The user originally asked, in {language}: {prompt})"`.
-    teacher_system_prompt (`str` or `None`, defaults to `None`):
+    teacher_system_prompt (`str` or `None`, defaults to the preset's):
         A system prompt only the teacher sees (for example a safety instruction). The student never sees it.
+        `""` means no system prompt even when the preset has one.
 
     > Divergence
 
@@ -102,16 +110,25 @@ class MSDConfig(GKDConfig):
     """
 
     # --- teacher ---
-    teacher_prompt_template: str = field(
-        default="{teacher_prompt}",
+    teacher_preset: str = field(
+        default=DEFAULT_TEACHER_PRESET,
         metadata={
-            "help": "Template of the teacher's user turn. Placeholders: {prompt} (target-language query), "
-            "{teacher_prompt} (English query), {language} (target language name)."
+            "help": "Named teacher context filling teacher_prompt_template and teacher_system_prompt when they are "
+            f"unset: {', '.join(sorted(TEACHER_PRESETS))} (see docs/teacher_presets.md)."
+        },
+    )
+    teacher_prompt_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Template of the teacher's user turn (default: the preset's). Placeholders: {prompt} "
+            "(target-language query), {teacher_prompt} (English query), {language} (target language name)."
         },
     )
     teacher_system_prompt: str | None = field(
         default=None,
-        metadata={"help": "System prompt that only the teacher sees (e.g. a safety instruction)."},
+        metadata={
+            "help": "System prompt that only the teacher sees (default: the preset's; '' for none)."
+        },
     )
     # --- divergence ---
     divergence: str = field(  # a Divergence instance is accepted too (not from the command line)
@@ -201,7 +218,19 @@ class MSDConfig(GKDConfig):
             # accelerate would silently run N independent processes; with it, DDP over gloo.
             self.use_cpu = True
         super().__post_init__()
+        self._resolve_teacher_preset()
         self._check_fields()
+
+    def _resolve_teacher_preset(self) -> None:
+        # Unset template / system prompt come from the preset. A system prompt of "" (explicitly none) stays "", so
+        # a config saved and loaded again resolves to the same teacher.
+        if not isinstance(self.teacher_preset, str):
+            raise ValueError(f"MSDConfig.teacher_preset={self.teacher_preset!r} is invalid: expected a preset name.")
+        preset = get_teacher_preset(self.teacher_preset)
+        if self.teacher_prompt_template is None:
+            self.teacher_prompt_template = preset.template
+        if self.teacher_system_prompt is None:
+            self.teacher_system_prompt = preset.system_prompt or ""
 
     def _check_fields(self) -> None:
         def bad(name: str, why: str):

@@ -61,13 +61,16 @@ __all__ = [
     "MSD_COLUMNS",
     "MULTIJAIL_HUB_NAME",
     "MULTIJAIL_LANGUAGES",
+    "MULTIQ_LANGUAGES",
     "build_msd_rows",
     "filter_by_length",
     "find_shared_data_dir",
     "load_mgsm",
     "load_multijail",
+    "load_multiq",
     "mix_datasets",
     "split_by_id",
+    "split_by_id_parity",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,12 +93,18 @@ LANGUAGE_NAMES: dict[str, str] = {
     "fr": "French",
     "ja": "Japanese",
     "ru": "Russian",
+    # MultiQ's other languages ("ind" is Indonesian: MultiQ keeps "id" for the row id).
+    "hi": "Hindi",
+    "ind": "Indonesian",
 }
 
 MULTIJAIL_LANGUAGES: tuple[str, ...] = ("zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
 MGSM_LANGUAGES: tuple[str, ...] = ("bn", "sw", "th", "te", "zh")
 MULTIJAIL_HUB_NAME = "DAMO-NLP-SG/MultiJail"
 MGSM_HUB_NAME = "juletxara/mgsm"
+MULTIQ_LANGUAGES: tuple[str, ...] = (
+    "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv", "de", "fr", "es", "hi", "ja", "ru", "ind", "te",
+)  # fmt: skip
 
 # Columns every MSD row has, in this order; corpus extras follow.
 MSD_COLUMNS: tuple[str, ...] = ("id", "source", "language", "prompt", "teacher_prompt", "harmful")
@@ -103,6 +112,7 @@ MSD_COLUMNS: tuple[str, ...] = ("id", "source", "language", "prompt", "teacher_p
 DATA_DIR_ENV = "MSD_TRL_DATA_DIR"
 _MULTIJAIL_FILE = "MultiJail.csv"
 _MGSM_FILE = "mgsm_{language}.tsv"
+_MULTIQ_FILE = "MultiQ.csv"
 # MGSM on the Hub has one config per language; the 250 questions are its "test" split.
 _MGSM_HUB_SPLIT = "test"
 
@@ -514,6 +524,92 @@ def load_mgsm(
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# MultiQ
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_multiq(
+    source: str | Path | Dataset | None = None,
+    languages: str | Iterable[str] | None = None,
+    *,
+    conversational: bool = False,
+    on_empty: OnEmpty = "raise",
+) -> Dataset:
+    """Load MultiQ (200 benign open questions, the same question in English and 20 languages) as MSD rows.
+
+    MultiQ is the chat-style benign side of evaluation and training: unlike MGSM's math word problems, its
+    questions ("What is the chemical formula for water?", "Is the earth flat?") cannot be told from a harmful
+    request by their form, so over-refusal on them shows whether a model learned "refuse harmful" or "refuse
+    unfamiliar languages". Split it with :func:`split_by_id_parity` (odd ids are evaluation-only).
+
+    Args:
+        source: ``None`` (the local ``shared/data/multiq/MultiQ.csv``); a CSV path or a folder holding
+            ``MultiQ.csv``; or a wide ``datasets.Dataset`` (``id``, ``en`` and language columns). MultiQ is not
+            on the Hugging Face Hub: without local data this raises, naming the file to download.
+        languages: target languages; ``None`` means all of :data:`MULTIQ_LANGUAGES` (``ind`` is Indonesian).
+
+    Returns:
+        MSD rows with ``source="multiq"``, ``harmful=False`` and the upstream ids (``"multiq-gpt-1"``).
+    """
+    if source is None:
+        data_dir = find_shared_data_dir()
+        local = data_dir / "multiq" / _MULTIQ_FILE if data_dir is not None else None
+        if local is None or not local.is_file():
+            raise ValueError(
+                "MultiQ not found: pass `source` (a path to MultiQ.csv from github.com/paul-rottger/multiq, "
+                f"data/MultiQ.csv, in wide form) or set {DATA_DIR_ENV} to a folder holding multiq/MultiQ.csv"
+            )
+        source = local
+    if isinstance(source, Dataset):
+        corpus = source
+    elif isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if path.is_dir():
+            path = path / _MULTIQ_FILE
+        if not path.is_file():
+            raise ValueError(f"`source`: MultiQ CSV not found at {str(path)!r}")
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            records = list(csv.DictReader(handle))
+        if not records:
+            raise ValueError(f"MultiQ file {str(path)!r} has no rows")
+        corpus = Dataset.from_list(records)
+    else:
+        raise ValueError(f"`source` must be a path or a datasets.Dataset, got {type(source).__name__}")
+    if "id" not in corpus.column_names:
+        raise ValueError(f"MultiQ corpus has no 'id' column; columns: {corpus.column_names}")
+    extras: tuple[str, ...] = ()
+    if "tags" in corpus.column_names:  # "gpt-generated;chemistry" -> a list, as MultiJail's tags
+        tags = [[t for t in str(v or "").split(";") if t] for v in corpus["tags"]]
+        corpus = corpus.remove_columns("tags").add_column("tags", tags, feature=List(Value("string")))
+        extras = ("tags",)
+    return build_msd_rows(
+        corpus,
+        MULTIQ_LANGUAGES if languages is None else languages,
+        source="multiq",
+        harmful=False,
+        conversational=conversational,
+        extra_columns=extras,
+        on_empty=on_empty,
+    )
+
+
+def split_by_id_parity(dataset: Dataset, *, id_column: str = "id") -> DatasetDict:
+    """MultiQ's fixed split: ids whose trailing number is odd (``multiq-gpt-1``) are ``test`` (evaluation only),
+    even ones ``train``. Fixed, so results stay comparable across seeds and runs; every id must end in a number."""
+    if id_column not in dataset.column_names:
+        raise ValueError(f"`id_column`={id_column!r} is not a column; columns: {dataset.column_names}")
+    parities = []
+    for value in dataset[id_column]:
+        digits = str(value).rsplit("-", 1)[-1]
+        if not digits.isdigit():
+            raise ValueError(f"split_by_id_parity: id {value!r} does not end in '-<number>'")
+        parities.append(int(digits) % 2)
+    train = [i for i, parity in enumerate(parities) if parity == 0]
+    test = [i for i, parity in enumerate(parities) if parity == 1]
+    return DatasetDict(train=dataset.select(train), test=dataset.select(test))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Splitting and mixing
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -786,8 +882,10 @@ def build_safety_mix(
     max_prompt_tokens: int | None = None,
     num_rows: int | None = None,
     conversational: bool = False,
+    multiq_languages: Sequence[str] = (),
+    multiq_share: float = 0.5,
 ) -> Dataset:
-    """The MSD training (or held-out) set: MultiJail harmful queries mixed with MGSM benign ones.
+    """The MSD training (or held-out) set: MultiJail harmful queries mixed with benign MGSM and MultiQ ones.
 
     Each corpus is split by query id first (``split_by_id`` with ``test_size`` and ``seed``, the same split the
     evaluation holds out), then ``split`` ("train" or "test") of each is kept, optionally filtered by prompt
@@ -800,6 +898,10 @@ def build_safety_mix(
         data_dir: the folder holding ``multijail/`` and ``mgsm/``; default :func:`find_shared_data_dir`, else the Hub.
         tokenizer / max_prompt_tokens: when both are given, rows whose prompt is longer are dropped (logged).
         num_rows: size of the mix (default: the largest that needs no repeated row).
+        multiq_languages: MultiQ languages of benign chat questions (MultiQ's fixed split: even ids train, odd
+            ids test, whatever ``seed``); chat questions are what keeps a student from learning "refuse every
+            non-English prompt" (docs/results.md). With MGSM rows too, ``multiq_share`` of the benign rows are
+            MultiQ's.
     """
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
@@ -814,11 +916,22 @@ def build_safety_mix(
     if benign_languages and benign_proportion > 0:
         benign = load_mgsm(mgsm_source, benign_languages, conversational=conversational)
         corpora["mgsm"] = split_by_id(benign, test_size=test_size, seed=seed)[split]
+    if multiq_languages and benign_proportion > 0:
+        if not 0.0 < multiq_share <= 1.0:
+            raise ValueError(f"`multiq_share` must be in (0, 1], got {multiq_share!r}")
+        chat = load_multiq(base / "multiq" if base is not None else None, multiq_languages, conversational=conversational)
+        corpora["multiq"] = split_by_id_parity(chat)[split]
     if tokenizer is not None and max_prompt_tokens is not None:
         corpora = {
             name: filter_by_length(ds, tokenizer, max_prompt_tokens=max_prompt_tokens) for name, ds in corpora.items()
         }
     if len(corpora) == 1:
         return corpora["multijail"].shuffle(seed=seed)
-    proportions = {"multijail": 1.0 - benign_proportion, "mgsm": benign_proportion}
+    proportions = {"multijail": 1.0 - benign_proportion}
+    if "mgsm" in corpora and "multiq" in corpora:
+        proportions.update(mgsm=benign_proportion * (1.0 - multiq_share), multiq=benign_proportion * multiq_share)
+    else:
+        proportions.update({name: benign_proportion for name in corpora if name != "multijail"})
+    if proportions.get("mgsm") == 0.0:
+        del corpora["mgsm"], proportions["mgsm"]
     return mix_datasets(corpora, proportions, num_rows=num_rows, seed=seed)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from .data import LANGUAGE_NAMES
+from .presets import UNKNOWN_LANGUAGE_NAME
 
 __all__ = [
     "completion_token_ids",
@@ -64,17 +65,19 @@ def render_student_messages(row: dict[str, Any]) -> Messages:
 def render_teacher_messages(
     row: dict[str, Any], *, template: str = "{teacher_prompt}", system_prompt: str | None = None
 ) -> Messages:
-    """The teacher's privileged conversation for a row (see the module docstring)."""
+    """The teacher's privileged conversation for a row (see the module docstring). A `system_prompt` of `""` means
+    none; a row without `language` fills `{language}` with "the language of the original request"."""
+    system_prompt = system_prompt or None
     student = render_student_messages(row)
     has_teacher_prompt = row.get("teacher_prompt") is not None
-    if not has_teacher_prompt and template == "{teacher_prompt}" and system_prompt is None:
+    same_as_student = template == "{prompt}" or (template == "{teacher_prompt}" and not has_teacher_prompt)
+    if same_as_student and system_prompt is None:
         return student
     student_text = message_text(student)
     teacher_text = message_text(row["teacher_prompt"]) if has_teacher_prompt else student_text
     language = row.get("language") or ""
-    user_turn = template.format(
-        prompt=student_text, teacher_prompt=teacher_text, language=LANGUAGE_NAMES.get(language, language)
-    )
+    language_name = LANGUAGE_NAMES.get(language, language) or UNKNOWN_LANGUAGE_NAME
+    user_turn = template.format(prompt=student_text, teacher_prompt=teacher_text, language=language_name)
     # Keep earlier turns of a multi-turn prompt, swap the last user turn, and put our system prompt first.
     last_user = max((i for i, m in enumerate(student) if m.get("role") == "user"), default=len(student))
     history = [m for m in student[:last_user] if not (system_prompt is not None and m.get("role") == "system")]

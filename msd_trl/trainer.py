@@ -108,7 +108,8 @@ def _upgrade_config(args: GKDConfig | MSDConfig | None, output_dir: str = "msd_o
         args.bf16,
         args.gradient_checkpointing,
     )
-    return MSDConfig(**values, divergence="jsd")
+    # "translation" = the row's teacher_prompt if it has one, else the student's prompt, no system prompt: GKD's teacher.
+    return MSDConfig(**values, divergence="jsd", teacher_preset="translation")
 
 
 class MSDDataCollator:

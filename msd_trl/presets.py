@@ -1,0 +1,111 @@
+"""Teacher presets: the privileged context the self-teacher sees, as named, documented (template, system prompt) pairs.
+
+Design. What the teacher is shown decides what the student learns: MSD copies the teacher's next-token
+distribution onto the student's own text. A preset bundles the two knobs of that context,
+`MSDConfig.teacher_prompt_template` (the teacher's user turn, placeholders `{prompt}`, `{teacher_prompt}`,
+`{language}`) and `MSDConfig.teacher_system_prompt`, under a name, so a run records *which* teacher it had and a
+user picks one with `--teacher_preset NAME` instead of copying two strings. Explicit template or system-prompt
+values still win over the preset.
+
+This module is a leaf: it imports nothing of ours, so config, rendering, evaluation and the CLI can all use it.
+
+Presets (the wording of each was measured on the embedded SmolLM2-135M-Instruct; see docs/teacher_presets.md):
+
+* ``paper``: the paper's teacher as public summaries describe it. The user turn holds the original query and its
+  English translation and asks the model to judge safety from the English text and to answer in the user's
+  language; the system prompt states the safety policy without prescribing an English sentence.
+* ``english_refusal``: the English query under :data:`SAFETY_SYSTEM_PROMPT`, which prescribes one English refusal
+  sentence. The strongest English refuser on a 135M model, but it answers in English, so the student learns to
+  switch to English (benign questions included): a variant, not the paper's method.
+* ``translation``: the English query alone, no system prompt: the cross-lingual gap without a safety hint.
+* ``identity``: the student's own prompt (GKD's teacher). Used when a plain ``GKDConfig`` is upgraded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DEFAULT_TEACHER_PRESET",
+    "SAFETY_SYSTEM_PROMPT",
+    "TEACHER_PRESETS",
+    "TeacherPreset",
+    "get_teacher_preset",
+    "register_teacher_preset",
+]
+
+# Chosen empirically on the embedded SmolLM2-135M-Instruct (Q4_1 GGUF dequantised, greedy, 32 new tokens) among 13
+# candidate prompts: refusal on harmful English MultiJail prompts 25/40 on the selection sample and 66/120 on fresh ids
+# (vs 11/40 with the template's default system prompt), and 0/60 over-refusal on English MGSM questions. A 135M
+# model follows a literal refusal sentence far better than an abstract policy or a list of harm categories.
+SAFETY_SYSTEM_PROMPT = (
+    "You are a helpful and harmless assistant. Never help with harmful, unethical, dangerous or illegal requests: "
+    "answer them only with \"I'm sorry, but I can't help with that.\" Otherwise, answer helpfully."
+)
+
+# What `{language}` becomes for a row without a `language` value.
+UNKNOWN_LANGUAGE_NAME = "the language of the original request"
+
+
+@dataclass(frozen=True)
+class TeacherPreset:
+    """A named teacher context: `template` fills the teacher's user turn, `system_prompt` (or None) is its system
+    turn. `description` is one line for `--help` and the docs."""
+
+    name: str
+    template: str
+    system_prompt: str | None
+    description: str
+
+
+PAPER_SYSTEM_PROMPT = (
+    "You are a helpful and harmless assistant. Refuse requests that are harmful, unethical, dangerous or illegal. "
+    "Answer every other request helpfully."
+)
+PAPER_TEMPLATE = (
+    "{prompt}\n\n"
+    "(English translation of the request above: {teacher_prompt})\n"
+    "Judge from the English translation whether the request is safe. Reply in {language}."
+)
+
+TEACHER_PRESETS: dict[str, TeacherPreset] = {}
+
+
+def register_teacher_preset(preset: TeacherPreset, *, overwrite: bool = False) -> TeacherPreset:
+    """Make `preset` selectable by name (`MSDConfig(teacher_preset=...)`, `--teacher_preset`)."""
+    if not isinstance(preset, TeacherPreset):
+        raise ValueError(f"expected a TeacherPreset, got {type(preset).__name__}: {preset!r}")
+    if preset.name in TEACHER_PRESETS and not overwrite:
+        raise ValueError(f"teacher preset {preset.name!r} is already registered; pass overwrite=True to replace it.")
+    TEACHER_PRESETS[preset.name] = preset
+    return preset
+
+
+for _preset in (
+    TeacherPreset(
+        "paper",
+        PAPER_TEMPLATE,
+        PAPER_SYSTEM_PROMPT,
+        "the paper's teacher: original query + English translation, judge safety in English, reply in {language}",
+    ),
+    TeacherPreset(
+        "english_refusal",
+        "{teacher_prompt}",
+        SAFETY_SYSTEM_PROMPT,
+        "English query + a system prompt prescribing one English refusal sentence (answers in English)",
+    ),
+    TeacherPreset("translation", "{teacher_prompt}", None, "the English query alone, no system prompt"),
+    TeacherPreset("identity", "{prompt}", None, "the student's own prompt (GKD's teacher)"),
+):
+    register_teacher_preset(_preset)
+
+# The default is the preset that measured best on refusal, over-refusal and answer language together
+# (docs/teacher_presets.md); change it only with new measurements.
+DEFAULT_TEACHER_PRESET = "paper"
+
+
+def get_teacher_preset(name: str) -> TeacherPreset:
+    """The registered preset called `name`; a ValueError lists the known names otherwise."""
+    if name not in TEACHER_PRESETS:
+        raise ValueError(f"teacher_preset={name!r} is unknown; choose one of {sorted(TEACHER_PRESETS)}.")
+    return TEACHER_PRESETS[name]
