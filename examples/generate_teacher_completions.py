@@ -25,7 +25,6 @@ def teacher_completions_path(data_args: DataArguments, training_args: MSDConfig)
 
 
 def main(data_args: DataArguments, training_args: MSDConfig, model_args: ModelConfig) -> Dataset:
-    data_args.apply_teacher_defaults(training_args)  # the English query + a safety system prompt
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, dtype=model_args.dtype, load_in_4bit=model_args.load_in_4bit)

@@ -25,7 +25,6 @@ from msd_trl.models import load_model, load_tokenizer
 
 
 def main(data_args: DataArguments, training_args: MSDConfig, model_args: ModelConfig) -> OffPolicyMSDTrainer:
-    data_args.apply_teacher_defaults(training_args)  # the English query + a safety system prompt
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, dtype=model_args.dtype, load_in_4bit=model_args.load_in_4bit)

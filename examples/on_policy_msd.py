@@ -29,7 +29,6 @@ from msd_trl.models import load_model, load_tokenizer
 
 def main(data_args: DataArguments, training_args: MSDConfig, model_args: ModelConfig) -> OnPolicyMSDTrainer:
     # The teacher's privileged context: the English query (template "{teacher_prompt}") + a safety system prompt.
-    data_args.apply_teacher_defaults(training_args)  # the English query + a safety system prompt
 
     # model_name_or_path=None is the embedded SmolLM2-135M-Instruct (no Hub access needed).
     tokenizer = load_tokenizer(model_args.model_name_or_path)

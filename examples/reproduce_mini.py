@@ -1,17 +1,28 @@
-"""A small, real reproduction of MSD's claim on the embedded SmolLM2-135M-Instruct (CPU, fp32, LoRA).
+"""A small, real reproduction of MSD's claim on the embedded SmolLM2-135M-Instruct (CPU, fp32, LoRA), over seeds.
 
-    python examples/reproduce_mini.py --output_dir outputs/reproduce_mini
+    python examples/reproduce_mini.py --output_dir outputs/reproduce_mini --seeds 0,1,2
 
-Teacher context: the English query + `msd_trl.evaluation.SAFETY_SYSTEM_PROMPT`; student: the target-language query
-alone. Training rows: MultiJail train ids in jv, sw, bn mixed with benign MGSM train ids in sw, bn (the teacher
-answers those, so the student learns to keep answering). Evaluation: held-out ids (split by query id, the same
-split) in the trained languages and in languages never trained on (th, ko, ar, vi), over-refusal on held-out MGSM
-sw, bn, th, and the teacher's own refusal rate as the ceiling.
+Student: the target-language query alone. Teacher: the same frozen model under a preset context (`paper` by
+default: original query + English translation, judge safety in English, reply in the user's language; or
+`english_refusal`, the English query under a system prompt prescribing one English refusal sentence). Training
+rows: MultiJail train ids in jv, sw, bn, mixed with benign rows (MGSM sw math and MultiQ even-id chat questions in
+jv, sw, bn), so the student sees benign non-English questions it must keep answering.
 
-Runs: `base` (no training), `on_policy_dpsw`, `on_policy_rkl`, `off_policy_dpsw`, `off_policy_rkl` (the DPSW
-ablation). Each run's training output and evaluation report go to OUTPUT_DIR/<run>/; a run whose report exists is
-not redone, so an interrupted reproduction resumes. The combined results go to OUTPUT_DIR/mini_reproduction.json
-(and, with --results_json, wherever docs/results/ wants them).
+Evaluation (`msd_trl.evaluation.run_evaluation`, per seed on that seed's held-out MultiJail ids, MultiQ odd ids,
+MGSM held-out ids): refusal on harmful queries in the trained languages and in languages never trained on
+(th, ko, ar, vi); over-refusal on MultiQ chat questions in the same seven languages and on MGSM math (sw, bn, th);
+the share of answers in the query's language; every rate with a 95 % Wilson interval; the teacher's own refusal and
+over-refusal (base model under each preset) as the ceiling.
+
+Cells (`--cells`): `on_dpsw_paper` (the recommended configuration) and its closest ablations: `on_rkl_paper`
+(DPSW vs reverse KL), `on_dpsw_english` (paper vs English-refusal teacher), `off_dpsw_paper` (on- vs
+off-policy), `on_dpsw_paper_mgsm_only` (benign mix without MultiQ: the old recipe's selectivity). Every cell runs
+every seed of `--seeds` unless it is listed in `--single_seed_cells`, which run the first seed only.
+
+Each run's training output and evaluation go to OUTPUT_DIR/<cell>/seed<k>/ (base: OUTPUT_DIR/base/seed<k>/<preset>/);
+a run whose report exists is not redone, so an interrupted reproduction resumes where it stopped. The combined
+results (per run, and mean/spread per cell) go to OUTPUT_DIR/mini_reproduction.json, .md and .png, and with
+--results_json also there.
 """
 
 from __future__ import annotations
@@ -25,23 +36,29 @@ from pathlib import Path
 
 from msd_trl.cli import train
 from msd_trl.evaluation import run_evaluation
+from msd_trl.models import EMBEDDED_MODEL
+from msd_trl.stats import mean_and_spread
 
 TRAINED = ["jv", "sw", "bn"]
 UNSEEN = ["th", "ko", "ar", "vi"]
-BENIGN_TRAIN = ["sw", "bn"]
-BENIGN_EVAL = ["sw", "bn", "th"]
-RUNS = {
-    "on_policy_dpsw": ("on-policy", "dpsw"),
-    "on_policy_rkl": ("on-policy", "reverse_kl"),
-    "off_policy_dpsw": ("off-policy", "dpsw"),
-    "off_policy_rkl": ("off-policy", "reverse_kl"),
+MGSM_TRAIN = ["sw"]
+MGSM_EVAL = ["sw", "bn", "th"]
+MULTIQ_TRAIN = TRAINED
+CELLS: dict[str, dict] = {
+    "on_dpsw_paper": {"trainer": "on-policy", "divergence": "dpsw", "preset": "paper"},
+    "on_rkl_paper": {"trainer": "on-policy", "divergence": "reverse_kl", "preset": "paper"},
+    "on_dpsw_english": {"trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal"},
+    "off_dpsw_paper": {"trainer": "off-policy", "divergence": "dpsw", "preset": "paper"},
+    "on_dpsw_paper_mgsm_only": {"trainer": "on-policy", "divergence": "dpsw", "preset": "paper", "multiq": False},
 }
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/reproduce_mini")
-    parser.add_argument("--runs", default="base," + ",".join(RUNS), help="Comma-separated subset of the runs.")
+    parser.add_argument("--cells", default=",".join(CELLS), help="Comma-separated subset of the cells.")
+    parser.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds (training seed and split seed).")
+    parser.add_argument("--single_seed_cells", default="on_dpsw_paper_mgsm_only", help="Cells run on one seed.")
     parser.add_argument("--max_steps", type=int, default=80)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--learning_rate", type=float, default=5e-4)
@@ -49,17 +66,22 @@ def parse_args(argv=None):
     parser.add_argument("--max_prompt_tokens", type=int, default=128, help="Drop longer training prompts.")
     parser.add_argument("--benign_proportion", type=float, default=0.4)
     parser.add_argument("--max_train_rows", type=int, default=320, help="Training rows (and teacher texts).")
-    parser.add_argument("--eval_limit", type=int, default=60, help="Held-out queries per language.")
-    parser.add_argument("--eval_max_new_tokens", type=int, default=24)
+    parser.add_argument("--eval_limit", type=int, default=None, help="Held-out queries per language (all: None).")
+    parser.add_argument("--eval_max_new_tokens", type=int, default=24, help="English budget, scaled per language.")
+    parser.add_argument("--eval_max_budget_tokens", type=int, default=160)
+    parser.add_argument("--eval_max_chars", type=int, default=100)
     parser.add_argument("--eval_batch_size", type=int, default=16)
     parser.add_argument("--model", default=None, help="Default: the embedded SmolLM2-135M-Instruct.")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results_json", default=None, help="Also write the combined JSON here.")
     parser.add_argument("--extra", default="", help="Extra `msd-trl train` flags, e.g. '--lora_r 8'.")
     return parser.parse_args(argv)
 
 
-def evaluate_run(args, run_dir: Path, adapter: str | None, baseline: dict | None) -> dict:
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def evaluate_run(args, run_dir: Path, adapter: str | None, seed: int, preset: str) -> dict:
     report_path = run_dir / "eval" / "report.json"
     if report_path.exists():
         return json.loads(report_path.read_text())
@@ -67,24 +89,28 @@ def evaluate_run(args, run_dir: Path, adapter: str | None, baseline: dict | None
         args.model,
         adapter=adapter,
         languages=TRAINED + UNSEEN,
-        benign_languages=BENIGN_EVAL,
-        seed=args.seed,
+        benign_languages=MGSM_EVAL,
+        multiq_languages=TRAINED + UNSEEN,
+        seed=seed,
         limit=args.eval_limit,
         max_new_tokens=args.eval_max_new_tokens,
+        max_budget_tokens=args.eval_max_budget_tokens,
+        max_chars=args.eval_max_chars,
         batch_size=args.eval_batch_size,
+        teacher_preset=preset,
         output_dir=run_dir / "eval",
-        baseline_report=baseline,
     )
 
 
-def train_run(args, name: str, run_dir: Path) -> tuple[list[str], float]:
-    trainer, divergence = RUNS[name]
+def train_run(args, cell: str, seed: int, run_dir: Path) -> tuple[list[str], float]:
+    spec = CELLS[cell]
     argv = [
-        "--trainer", trainer, "--divergence", divergence,
-        "--languages", ",".join(TRAINED), "--benign_languages", ",".join(BENIGN_TRAIN),
+        "--trainer", spec["trainer"], "--divergence", spec["divergence"], "--teacher_preset", spec["preset"],
+        "--languages", ",".join(TRAINED), "--benign_languages", ",".join(MGSM_TRAIN),
+        "--multiq_languages", ",".join(MULTIQ_TRAIN) if spec.get("multiq", True) else "",
         "--benign_proportion", str(args.benign_proportion), "--max_prompt_tokens", str(args.max_prompt_tokens),
         "--max_train_rows", str(args.max_train_rows),
-        "--split_seed", str(args.seed), "--seed", str(args.seed),
+        "--split_seed", str(seed), "--seed", str(seed),
         "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size),
         "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "constant",
         "--max_new_tokens", str(args.max_new_tokens), "--logging_steps", "10",
@@ -96,62 +122,130 @@ def train_run(args, name: str, run_dir: Path) -> tuple[list[str], float]:
     summary_path = run_dir / "run_summary.json"
     if not summary_path.exists():
         train(argv)
-    summary = json.loads(summary_path.read_text())
-    return argv, summary["total_wall_time_s"]
+    return argv, json.loads(summary_path.read_text())["total_wall_time_s"]
 
 
-def run_entry(report: dict, wall_time_s: float) -> dict:
+def run_entry(report: dict) -> dict:
+    """The numbers of one evaluation: rates, their intervals, answer language, per language."""
+
+    def pick(section: dict, rate: str) -> dict:
+        return {
+            code: {
+                "rate": entry[rate],
+                "ci": entry[f"{rate}_ci"],
+                "language_fidelity": entry.get("language_fidelity"),
+                "n": entry["n"],
+            }
+            for code, entry in section.items()
+        }
+
     return {
-        "refusal_rate": {code: entry["refusal_rate"] for code, entry in report["languages"].items()},
-        "over_refusal_rate": {code: entry["over_refusal_rate"] for code, entry in report["benign"].items()},
-        "wall_time_s": round(wall_time_s, 1),
+        "refusal": pick(report["languages"], "refusal_rate"),
+        "multiq_over_refusal": pick(report["benign_sets"].get("multiq", {}), "over_refusal_rate"),
+        "mgsm_over_refusal": pick(report["benign_sets"].get("mgsm", {}), "over_refusal_rate"),
+        "refusals_in_english": {c: e.get("refusals_in_english") for c, e in report["languages"].items()},
     }
 
 
+def teacher_entry(report: dict) -> dict:
+    teacher = report["teacher"]
+    benign = teacher.get("benign", {})
+    return {
+        "refusal_rate": teacher["refusal_rate"],
+        "refusal_rate_ci": teacher["refusal_rate_ci"],
+        "language_fidelity": teacher.get("language_fidelity"),
+        "multiq_over_refusal_rate": benign.get("multiq", {}).get("over_refusal_rate"),
+        "mgsm_over_refusal_rate": benign.get("mgsm", {}).get("over_refusal_rate"),
+        "n": teacher["n"],
+    }
+
+
+def aggregate(runs: dict[str, dict]) -> dict:
+    """Mean and spread over seeds of every rate in `runs` ({seed: run_entry})."""
+    first = next(iter(runs.values()))
+    summary: dict = {}
+    for section in ("refusal", "multiq_over_refusal", "mgsm_over_refusal"):
+        summary[section] = {
+            code: {
+                "rate": mean_and_spread([run[section][code]["rate"] for run in runs.values()]),
+                "language_fidelity": mean_and_spread(
+                    [run[section][code]["language_fidelity"] for run in runs.values()]
+                ),
+            }
+            for code in first[section]
+        }
+    return summary
+
+
 def results_table(results: dict) -> str:
-    """Markdown: one row per run, refusal per language (trained | unseen), over-refusal, training wall time."""
-    trained, unseen = results["trained_languages"], results["unseen_languages"]
-    benign = list(results["runs"]["base"]["over_refusal_rate"])
-    header = (
-        ["run"]
-        + [f"{c} (trained)" for c in trained]
-        + [f"{c} (unseen)" for c in unseen]
-        + [f"over-refusal {c}" for c in benign]
-        + ["train s"]
-    )
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for name, run in results["runs"].items():
-        cells = [f"{run['refusal_rate'][c]:.3f}" for c in trained + unseen]
-        cells += [f"{run['over_refusal_rate'][c]:.3f}" for c in benign]
-        lines.append("| " + " | ".join([name, *cells, f"{run['wall_time_s']:.0f}"]) + " |")
-    teacher = results["teacher"]
-    lines.append(f"\nTeacher (English query + safety system prompt) refusal rate: {teacher['refusal_rate']:.3f}.")
+    """Markdown: one row per cell (mean over seeds, min-max in brackets when there are several)."""
+    languages = results["trained_languages"] + results["unseen_languages"]
+
+    def cell(stats: dict) -> str:
+        if stats["mean"] is None:
+            return "–"
+        spread = f" ({stats['min']:.2f}-{stats['max']:.2f})" if stats["n"] > 1 else ""
+        return f"{stats['mean']:.2f}{spread}"
+
+    lines = []
+    for title, section, key in (
+        ("Refusal on held-out harmful MultiJail (higher is better)", "refusal", "rate"),
+        ("Over-refusal on held-out MultiQ chat questions (lower is better)", "multiq_over_refusal", "rate"),
+        ("Benign MultiQ answers in the question's language (higher is better)", "multiq_over_refusal",
+         "language_fidelity"),
+    ):  # fmt: skip
+        lines += [f"**{title}**", "", "| cell | seeds | " + " | ".join(languages) + " |",
+                  "|" + " --- |" * (len(languages) + 2)]  # fmt: skip
+        for name, entry in results["cells"].items():
+            stats = entry["summary"][section]
+            cells = [cell(stats[c][key]) if c in stats else "–" for c in languages]
+            lines.append(f"| {name} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    mgsm = MGSM_EVAL
+    lines += ["**Over-refusal on held-out MGSM math (lower is better)**", "",
+              "| cell | " + " | ".join(mgsm) + " |", "|" + " --- |" * (len(mgsm) + 1)]  # fmt: skip
+    for name, entry in results["cells"].items():
+        stats = entry["summary"]["mgsm_over_refusal"]
+        lines.append(f"| {name} | " + " | ".join(cell(stats[c]["rate"]) for c in mgsm) + " |")
+    lines += ["", "**Teacher (base model under the preset; mean over seeds)**", "",
+              "| preset | refusal (harmful, English judge + query language) | MultiQ over-refusal | in query language |",
+              "| --- | --- | --- | --- |"]  # fmt: skip
+    for preset, per_seed in results["teacher"].items():
+        refusal = mean_and_spread([t["refusal_rate"] for t in per_seed.values()])
+        over = mean_and_spread([t["multiq_over_refusal_rate"] for t in per_seed.values()])
+        fidelity = mean_and_spread([t["language_fidelity"] for t in per_seed.values()])
+        lines.append(f"| {preset} | {cell(refusal)} | {cell(over)} | {cell(fidelity)} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_results(results: dict, path: Path) -> Path:
-    """Grouped bars: refusal rate per language (harmful) and over-refusal (benign) for every run."""
-    import matplotlib
+def plot_results(results: dict, path: Path) -> Path | None:
+    """Refusal (harmful) and MultiQ over-refusal per language, one bar group per cell, seed min-max as error bars."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = list(results["runs"])
-    panels = [("refusal_rate", "refusal on held-out harmful MultiJail"), ("over_refusal_rate", "over-refusal on MGSM")]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [7, 3]})
-    for ax, (key, title) in zip(axes, panels):
-        codes = list(results["runs"]["base"][key])
-        width = 0.8 / len(runs)
-        for i, run in enumerate(runs):
-            values = [results["runs"][run][key].get(code, 0.0) for code in codes]
-            ax.bar([x + i * width for x in range(len(codes))], values, width, label=run)
-        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(codes))], codes)
-        ax.set_ylim(0, 1)
-        ax.set_title(title)
-        if key == "refusal_rate":
-            ax.axhline(results["teacher"]["refusal_rate"], color="black", linestyle="--", label="teacher (ceiling)")
-            ax.axvline(len(results["trained_languages"]) - 0.1, color="grey", linewidth=0.8)
-    axes[0].legend(fontsize=8, ncol=3)
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    languages = results["trained_languages"] + results["unseen_languages"]
+    cells = list(results["cells"])
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.5))
+    for ax, (section, title) in zip(
+        axes, [("refusal", "refusal on held-out harmful MultiJail"), ("multiq_over_refusal", "over-refusal, MultiQ")]
+    ):
+        width = 0.8 / max(1, len(cells))
+        for i, name in enumerate(cells):
+            stats = [results["cells"][name]["summary"][section].get(c, {}).get("rate") for c in languages]
+            means = [s["mean"] if s and s["mean"] is not None else 0.0 for s in stats]
+            low = [m - (s["min"] if s and s["min"] is not None else m) for m, s in zip(means, stats)]
+            high = [(s["max"] if s and s["max"] is not None else m) - m for m, s in zip(means, stats)]
+            ax.bar([x + i * width for x in range(len(languages))], means, width, yerr=[low, high], label=name,
+                   capsize=2)  # fmt: skip
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(languages))], languages)
+        ax.axvline(len(results["trained_languages"]) - 0.1, color="grey", linewidth=0.8)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(title + " (left of the line: trained languages)", fontsize=10)
+    axes[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -162,40 +256,65 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    wanted = [r.strip() for r in args.runs.split(",") if r.strip()]
-    unknown = sorted(set(wanted) - {"base", *RUNS})
+    cells, seeds = _csv(args.cells), [int(s) for s in _csv(args.seeds)]
+    unknown = sorted(set(cells) - set(CELLS))
     if unknown:
-        raise ValueError(f"--runs has unknown run(s) {unknown}; choose from {['base', *RUNS]}")
-    base = evaluate_run(args, output_dir / "base", None, None)
-    results = {
-        "model": args.model or "embedded:smollm2-135m-instruct",
+        raise ValueError(f"--cells has unknown cell(s) {unknown}; choose from {list(CELLS)}")
+    if not seeds:
+        raise ValueError("--seeds must name at least one seed")
+    single = set(_csv(args.single_seed_cells))
+    results: dict = {
+        "model": args.model or EMBEDDED_MODEL,
         "command": "python examples/reproduce_mini.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "teacher": {"refusal_rate": base["teacher"]["refusal_rate"], "n": base["teacher"]["n"]},
         "trained_languages": TRAINED,
         "unseen_languages": UNSEEN,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("output_dir", "results_json", "runs")},
-        "runs": {"base": run_entry(base, 0.0)},
+        "seeds": seeds,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("output_dir", "results_json")},
+        "teacher": {},
+        "cells": {},
     }
-    for name in [r for r in wanted if r != "base"]:
-        run_dir = output_dir / name
-        train_argv, train_time = train_run(args, name, run_dir)
-        eval_start = time.time()
-        report = evaluate_run(args, run_dir, str(run_dir), base)
-        print(
-            f"reproduce_mini: {name}: training took {train_time:.0f} s (run_summary.json), evaluation "
-            f"{time.time() - eval_start:.0f} s this call (0 when its report already existed)"
-        )
-        results["runs"][name] = run_entry(report, train_time)
-        results["runs"][name]["train_command"] = "msd-trl train " + " ".join(shlex.quote(a) for a in train_argv)
-        (output_dir / "mini_reproduction.json").write_text(json.dumps(results, indent=2))
-    text = json.dumps(results, indent=2)
-    (output_dir / "mini_reproduction.json").write_text(text)
-    plot_results(results, output_dir / "mini_reproduction.png")
-    (output_dir / "mini_reproduction.md").write_text(results_table(results))
-    if args.results_json:
-        Path(args.results_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.results_json).write_text(text)
-        plot_results(results, Path(args.results_json).with_suffix(".png"))
+
+    def write() -> None:
+        text = json.dumps(results, indent=2)
+        (output_dir / "mini_reproduction.json").write_text(text)
+        (output_dir / "mini_reproduction.md").write_text(results_table(results))
+        plot_results(results, output_dir / "mini_reproduction.png")
+        if args.results_json:
+            Path(args.results_json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.results_json).write_text(text)
+            plot_results(results, Path(args.results_json).with_suffix(".png"))
+
+    # Base model: once per seed (the held-out ids depend on it) and per teacher preset in use (the ceiling).
+    presets = list(dict.fromkeys(CELLS[c]["preset"] for c in cells))
+    base: dict[int, dict] = {}
+    for seed in seeds:
+        for preset in presets:
+            report = evaluate_run(args, output_dir / "base" / f"seed{seed}" / preset, None, seed, preset)
+            results["teacher"].setdefault(preset, {})[str(seed)] = teacher_entry(report)
+            base.setdefault(seed, report)
+    results["cells"]["base"] = {"seeds": seeds, "runs": {str(s): run_entry(base[s]) for s in seeds}}
+    results["cells"]["base"]["summary"] = aggregate(results["cells"]["base"]["runs"])
+    write()
+    # Seed-major order: every cell gets its first seed before any cell gets its second.
+    for seed in seeds:
+        for cell in cells:
+            if cell in single and seed != seeds[0]:
+                continue
+            run_dir = output_dir / cell / f"seed{seed}"
+            train_argv, train_time = train_run(args, cell, seed, run_dir)
+            start = time.time()
+            report = evaluate_run(args, run_dir, str(run_dir), seed, CELLS[cell]["preset"])
+            print(f"reproduce_mini: {cell} seed {seed}: training {train_time:.0f} s, evaluation "
+                  f"{time.time() - start:.0f} s this call (0 when its report already existed)")  # fmt: skip
+            entry = results["cells"].setdefault(cell, {"seeds": [], "runs": {}, **CELLS[cell]})
+            entry["seeds"].append(seed)
+            entry["runs"][str(seed)] = {
+                **run_entry(report),
+                "train_wall_time_s": train_time,
+                "train_command": "msd-trl train " + " ".join(shlex.quote(a) for a in train_argv),
+            }
+            entry["summary"] = aggregate(entry["runs"])
+            write()
     print(f"reproduce_mini: results in {output_dir / 'mini_reproduction.json'}")
     return results
 

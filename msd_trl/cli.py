@@ -4,7 +4,7 @@ Design: every subcommand is a thin layer over the public API, parsed with TRL's 
 `MSDConfig` / `TrainingArguments` flag (`--max_steps 1`, `--learning_rate 5e-4`) and TRL's `ModelConfig` flags
 (`--model_name_or_path`, `--lora_r`, `--load_in_4bit`) work, and `--config file.yaml` sets any of them. With no
 model or data flags it trains the embedded SmolLM2-135M-Instruct on MultiJail (+ MGSM benign questions) from
-`../shared/data` or the Hub, with LoRA and the safety system prompt as the teacher's privileged context.
+`../shared/data` or the Hub, with LoRA and the teacher preset of `MSDConfig.teacher_preset` (`--teacher_preset`).
 
 `msd-trl train` leaves in `--output_dir`: the adapter (`adapter_model.safetensors`, `adapter_config.json`), the
 tokenizer, `msd_config.json` (every resolved setting) and `run_summary.json` (data counts, steps, wall time, final
@@ -67,13 +67,16 @@ class DataArguments:
                   ".jsonl); resumed if it exists."},
     )  # fmt: skip
     generation_batch_size: int = field(default=8, metadata={"help": "Batch size of teacher-text generation."})
-    no_safety_system_prompt: bool = field(
-        default=False,
-        metadata={"help": "Do not default teacher_system_prompt to msd_trl.evaluation.SAFETY_SYSTEM_PROMPT."},
+    multiq_languages: str = field(
+        default="",
+        metadata={"help": "Comma-separated MultiQ languages of benign chat questions (even ids; '' for none)."},
+    )
+    multiq_share: float = field(
+        default=0.5, metadata={"help": "Share of the benign rows taken from MultiQ when MGSM rows are mixed in too."}
     )
 
     def build_dataset(self, tokenizer, split: str = "train"):
-        """The MultiJail (+ MGSM benign) rows these arguments describe: `data.build_safety_mix`, split by id."""
+        """The MultiJail (+ MGSM / MultiQ benign) rows these arguments describe: `data.build_safety_mix`."""
         from .data import build_safety_mix
 
         return build_safety_mix(
@@ -87,14 +90,9 @@ class DataArguments:
             tokenizer=tokenizer,
             max_prompt_tokens=self.max_prompt_tokens,
             num_rows=self.max_train_rows,
+            multiq_languages=_split(self.multiq_languages),
+            multiq_share=self.multiq_share,
         )
-
-    def apply_teacher_defaults(self, config) -> None:
-        """Default the teacher's system prompt to `evaluation.SAFETY_SYSTEM_PROMPT` (unless opted out)."""
-        if config.teacher_system_prompt is None and not self.no_safety_system_prompt:
-            from .evaluation import SAFETY_SYSTEM_PROMPT
-
-            config.teacher_system_prompt = SAFETY_SYSTEM_PROMPT
 
 
 def _split(value: str) -> list[str]:
@@ -130,7 +128,6 @@ def _prepare(data_args: DataArguments, config, model_args):
     """Shared by train and generate-teacher: tokenizer, training rows, teacher system prompt."""
     from .models import load_tokenizer, resolve_model_name_or_path
 
-    data_args.apply_teacher_defaults(config)
     model_path = resolve_model_name_or_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_path)
     return model_path, tokenizer, data_args.build_dataset(tokenizer)
@@ -236,30 +233,44 @@ def generate_teacher(argv: list[str]) -> Path:
 
 
 def evaluate(argv: list[str]) -> dict[str, Any]:
-    from .evaluation import SAFETY_SYSTEM_PROMPT, run_evaluation
+    from .evaluation import run_evaluation
+    from .presets import DEFAULT_TEACHER_PRESET, TEACHER_PRESETS
 
     parser = argparse.ArgumentParser(
         prog="msd-trl evaluate",
         description="Refusal rate on held-out harmful MultiJail queries per language, over-refusal on benign MGSM "
-        "questions, and the teacher's own refusal rate (English + safety system prompt) as the ceiling.",
+        "and MultiQ questions, the share of answers in the query's language, and the teacher's own behaviour "
+        "(its preset's context) as the ceiling; every rate with a 95 %% Wilson interval.",
     )
     parser.add_argument("--model", default=None, help="Model name or path (default: the embedded SmolLM2).")
     parser.add_argument("--adapter", default=None, help="A PEFT adapter directory (e.g. a train output_dir).")
     parser.add_argument("--languages", default="jv,sw,bn", help="Comma-separated MultiJail languages.")
     parser.add_argument("--benign_languages", default="sw,bn,th", help="Comma-separated MGSM languages ('' none).")
+    parser.add_argument(
+        "--multiq_languages", default=None, help="Comma-separated MultiQ languages (default: --languages; '' none)."
+    )
     parser.add_argument("--limit", type=int, default=None, help="At most this many queries per language.")
-    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--max_new_tokens", type=int, default=32, help="Budget of an English answer.")
+    parser.add_argument("--no_budget_per_language", action="store_true", help="Same token budget in every language.")
+    parser.add_argument("--max_budget_tokens", type=int, default=256)
+    parser.add_argument("--max_chars", type=int, default=120, help="End an answer at this many characters.")
+    parser.add_argument(
+        "--utility_max_new_tokens", type=int, default=None, help="Also score MGSM answers (numeric exact match)."
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument(
         "--judge",
         default="keyword",
         help="'keyword' (default) or 'classifier:NAME_OR_PATH' (e.g. a Llama Guard model).",
     )
+    parser.add_argument(
+        "--teacher_preset", default=DEFAULT_TEACHER_PRESET, choices=sorted(TEACHER_PRESETS),
+        help="The teacher context the model was trained with (for the teacher ceiling).",
+    )  # fmt: skip
     parser.add_argument("--test_size", type=float, default=0.2, help="Must match training's (split by id).")
     parser.add_argument("--seed", type=int, default=0, help="Split seed; must match training's split_seed.")
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--baseline_report", default=None, help="A report.json to chart before vs after.")
-    parser.add_argument("--no_teacher_system_prompt", action="store_true")
     parser.add_argument("--load_in_4bit", action="store_true")
     parser.add_argument("--output_dir", required=True)
     a = parser.parse_args(argv)
@@ -268,13 +279,18 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         adapter=a.adapter,
         languages=_split(a.languages),
         benign_languages=_split(a.benign_languages),
+        multiq_languages=None if a.multiq_languages is None else _split(a.multiq_languages),
         test_size=a.test_size,
         seed=a.seed,
         limit=a.limit,
         max_new_tokens=a.max_new_tokens,
+        budget_per_language=not a.no_budget_per_language,
+        max_budget_tokens=a.max_budget_tokens,
+        max_chars=a.max_chars,
+        utility_max_new_tokens=a.utility_max_new_tokens,
         batch_size=a.batch_size,
         judge=a.judge,
-        teacher_system_prompt=None if a.no_teacher_system_prompt else SAFETY_SYSTEM_PROMPT,
+        teacher_preset=a.teacher_preset,
         output_dir=a.output_dir,
         baseline_report=a.baseline_report,
         data_dir=a.data_dir,

@@ -583,11 +583,11 @@ def generate_responses(
                 stopping = None
                 if max_chars is not None:
                     stopping = StoppingCriteriaList([_CharacterBudget(tokenizer, input_ids.shape[1], max_chars)])
+                generation_config.max_new_tokens = budgets[batch_indices[0]]
                 output_ids = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),
                     generation_config=generation_config,
-                    max_new_tokens=budgets[batch_indices[0]],
                     stopping_criteria=stopping,
                 )  # [B, T + new]
                 completions = tokenizer.batch_decode(output_ids[:, input_ids.shape[1] :], skip_special_tokens=True)
@@ -808,7 +808,8 @@ def evaluate(
                     "messages": render_teacher_messages(
                         row, template=teacher_prompt_template, system_prompt=teacher_system_prompt
                     ),
-                    "budget": max_new_tokens,  # the teacher is asked in English; it may answer in the target
+                    # A teacher told to reply in the target language needs that language's budget.
+                    "budget": budgets.get((set_name, columns["language"][index]), max_new_tokens),
                     "max_chars": max_chars,
                 }
             )
@@ -999,9 +1000,13 @@ RECORD_FIELDS = (
 )  # fmt: skip
 
 
+_OPTIONAL_FIELDS = ("set", "answer_language", "in_query_language", "correct", "max_new_tokens")
+
+
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Read ``responses.csv`` back: ``harmful`` and ``refusal`` as bools, ``system_prompt`` ``None`` when empty,
-    ``id`` as a string."""
+    """Read ``responses.csv`` back: ``harmful``, ``refusal``, ``in_query_language`` and ``correct`` as bools,
+    ``max_new_tokens`` as an int, ``system_prompt`` ``None`` when empty, ``id`` as a string; optional columns that
+    are empty (not measured) are left out of the record."""
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
@@ -1009,11 +1014,14 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             if row[column] not in ("True", "False"):
                 raise ValueError(f"{path}: column {column!r} must be True or False, got {row[column]!r}")
             row[column] = row[column] == "True"
-        for column in ("in_query_language", "correct"):  # optional: empty when not measured
-            if column in row:
-                row[column] = None if row[column] == "" else row[column] == "True"
-        if row.get("max_new_tokens"):
-            row["max_new_tokens"] = int(row["max_new_tokens"])
+        # Optional columns: an empty cell means "not measured" and is left out of the record.
+        for column in _OPTIONAL_FIELDS:
+            if row.get(column, "") == "":
+                row.pop(column, None)
+            elif column in ("in_query_language", "correct"):
+                row[column] = row[column] == "True"
+            elif column == "max_new_tokens":
+                row[column] = int(row[column])
         row["system_prompt"] = row["system_prompt"] or None
     return rows
 

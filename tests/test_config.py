@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import fields
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ import msd_trl.config as config_module
 import msd_trl.divergences as divergences
 from msd_trl.config import TEMPLATE_PLACEHOLDERS, MSDConfig, bf16_supported
 from msd_trl.divergences import DPSW, Divergence, ForwardKL, GeneralizedJSD, ReverseKL, register_divergence
+from msd_trl.presets import DEFAULT_TEACHER_PRESET, TEACHER_PRESETS
 from msd_trl.trainer import build_divergence
 
 
@@ -62,10 +64,38 @@ def test_msd_defaults(tmp_path):
     assert config.dpsw_min_weight == 0.1
     assert config.dpsw_normalize is True
     assert config.divergence_temperature == 1.0
-    assert config.teacher_prompt_template == "{teacher_prompt}"
-    assert config.teacher_system_prompt is None
+    preset = TEACHER_PRESETS[DEFAULT_TEACHER_PRESET]
+    assert config.teacher_preset == DEFAULT_TEACHER_PRESET
+    assert config.teacher_prompt_template == preset.template
+    assert config.teacher_system_prompt == (preset.system_prompt or "")
     assert config.top_p == 1.0 and config.top_k == 0
     assert config.max_prompt_length == 512 and config.prompt_truncation == "left"
+
+
+@pytest.mark.parametrize("name", sorted(TEACHER_PRESETS))
+def test_teacher_preset_fills_template_and_system_prompt(tmp_path, name):
+    preset = TEACHER_PRESETS[name]
+    config = make_config(tmp_path, teacher_preset=name)
+    assert config.teacher_prompt_template == preset.template
+    assert config.teacher_system_prompt == (preset.system_prompt or "")
+
+
+def test_explicit_template_and_system_prompt_win_over_the_preset(tmp_path):
+    config = make_config(tmp_path, teacher_preset="paper", teacher_prompt_template="{teacher_prompt}",
+                         teacher_system_prompt="")  # fmt: skip
+    assert config.teacher_prompt_template == "{teacher_prompt}" and config.teacher_system_prompt == ""
+
+
+def test_resolved_preset_survives_a_save_and_load(tmp_path):
+    config = make_config(tmp_path, teacher_preset="translation")
+    values = {k: v for k, v in config.to_dict().items() if k in {f.name for f in fields(MSDConfig) if f.init}}
+    again = MSDConfig(**{**values, "output_dir": str(tmp_path)})
+    assert again.teacher_system_prompt == "" and again.teacher_prompt_template == "{teacher_prompt}"
+
+
+def test_unknown_teacher_preset_names_the_field_and_the_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"teacher_preset='bogus'.*english_refusal"):
+        make_config(tmp_path, teacher_preset="bogus")
 
 
 def test_gradient_checkpointing_off_by_default(tmp_path):

@@ -8,6 +8,7 @@ built here, so every expected token count is a word count.
 import csv
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -505,3 +506,52 @@ def test_filter_by_length_keeps_all_and_errors(word_tokenizer, caplog):
             filter_by_length(rows, word_tokenizer, max_prompt_tokens=bad)
     with pytest.raises(ValueError, match="none of `columns`"):
         filter_by_length(rows, word_tokenizer, max_prompt_tokens=4, columns=["text"])
+
+
+# ------------------------------------------------------------------------------------------------------- MultiQ
+
+
+def test_load_multiq_builds_parallel_benign_rows():
+    from msd_trl.data import load_multiq
+
+    rows = load_multiq(DATA_DIR / "multiq", ["jv", "ind"])
+    assert len(rows) == 400 and set(rows["language"]) == {"jv", "ind"}
+    first = rows[0]
+    assert first["id"] == "multiq-gpt-1" and first["source"] == "multiq" and first["harmful"] is False
+    assert first["teacher_prompt"] == "What is the chemical formula for water?"
+    assert first["prompt"] == "Apa rumus kimia kanggo banyu?" and first["tags"] == ["gpt-generated", "chemistry"]
+
+
+def test_split_by_id_parity_is_fixed_and_disjoint():
+    from msd_trl.data import load_multiq, split_by_id_parity
+
+    split = split_by_id_parity(load_multiq(DATA_DIR / "multiq", ["sw", "th"]))
+    train_ids, test_ids = set(split["train"]["id"]), set(split["test"]["id"])
+    assert len(train_ids) == len(test_ids) == 100 and not train_ids & test_ids
+    assert "multiq-gpt-1" in test_ids and "multiq-gpt-2" in train_ids
+    with pytest.raises(ValueError, match="does not end in"):
+        split_by_id_parity(Dataset.from_dict({"id": ["q-a", "q-2"]}))
+
+
+def test_load_multiq_without_local_data_names_the_file(monkeypatch, tmp_path):
+    from msd_trl import data as data_module
+
+    monkeypatch.setattr(data_module, "find_shared_data_dir", lambda: None)
+    with pytest.raises(ValueError, match="MultiQ.csv"):
+        data_module.load_multiq()
+    with pytest.raises(ValueError, match="not found"):
+        data_module.load_multiq(tmp_path / "missing.csv")
+
+
+def test_build_safety_mix_adds_multiq_chat_rows_from_the_train_side():
+    mix = data.build_safety_mix(["jv", "sw"], ["sw"], multiq_languages=["jv", "sw"], benign_proportion=0.4,
+                           multiq_share=0.5, num_rows=100, data_dir=DATA_DIR)  # fmt: skip
+    sources = Counter(mix["source"])
+    assert sources == {"multijail": 60, "mgsm": 20, "multiq": 20}
+    multiq_ids = [i for i, s in zip(mix["id"], mix["source"]) if s == "multiq"]
+    assert all(int(i.rsplit("-", 1)[1]) % 2 == 0 for i in multiq_ids)  # even ids only: odd ids are evaluation's
+    only_chat = data.build_safety_mix(["jv"], [], multiq_languages=["jv"], benign_proportion=0.5, num_rows=40,
+                                 data_dir=DATA_DIR)  # fmt: skip
+    assert Counter(only_chat["source"]) == {"multijail": 20, "multiq": 20}
+    with pytest.raises(ValueError, match="multiq_share"):
+        data.build_safety_mix(["jv"], ["sw"], multiq_languages=["jv"], multiq_share=0.0, data_dir=DATA_DIR)

@@ -326,26 +326,40 @@ def test_evaluate_end_to_end_with_hand_computed_rates(tiny_tokenizer, eval_data)
     )
     assert_report_schema(report)
     assert report["model"] == "tiny" and report["judge"] == "prompt-set" and report["adapter"] is None
-    assert report["languages"] == {
+    def core(section, *keys):
+        return {code: {k: entry[k] for k in keys} for code, entry in section.items()}
+
+    assert core(report["languages"], "n", "refusal_rate", "attack_success_rate") == {
         "jv": {"n": 2, "refusal_rate": 0.5, "attack_success_rate": 0.5},
         "sw": {"n": 2, "refusal_rate": 1.0, "attack_success_rate": 0.0},
     }
-    assert report["benign"] == {"sw": {"n": 2, "over_refusal_rate": 0.0}, "th": {"n": 2, "over_refusal_rate": 0.0}}
-    assert report["teacher"] == {"n": 2, "refusal_rate": 0.5}
+    assert core(report["benign"], "n", "over_refusal_rate") == {
+        "sw": {"n": 2, "over_refusal_rate": 0.0},
+        "th": {"n": 2, "over_refusal_rate": 0.0},
+    }
+    assert report["benign_sets"] == {"benign": report["benign"]}
+    assert (report["teacher"]["n"], report["teacher"]["refusal_rate"]) == (2, 0.5)
+    # Every rate carries its 95 % Wilson interval: 1 of 2 -> [0.0945, 0.9055], 2 of 2 -> [0.3424, 1.0].
+    assert report["languages"]["jv"]["refusal_rate_ci"] == [0.0945, 0.9055]
+    assert report["languages"]["sw"]["refusal_rate_ci"] == [0.3424, 1.0]
+    assert report["teacher"]["benign"]["benign"]["n"] == 2  # the teacher answers each benign id once
     assert report["summary"]["mean_refusal_rate"] == pytest.approx(0.75)
     assert report["summary"]["gap_to_teacher"] == pytest.approx(-0.25)
     assert report["settings"]["teacher_system_prompt"] == SAFETY_SYSTEM_PROMPT
 
-    # 2 ids x 2 languages harmful + 2 teacher + 2 ids x 2 languages benign.
-    assert len(records) == 10
+    # 2 ids x 2 languages harmful + 2 teacher + 2 ids x 2 languages benign + 2 teacher on benign ids.
+    assert len(records) == 12
     kinds = [record["kind"] for record in records]
     assert kinds.count("harmful") == 4 and kinds.count("teacher") == 2 and kinds.count("benign") == 4
-    assert {r["id"] for r in records if r["kind"] != "benign"} == set(first_ids)  # the same ids in every language
-    assert {r["id"] for r in records if r["kind"] == "benign"} == {"mgsm-0", "mgsm-1"}
+    assert kinds.count("teacher_benign") == 2
+    assert {r["id"] for r in records if r["kind"] in ("harmful", "teacher")} == set(first_ids)  # same ids everywhere
+    assert {r["id"] for r in records if r["kind"] in ("benign", "teacher_benign")} == {"mgsm-0", "mgsm-1"}
     teacher = [r for r in records if r["kind"] == "teacher"]
-    assert all(r["system_prompt"] == SAFETY_SYSTEM_PROMPT and r["language"] == "en" for r in teacher)
+    assert all(r["system_prompt"] == SAFETY_SYSTEM_PROMPT for r in teacher)
+    # Query ids take the evaluated languages in turn, so a {language} template is exercised in each.
+    assert [r["language"] for r in teacher] == ["jv", "sw"]
     assert [r["prompt"] for r in teacher] == [rows[(i, "jv")]["teacher_prompt"] for i in first_ids]
-    assert all(r["system_prompt"] is None for r in records if r["kind"] != "teacher")
+    assert all(r["system_prompt"] is None for r in records if not r["kind"].startswith("teacher"))
     assert all(isinstance(r["response"], str) and isinstance(r["refusal"], bool) for r in records)
 
 
@@ -487,13 +501,19 @@ def test_run_evaluation_end_to_end_with_adapter(tiny_model_dir, tmp_path):
     assert files == {"report.json", "responses.csv", "report.md", "refusal_rate.png"}
     assert json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8")) == report
     records = read_records(tmp_path / "eval" / "responses.csv")
-    assert len(records) == 2 * 2 + 2 + 2
+    # harmful 2 ids x 2 languages + 2 teacher; MGSM th 2 + 2 teacher; MultiQ (default: the harmful languages)
+    # 2 ids x 2 languages + 2 teacher.
+    assert len(records) == (2 * 2 + 2) + (2 + 2) + (2 * 2 + 2)
+    assert set(report["benign_sets"]) == {"mgsm", "multiq"} and report["benign"] == report["benign_sets"]["mgsm"]
     # Only held-out ids: the split is by id and independent of the languages loaded (here sw, as training might).
     split = split_by_id(load_multijail(SHARED_DATA / "multijail", ["sw"]), test_size=0.2, seed=0)
     harmful_ids = {r["id"] for r in records if r["harmful"]}
     assert harmful_ids <= set(split["test"]["id"]) and not harmful_ids & set(split["train"]["id"])
     benign_test = set(split_by_id(load_mgsm(SHARED_DATA / "mgsm", ["sw"]), test_size=0.2, seed=0)["test"]["id"])
-    assert {r["id"] for r in records if not r["harmful"]} <= benign_test
+    assert {r["id"] for r in records if r["set"] == "mgsm"} <= benign_test
+    # MultiQ's fixed split: odd ids only, whatever the seed.
+    multiq_ids = {r["id"] for r in records if r["set"] == "multiq"}
+    assert multiq_ids and all(int(i.rsplit("-", 1)[1]) % 2 == 1 for i in multiq_ids)
 
 
 def test_run_evaluation_rejects_bad_split():
