@@ -9,9 +9,9 @@ exactly the same context everywhere.
   but the last (the last is the fixed completion).
 * Teacher: the student's conversation with its last user turn replaced by
   `teacher_prompt_template.format(prompt=..., teacher_prompt=..., language=...)`, and the optional
-  `teacher_system_prompt` as the system turn. With no `teacher_prompt` in the row, `{teacher_prompt}` is the
-  student's query; with the default template and no system prompt the teacher sees exactly the student's
-  conversation (GKD's behaviour).
+  `teacher_system_prompt` as the system turn (both usually from a preset, `msd_trl.presets`). A row with no
+  `teacher_prompt` has no English query to show, so the template is not applied: the teacher reads the student's
+  query, and with no system prompt exactly the student's conversation (GKD's behaviour).
 * A tokenizer without a chat template gets plain text: the system prompt and the user turns joined by blank lines.
 """
 
@@ -70,14 +70,19 @@ def render_teacher_messages(
     system_prompt = system_prompt or None
     student = render_student_messages(row)
     has_teacher_prompt = row.get("teacher_prompt") is not None
-    same_as_student = template == "{prompt}" or (template == "{teacher_prompt}" and not has_teacher_prompt)
-    if same_as_student and system_prompt is None:
+    # Without an English query there is no translation to show: the template is not applied and the teacher reads
+    # the student's own query (GKD's teacher), under the system prompt if there is one.
+    if (template == "{prompt}" or not has_teacher_prompt) and system_prompt is None:
         return student
     student_text = message_text(student)
-    teacher_text = message_text(row["teacher_prompt"]) if has_teacher_prompt else student_text
-    language = row.get("language") or ""
-    language_name = LANGUAGE_NAMES.get(language, language) or UNKNOWN_LANGUAGE_NAME
-    user_turn = template.format(prompt=student_text, teacher_prompt=teacher_text, language=language_name)
+    if has_teacher_prompt:
+        language = row.get("language") or ""
+        language_name = LANGUAGE_NAMES.get(language, language) or UNKNOWN_LANGUAGE_NAME
+        user_turn = template.format(
+            prompt=student_text, teacher_prompt=message_text(row["teacher_prompt"]), language=language_name
+        )
+    else:
+        user_turn = student_text
     # Keep earlier turns of a multi-turn prompt, swap the last user turn, and put our system prompt first.
     last_user = max((i for i, m in enumerate(student) if m.get("role") == "user"), default=len(student))
     history = [m for m in student[:last_user] if not (system_prompt is not None and m.get("role") == "system")]

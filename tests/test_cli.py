@@ -16,6 +16,7 @@ from conftest import SHARED_DATA
 
 from msd_trl.cli import DataArguments, build_train_parser, main
 from msd_trl.models import EMBEDDED_INSTALL_HINT, EmbeddedModelNotInstalledError
+from msd_trl.presets import DEFAULT_TEACHER_PRESET, SAFETY_SYSTEM_PROMPT, TEACHER_PRESETS
 
 
 @pytest.fixture
@@ -59,11 +60,27 @@ def test_train_writes_adapter_config_and_summary(model_dir, tmp_path, trainer, t
     assert resolved["model"]["resolved_path"] == str(model_dir)
     assert resolved["training"]["max_new_tokens"] == 4
     assert resolved["training"]["divergence"] == "dpsw"
-    # The CLI's default privileged context: the safety system prompt, seen by the teacher only.
-    assert resolved["training"]["teacher_system_prompt"]
+    # The default privileged context: the default teacher preset, resolved and recorded.
+    preset = TEACHER_PRESETS[DEFAULT_TEACHER_PRESET]
+    assert resolved["training"]["teacher_preset"] == DEFAULT_TEACHER_PRESET
+    assert resolved["training"]["teacher_prompt_template"] == preset.template
+    assert resolved["training"]["teacher_system_prompt"] == (preset.system_prompt or "")
     if trainer == "off-policy":
         lines = (out / "teacher_completions.jsonl").read_text(encoding="utf-8").splitlines()
         assert len(lines) == 8
+
+
+def test_train_with_a_teacher_preset_and_multiq_rows(model_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", *_tiny_args(model_dir, out), "--teacher_preset", "english_refusal",
+            "--multiq_languages", "jv,sw", "--benign_proportion", "0.5"]  # fmt: skip
+    assert main(argv) == 0
+    resolved = json.loads((out / "msd_config.json").read_text())
+    assert resolved["training"]["teacher_preset"] == "english_refusal"
+    assert resolved["training"]["teacher_system_prompt"] == SAFETY_SYSTEM_PROMPT
+    assert resolved["data"]["multiq_languages"] == "jv,sw"
+    sources = {key.split("/")[0] for key in json.loads((out / "run_summary.json").read_text())["rows_by_source_language"]}
+    assert "multiq" in sources
 
 
 def test_generate_teacher_writes_one_line_per_row_and_resumes(model_dir, tmp_path):
@@ -126,7 +143,18 @@ def test_subcommand_help_lists_msd_and_trl_flags(capsys):
         main(["train", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--trainer", "--teacher_prompt_template", "--dpsw_top_k", "--load_in_4bit", "--max_steps"):
+    for flag in ("--trainer", "--teacher_preset", "--teacher_prompt_template", "--multiq_languages", "--dpsw_top_k",
+                 "--load_in_4bit", "--max_steps"):  # fmt: skip
+        assert flag in text
+
+
+def test_evaluate_help_lists_the_new_measurements(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--multiq_languages", "--teacher_preset", "--max_chars", "--utility_max_new_tokens",
+                 "--no_budget_per_language"):  # fmt: skip
         assert flag in text
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import unicodedata
 from pathlib import Path
@@ -248,6 +249,59 @@ def test_generate_responses_system_prompt_and_messages(tiny_tokenizer):
     assert _with_system_prompt(own, "Be safe.") == own  # a conversation's own system message is kept
     assert _with_system_prompt("Hi", None) == [{"role": "user", "content": "Hi"}]
     assert generate_responses(model, tiny_tokenizer, [], progress=False) == []
+
+
+def test_generate_responses_per_prompt_budgets_equal_separate_calls(tiny_tokenizer):
+    model = make_model(tiny_tokenizer)
+    prompts = ["Keki?", "What is 12 plus 7?", "১২ যোগ ৭ কত?"]
+    budgets = [2, 6, 4]
+    together = generate_responses(model, tiny_tokenizer, prompts, max_new_tokens=budgets, batch_size=2,
+                                  progress=False)  # fmt: skip
+    apart = [
+        generate_responses(model, tiny_tokenizer, [prompt], max_new_tokens=budget, progress=False)[0]
+        for prompt, budget in zip(prompts, budgets)
+    ]
+    assert together == apart
+    with pytest.raises(ValueError, match="2 budgets for 3 prompts"):
+        generate_responses(model, tiny_tokenizer, prompts, max_new_tokens=[1, 2], progress=False)
+
+
+def test_generate_responses_character_cap_ends_each_answer_early(tiny_tokenizer):
+    model = make_model(tiny_tokenizer)
+    prompts = ["Keki?", "What is 12 plus 7?"]
+    free = generate_responses(model, tiny_tokenizer, prompts, max_new_tokens=12, progress=False)
+    capped = generate_responses(model, tiny_tokenizer, prompts, max_new_tokens=12, max_chars=3, progress=False)
+    for full, short in zip(free, capped):
+        assert full.startswith(short)  # greedy: the same answer, stopped sooner
+        assert len(short) >= min(3, len(full))
+    assert sum(map(len, capped)) < sum(map(len, free))
+    with pytest.raises(ValueError, match="max_chars"):
+        generate_responses(model, tiny_tokenizer, prompts, max_chars=0, progress=False)
+
+
+def test_language_budgets_scale_by_token_cost_and_cap(tiny_tokenizer):
+    from msd_trl.evaluation import language_budgets
+
+    def count(text):
+        return len(tiny_tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    english, target = "What is water?", "Apa rumus kimia kanggo banyu sing apik?"
+    ratio = count(target) / count(english)
+    columns = {"language": ["jv", "en"], "prompt": [target, english], "teacher_prompt": [english, english]}
+    budgets = language_budgets(tiny_tokenizer, columns, [0, 1], english_tokens=10, max_tokens=1000)
+    assert budgets == {"jv": max(10, math.ceil(10 * max(1.0, ratio))), "en": 10}
+    assert language_budgets(tiny_tokenizer, columns, [0], english_tokens=10, max_tokens=10) == {"jv": 10}
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("The answer is 18.", "18"), ("She pays $1,250.00 in total", "1250"), ("৩ + 4 = 7", "7"),
+     ("It is -3", "-3"), ("2.50 dollars", "2.5"), ("no number", None), ("１８", "18")],
+)  # fmt: skip
+def test_extract_number_for_mgsm_exact_match(text, number):
+    from msd_trl.evaluation import extract_number
+
+    assert extract_number(text) == number
 
 
 @pytest.mark.parametrize(

@@ -80,29 +80,34 @@ def test_reproduce_mini_writes_the_results_schema_and_resumes(model_dir, tmp_pat
     script = _load_script("reproduce_mini")
     out = tmp_path / "repro"
     argv = ["--model", str(model_dir), "--output_dir", str(out), "--max_steps", "1", "--eval_limit", "2",
-            "--max_train_rows", "8", "--max_new_tokens", "4", "--eval_max_new_tokens", "4",
+            "--max_train_rows", "8", "--max_new_tokens", "4", "--eval_max_new_tokens", "2",
+            "--eval_max_budget_tokens", "4", "--seeds", "0,1", "--cells", "on_dpsw_paper,on_dpsw_english",
+            "--single_seed_cells", "on_dpsw_english",
             "--results_json", str(tmp_path / "docs" / "mini_reproduction.json")]  # fmt: skip
     results = script.main(argv)
-    assert set(results) >= {"model", "command", "teacher", "trained_languages", "unseen_languages", "runs"}
-    assert set(results["runs"]) == {"base", "on_policy_dpsw", "on_policy_rkl", "off_policy_dpsw", "off_policy_rkl"}
-    assert results["trained_languages"] == ["jv", "sw", "bn"] and results["unseen_languages"] == [
-        "th",
-        "ko",
-        "ar",
-        "vi",
-    ]
-    for name, run in results["runs"].items():
-        assert set(run["refusal_rate"]) == {"jv", "sw", "bn", "th", "ko", "ar", "vi"}
-        assert set(run["over_refusal_rate"]) == {"sw", "bn", "th"}
-        assert all(0.0 <= v <= 1.0 for v in [*run["refusal_rate"].values(), *run["over_refusal_rate"].values()])
-        assert (run["wall_time_s"] == 0.0) == (name == "base")
+    assert set(results) >= {"model", "command", "teacher", "trained_languages", "unseen_languages", "seeds", "cells"}
+    assert results["seeds"] == [0, 1]
+    assert set(results["cells"]) == {"base", "on_dpsw_paper", "on_dpsw_english"}
+    assert results["cells"]["on_dpsw_paper"]["seeds"] == [0, 1]
+    assert results["cells"]["on_dpsw_english"]["seeds"] == [0]  # a single-seed cell
+    assert set(results["teacher"]) == {"paper", "english_refusal"} and set(results["teacher"]["paper"]) == {"0", "1"}
+    languages = {"jv", "sw", "bn", "th", "ko", "ar", "vi"}
+    for name, cell in results["cells"].items():
+        for run in cell["runs"].values():
+            assert set(run["refusal"]) == languages and set(run["multiq_over_refusal"]) == languages
+            assert set(run["mgsm_over_refusal"]) == {"sw", "bn", "th"}
+            for entry in run["refusal"].values():
+                assert 0.0 <= entry["rate"] <= 1.0 and entry["ci"][0] <= entry["rate"] <= entry["ci"][1]
+                assert entry["language_fidelity"] is not None
+        stats = cell["summary"]["refusal"]["jv"]["rate"]
+        assert stats["n"] == len(cell["seeds"]) and stats["min"] <= stats["mean"] <= stats["max"]
     assert json.loads((tmp_path / "docs" / "mini_reproduction.json").read_text()) == results
     assert (tmp_path / "docs" / "mini_reproduction.png").stat().st_size > 0
     table = (out / "mini_reproduction.md").read_text()
-    assert "| on_policy_dpsw |" in table and "jv (trained)" in table and "th (unseen)" in table
+    assert "| on_dpsw_paper | 2 |" in table and "| on_dpsw_english | 1 |" in table and "MultiQ" in table
     # A second call finds every run's summary and report and trains nothing again.
-    before = (out / "on_policy_dpsw" / "run_summary.json").stat().st_mtime_ns
+    before = (out / "on_dpsw_paper" / "seed1" / "run_summary.json").stat().st_mtime_ns
     script.main(argv)
-    assert (out / "on_policy_dpsw" / "run_summary.json").stat().st_mtime_ns == before
-    with pytest.raises(ValueError, match="unknown run"):
-        script.main([*argv, "--runs", "base,bogus"])
+    assert (out / "on_dpsw_paper" / "seed1" / "run_summary.json").stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="unknown cell"):
+        script.main([*argv, "--cells", "on_dpsw_paper,bogus"])

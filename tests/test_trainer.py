@@ -193,7 +193,8 @@ def test_jsd_loss_equals_gkd_on_the_same_batch(tmp_path, tiny_tokenizer, beta):
     msd = OnPolicyMSDTrainer(
         model=copy.deepcopy(student),
         teacher_model=copy.deepcopy(teacher),
-        args=MSDConfig(output_dir=str(tmp_path / "msd"), divergence="jsd", **common),
+        # GKD's teacher: no privileged context (the default "paper" preset adds a safety system prompt).
+        args=MSDConfig(output_dir=str(tmp_path / "msd"), divergence="jsd", teacher_preset="translation", **common),
         processing_class=tiny_tokenizer,
         train_dataset=gkd_messages_dataset(),
     )
