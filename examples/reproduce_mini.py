@@ -10,14 +10,14 @@ jv, sw, bn), so the student sees benign non-English questions it must keep answe
 
 Evaluation (`msd_trl.evaluation.run_evaluation`, per seed on that seed's held-out MultiJail ids, MultiQ odd ids,
 MGSM held-out ids): refusal on harmful queries in the trained languages and in languages never trained on
-(th, ko, ar, vi); over-refusal on MultiQ chat questions in the same seven languages and on MGSM math (sw, bn, th);
+(th, ko, ar, vi); over-refusal on MultiQ chat questions in the same seven languages and on MGSM math (sw, th);
 the share of answers in the query's language; every rate with a 95 % Wilson interval; the teacher's own refusal and
 over-refusal (base model under each preset) as the ceiling.
 
-Cells (`--cells`): `on_dpsw_paper` (the recommended configuration) and its closest ablations: `on_rkl_paper`
-(DPSW vs reverse KL), `on_dpsw_english` (paper vs English-refusal teacher), `off_dpsw_paper` (on- vs
-off-policy), `on_dpsw_paper_mgsm_only` (benign mix without MultiQ: the old recipe's selectivity). Every cell runs
-every seed of `--seeds` unless it is listed in `--single_seed_cells`, which run the first seed only.
+Cells (`--cells`): `on_dpsw_english` (on-policy DPSW, English-refusal teacher, MultiQ chat rows in the benign mix)
+and its closest ablations: `on_dpsw_paper` (the paper's teacher instead), `on_rkl_english` (reverse KL instead of
+DPSW), `off_dpsw_english` (off-policy), `on_dpsw_english_mgsm_only` (benign rows MGSM math only: the landed
+recipe). Every cell runs every seed of `--seeds` unless it is listed in `--single_seed_cells` (first seed only).
 
 Each run's training output and evaluation go to OUTPUT_DIR/<cell>/seed<k>/ (base: OUTPUT_DIR/base/seed<k>/<preset>/);
 a run whose report exists is not redone, so an interrupted reproduction resumes where it stopped. The combined
@@ -42,15 +42,20 @@ from msd_trl.stats import mean_and_spread
 TRAINED = ["jv", "sw", "bn"]
 UNSEEN = ["th", "ko", "ar", "vi"]
 MGSM_TRAIN = ["sw"]
-MGSM_EVAL = ["sw", "bn", "th"]
+# MGSM bn questions are ~400 tokens (all dropped from training by the 128-token cap) and cost most of an
+# evaluation; sw (trained) and th (unseen) keep both sides of the comparison.
+MGSM_EVAL = ["sw", "th"]
 MULTIQ_TRAIN = TRAINED
 CELLS: dict[str, dict] = {
-    "on_dpsw_paper": {"trainer": "on-policy", "divergence": "dpsw", "preset": "paper"},
-    "on_rkl_paper": {"trainer": "on-policy", "divergence": "reverse_kl", "preset": "paper"},
     "on_dpsw_english": {"trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal"},
-    "off_dpsw_paper": {"trainer": "off-policy", "divergence": "dpsw", "preset": "paper"},
-    "on_dpsw_paper_mgsm_only": {"trainer": "on-policy", "divergence": "dpsw", "preset": "paper", "multiq": False},
-}
+    "on_dpsw_paper": {"trainer": "on-policy", "divergence": "dpsw", "preset": "paper"},
+    "on_rkl_english": {"trainer": "on-policy", "divergence": "reverse_kl", "preset": "english_refusal"},
+    "off_dpsw_english": {"trainer": "off-policy", "divergence": "dpsw", "preset": "english_refusal"},
+    # The landed recipe: benign rows are MGSM math only, no chat questions.
+    "on_dpsw_english_mgsm_only": {
+        "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal", "multiq": False,
+    },
+}  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -58,7 +63,7 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default="outputs/reproduce_mini")
     parser.add_argument("--cells", default=",".join(CELLS), help="Comma-separated subset of the cells.")
     parser.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds (training seed and split seed).")
-    parser.add_argument("--single_seed_cells", default="on_dpsw_paper_mgsm_only", help="Cells run on one seed.")
+    parser.add_argument("--single_seed_cells", default="on_dpsw_english_mgsm_only", help="Cells run on one seed.")
     parser.add_argument("--max_steps", type=int, default=80)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--learning_rate", type=float, default=5e-4)
@@ -74,6 +79,10 @@ def parse_args(argv=None):
     parser.add_argument("--model", default=None, help="Default: the embedded SmolLM2-135M-Instruct.")
     parser.add_argument("--results_json", default=None, help="Also write the combined JSON here.")
     parser.add_argument("--extra", default="", help="Extra `msd-trl train` flags, e.g. '--lora_r 8'.")
+    parser.add_argument(
+        "--only_existing", action="store_true",
+        help="Train and evaluate nothing new: collect the runs whose reports exist (to report a partial run).",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -81,7 +90,7 @@ def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def evaluate_run(args, run_dir: Path, adapter: str | None, seed: int, preset: str) -> dict:
+def evaluate_run(args, run_dir: Path, adapter: str | None, seed: int, preset: str, student: bool = True) -> dict:
     report_path = run_dir / "eval" / "report.json"
     if report_path.exists():
         return json.loads(report_path.read_text())
@@ -98,6 +107,7 @@ def evaluate_run(args, run_dir: Path, adapter: str | None, seed: int, preset: st
         max_chars=args.eval_max_chars,
         batch_size=args.eval_batch_size,
         teacher_preset=preset,
+        include_student=student,
         output_dir=run_dir / "eval",
     )
 
@@ -284,16 +294,22 @@ def main(argv=None) -> dict:
             Path(args.results_json).write_text(text)
             plot_results(results, Path(args.results_json).with_suffix(".png"))
 
-    # Base model: once per seed (the held-out ids depend on it) and per teacher preset in use (the ceiling).
+    # Base model: once per seed (the held-out ids depend on it); the teacher ceiling of every preset in use (the
+    # first preset's run answers the student prompts too, the others only the teacher's).
     presets = list(dict.fromkeys(CELLS[c]["preset"] for c in cells))
     base: dict[int, dict] = {}
     for seed in seeds:
-        for preset in presets:
-            report = evaluate_run(args, output_dir / "base" / f"seed{seed}" / preset, None, seed, preset)
+        for position, preset in enumerate(presets):
+            run_dir = output_dir / "base" / f"seed{seed}" / preset
+            if args.only_existing and not (run_dir / "eval" / "report.json").exists():
+                continue
+            report = evaluate_run(args, run_dir, None, seed, preset, student=position == 0)
             results["teacher"].setdefault(preset, {})[str(seed)] = teacher_entry(report)
-            base.setdefault(seed, report)
-    results["cells"]["base"] = {"seeds": seeds, "runs": {str(s): run_entry(base[s]) for s in seeds}}
-    results["cells"]["base"]["summary"] = aggregate(results["cells"]["base"]["runs"])
+            if position == 0:
+                base[seed] = report
+    if base:
+        results["cells"]["base"] = {"seeds": list(base), "runs": {str(s): run_entry(r) for s, r in base.items()}}
+        results["cells"]["base"]["summary"] = aggregate(results["cells"]["base"]["runs"])
     write()
     # Seed-major order: every cell gets its first seed before any cell gets its second.
     for seed in seeds:
@@ -301,6 +317,8 @@ def main(argv=None) -> dict:
             if cell in single and seed != seeds[0]:
                 continue
             run_dir = output_dir / cell / f"seed{seed}"
+            if args.only_existing and not (run_dir / "eval" / "report.json").exists():
+                continue
             train_argv, train_time = train_run(args, cell, seed, run_dir)
             start = time.time()
             report = evaluate_run(args, run_dir, str(run_dir), seed, CELLS[cell]["preset"])

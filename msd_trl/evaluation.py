@@ -715,6 +715,7 @@ def evaluate(
     teacher_benign: bool = True,
     answer_language: bool = True,
     utility_max_new_tokens: int | None = None,
+    include_student: bool = True,
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Measure refusal on harmful rows, over-refusal on benign rows, answer language, and the teacher ceiling.
@@ -743,6 +744,8 @@ def evaluate(
             the share written in the query's language, and which language refusals are in.
         utility_max_new_tokens: when set, benign rows with an ``answer`` column (MGSM) are also answered with
             this budget (no character cap) and scored by numeric exact match: ``report["utility"]``.
+        include_student: ``False`` answers only the teacher prompts (e.g. the ceiling of another teacher preset on
+            the same base model); the student sections then have ``n = 0`` and rate ``None``.
         model_name / adapter: recorded in the report; ``model_name`` defaults to ``model.name_or_path``.
 
     Returns ``(report, records)``. The report keeps the fixed schema ``{"model", "adapter", "judge",
@@ -815,6 +818,8 @@ def evaluate(
             )
 
     def student_jobs(kind: str, set_name: str, columns: dict[str, list], rows: list[int]):
+        if not include_student:
+            return
         for index in rows:
             jobs.append(
                 {
@@ -973,6 +978,7 @@ def evaluate(
             "max_chars": max_chars,
             "budgets": {f"{set_name}/{language}": value for (set_name, language), value in budgets.items()},
             "utility_max_new_tokens": utility_max_new_tokens,
+            "include_student": include_student,
             "batch_size": batch_size,
             "limit": limit,
             "do_sample": do_sample,
@@ -1079,6 +1085,10 @@ def _markdown(report: dict[str, Any], baseline: dict[str, Any] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 def _plot(report: dict[str, Any], baseline: dict[str, Any] | None, path: Path) -> bool:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -1099,16 +1109,17 @@ def _plot(report: dict[str, Any], baseline: dict[str, Any] | None, path: Path) -
         axes = figure.add_subplot(1, len(panels), position)
         languages = list(report[section])
         positions = list(range(len(languages)))
-        after = [report[section][language][key] for language in languages]
+        after = [_or_nan(report[section][language][key]) for language in languages]
         if baseline is not None:
             width = 0.38
-            before = [baseline.get(section, {}).get(language, {}).get(key, float("nan")) for language in languages]
+            before = [_or_nan(baseline.get(section, {}).get(language, {}).get(key)) for language in languages]
             axes.bar([p - width / 2 for p in positions], before, width, label="before", color="tab:gray")
             axes.bar([p + width / 2 for p in positions], after, width, label="after", color="tab:blue")
         else:
             axes.bar(positions, after, 0.6, label="model", color="tab:blue")
         if section == "languages":
-            axes.axhline(report["teacher"]["refusal_rate"], color="tab:green", linestyle="--", label="teacher ceiling")
+            axes.axhline(_or_nan(report["teacher"]["refusal_rate"]), color="tab:green", linestyle="--",
+                         label="teacher ceiling")  # fmt: skip
             if baseline is not None and "teacher" in baseline:
                 axes.axhline(
                     baseline["teacher"]["refusal_rate"],
@@ -1193,6 +1204,7 @@ def run_evaluation(
     max_budget_tokens: int = 256,
     max_chars: int | None = 120,
     utility_max_new_tokens: int | None = None,
+    include_student: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a model (optionally with a PEFT adapter) and write the report; what ``msd-trl evaluate`` runs.
 
@@ -1282,6 +1294,7 @@ def run_evaluation(
         max_budget_tokens=max_budget_tokens,
         max_chars=max_chars,
         utility_max_new_tokens=utility_max_new_tokens,
+        include_student=include_student,
         batch_size=batch_size,
         limit=limit,
         model_name=str(model_name_or_path) if model_name_or_path is not None else EMBEDDED_MODEL,

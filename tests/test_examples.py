@@ -81,21 +81,21 @@ def test_reproduce_mini_writes_the_results_schema_and_resumes(model_dir, tmp_pat
     out = tmp_path / "repro"
     argv = ["--model", str(model_dir), "--output_dir", str(out), "--max_steps", "1", "--eval_limit", "2",
             "--max_train_rows", "8", "--max_new_tokens", "4", "--eval_max_new_tokens", "2",
-            "--eval_max_budget_tokens", "4", "--seeds", "0,1", "--cells", "on_dpsw_paper,on_dpsw_english",
-            "--single_seed_cells", "on_dpsw_english",
+            "--eval_max_budget_tokens", "4", "--seeds", "0,1", "--cells", "on_dpsw_english,on_dpsw_paper",
+            "--single_seed_cells", "on_dpsw_paper",
             "--results_json", str(tmp_path / "docs" / "mini_reproduction.json")]  # fmt: skip
     results = script.main(argv)
     assert set(results) >= {"model", "command", "teacher", "trained_languages", "unseen_languages", "seeds", "cells"}
     assert results["seeds"] == [0, 1]
     assert set(results["cells"]) == {"base", "on_dpsw_paper", "on_dpsw_english"}
-    assert results["cells"]["on_dpsw_paper"]["seeds"] == [0, 1]
-    assert results["cells"]["on_dpsw_english"]["seeds"] == [0]  # a single-seed cell
+    assert results["cells"]["on_dpsw_english"]["seeds"] == [0, 1]
+    assert results["cells"]["on_dpsw_paper"]["seeds"] == [0]  # a single-seed cell
     assert set(results["teacher"]) == {"paper", "english_refusal"} and set(results["teacher"]["paper"]) == {"0", "1"}
     languages = {"jv", "sw", "bn", "th", "ko", "ar", "vi"}
     for name, cell in results["cells"].items():
         for run in cell["runs"].values():
             assert set(run["refusal"]) == languages and set(run["multiq_over_refusal"]) == languages
-            assert set(run["mgsm_over_refusal"]) == {"sw", "bn", "th"}
+            assert set(run["mgsm_over_refusal"]) == {"sw", "th"}
             for entry in run["refusal"].values():
                 assert 0.0 <= entry["rate"] <= 1.0 and entry["ci"][0] <= entry["rate"] <= entry["ci"][1]
                 assert entry["language_fidelity"] is not None
@@ -104,10 +104,13 @@ def test_reproduce_mini_writes_the_results_schema_and_resumes(model_dir, tmp_pat
     assert json.loads((tmp_path / "docs" / "mini_reproduction.json").read_text()) == results
     assert (tmp_path / "docs" / "mini_reproduction.png").stat().st_size > 0
     table = (out / "mini_reproduction.md").read_text()
-    assert "| on_dpsw_paper | 2 |" in table and "| on_dpsw_english | 1 |" in table and "MultiQ" in table
+    assert "| on_dpsw_english | 2 |" in table and "| on_dpsw_paper | 1 |" in table and "MultiQ" in table
     # A second call finds every run's summary and report and trains nothing again.
-    before = (out / "on_dpsw_paper" / "seed1" / "run_summary.json").stat().st_mtime_ns
+    before = (out / "on_dpsw_english" / "seed1" / "run_summary.json").stat().st_mtime_ns
     script.main(argv)
-    assert (out / "on_dpsw_paper" / "seed1" / "run_summary.json").stat().st_mtime_ns == before
+    assert (out / "on_dpsw_english" / "seed1" / "run_summary.json").stat().st_mtime_ns == before
+    # --only_existing reports what is there and starts nothing new.
+    partial = script.main([*argv, "--only_existing", "--cells", "on_dpsw_english,on_rkl_english"])
+    assert set(partial["cells"]) == {"base", "on_dpsw_english"} and not (out / "on_rkl_english").exists()
     with pytest.raises(ValueError, match="unknown cell"):
-        script.main([*argv, "--cells", "on_dpsw_paper,bogus"])
+        script.main([*argv, "--cells", "on_dpsw_english,bogus"])
