@@ -144,6 +144,7 @@ def run_entry(report: dict) -> dict:
                 "rate": entry[rate],
                 "ci": entry[f"{rate}_ci"],
                 "language_fidelity": entry.get("language_fidelity"),
+                "degenerate_rate": entry.get("degenerate_rate"),
                 "n": entry["n"],
             }
             for code, entry in section.items()
@@ -164,6 +165,7 @@ def teacher_entry(report: dict) -> dict:
         "refusal_rate": teacher["refusal_rate"],
         "refusal_rate_ci": teacher["refusal_rate_ci"],
         "language_fidelity": teacher.get("language_fidelity"),
+        "degenerate_rate": teacher.get("degenerate_rate"),
         "multiq_over_refusal_rate": benign.get("multiq", {}).get("over_refusal_rate"),
         "mgsm_over_refusal_rate": benign.get("mgsm", {}).get("over_refusal_rate"),
         "n": teacher["n"],

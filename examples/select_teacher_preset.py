@@ -71,7 +71,9 @@ def rows_in_turn(dataset, languages: list[str], limit: int) -> list[dict]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     languages = [c for c in args.languages.split(",") if c]
-    harmful = rows_in_turn(split_by_id(load_multijail(None, languages), seed=args.seed)["train"], languages, args.limit)
+    harmful = rows_in_turn(
+        split_by_id(load_multijail(None, languages), seed=args.seed)["train"], languages, args.limit
+    )
     benign = rows_in_turn(split_by_id_parity(load_multiq(None, languages))["train"], languages, args.limit)
     tokenizer, model = load_tokenizer(args.model), load_model(args.model)
     columns = {key: [row[key] for row in harmful + benign] for key in ("language", "prompt", "teacher_prompt")}

@@ -1,18 +1,22 @@
 """msd_trl: Multilingual Self-Distillation (MSD) for cross-lingual safety alignment, as a TRL extension."""
 
+from .answer_language import identify_language, is_degenerate
 from .config import MSDConfig
 from .data import (
     LANGUAGE_NAMES,
     MGSM_LANGUAGES,
     MULTIJAIL_LANGUAGES,
+    MULTIQ_LANGUAGES,
     build_msd_rows,
     build_safety_mix,
     filter_by_length,
     find_shared_data_dir,
     load_mgsm,
     load_multijail,
+    load_multiq,
     mix_datasets,
     split_by_id,
+    split_by_id_parity,
 )
 from .divergences import (
     DPSW,
@@ -47,11 +51,30 @@ from .models import (
     load_tokenizer,
     resolve_model_name_or_path,
 )
+from .presets import (
+    DEFAULT_TEACHER_PRESET,
+    TEACHER_PRESETS,
+    TeacherPreset,
+    get_teacher_preset,
+    register_teacher_preset,
+)
+from .stats import wilson_interval
 from .trainer import MSDDataCollator, OffPolicyMSDTrainer, OnPolicyMSDTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_TEACHER_PRESET",
+    "MULTIQ_LANGUAGES",
+    "TEACHER_PRESETS",
+    "TeacherPreset",
+    "get_teacher_preset",
+    "identify_language",
+    "is_degenerate",
+    "load_multiq",
+    "register_teacher_preset",
+    "split_by_id_parity",
+    "wilson_interval",
     "SAFETY_SYSTEM_PROMPT",
     "ClassifierJudge",
     "Judge",

@@ -14,15 +14,21 @@ has lost utility even when it is safe. Measuring that needs two things:
   only what the model wrote itself counts.
 
 An answer with fewer than `min_chars` letters left is "" (no language): it counts as not in the query's language.
+
+A fidelity share alone rewards a model that loops in the right script ("Mwaka, Mwaka, Mwaka, ..."), which is what
+SmolLM2-135M does when told to reply in Swahili or Bengali. :func:`is_degenerate` flags such loops (the answer
+compresses to under 45 % of its UTF-8 size with zlib; ordinary answers of 80-120 characters measured 0.5-1.0,
+loops 0.1-0.46), and evaluation reports the degenerate share beside fidelity.
 """
 
 from __future__ import annotations
 
 import difflib
 import unicodedata
+import zlib
 from functools import lru_cache
 
-__all__ = ["LANGID_CODES", "identify_language", "in_query_language", "strip_echo"]
+__all__ = ["LANGID_CODES", "identify_language", "in_query_language", "is_degenerate", "strip_echo"]
 
 # Our language codes -> the identifier's, where they differ (MultiQ writes Indonesian as "ind").
 LANGID_CODES: dict[str, str] = {"ind": "id"}
@@ -77,3 +83,13 @@ def identify_language(text: str, *, prompt: str | None = None, min_chars: int = 
 def in_query_language(response: str, prompt: str, language: str) -> bool:
     """Whether `response`, echo removed, is written in `language` (our code)."""
     return identify_language(response, prompt=prompt) == language
+
+
+def is_degenerate(text: str, *, min_chars: int = 40, max_ratio: float = 0.45) -> bool:
+    """Whether `text` is a repetition loop: at least `min_chars` characters that zlib compresses to under
+    `max_ratio` of their UTF-8 size. Short answers are never flagged."""
+    text = text.strip()
+    if len(text) < min_chars:
+        return False
+    data = text.encode("utf-8")
+    return len(zlib.compress(data, 9)) / len(data) < max_ratio

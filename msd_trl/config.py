@@ -126,9 +126,7 @@ class MSDConfig(GKDConfig):
     )
     teacher_system_prompt: str | None = field(
         default=None,
-        metadata={
-            "help": "System prompt that only the teacher sees (default: the preset's; '' for none)."
-        },
+        metadata={"help": "System prompt that only the teacher sees (default: the preset's; '' for none)."},
     )
     # --- divergence ---
     divergence: str = field(  # a Divergence instance is accepted too (not from the command line)

@@ -919,7 +919,9 @@ def build_safety_mix(
     if multiq_languages and benign_proportion > 0:
         if not 0.0 < multiq_share <= 1.0:
             raise ValueError(f"`multiq_share` must be in (0, 1], got {multiq_share!r}")
-        chat = load_multiq(base / "multiq" if base is not None else None, multiq_languages, conversational=conversational)
+        chat = load_multiq(
+            base / "multiq" if base is not None else None, multiq_languages, conversational=conversational
+        )
         corpora["multiq"] = split_by_id_parity(chat)[split]
     if tokenizer is not None and max_prompt_tokens is not None:
         corpora = {

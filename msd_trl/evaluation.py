@@ -43,9 +43,8 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .answer_language import identify_language
+from .answer_language import identify_language, is_degenerate
 from .presets import DEFAULT_TEACHER_PRESET, SAFETY_SYSTEM_PROMPT, get_teacher_preset
-from .stats import rate_entry
 from .rendering import (
     message_text,
     render_student_messages,
@@ -53,6 +52,7 @@ from .rendering import (
     stop_token_ids,
     tokenize_messages,
 )
+from .stats import rate_entry
 
 logger = logging.getLogger(__name__)
 
@@ -885,6 +885,7 @@ def evaluate(
             "response": response,
             "answer_language": detected,
             "in_query_language": None if detected is None else detected == job["language"],
+            "degenerate": is_degenerate(response),
             "max_new_tokens": job["budget"],
         }
         if job["kind"] == "utility":
@@ -905,6 +906,7 @@ def evaluate(
         entry: dict[str, Any] = {"n": len(chosen), **rate_entry([r["refusal"] for r in chosen], rate_name)}
         if answer_language:
             entry.update(rate_entry([bool(r["in_query_language"]) for r in chosen], "language_fidelity"))
+            entry.update(rate_entry([r["degenerate"] for r in chosen], "degenerate_rate"))
             refusals = [r for r in chosen if r["refusal"]]
             entry["refusals_in_english"] = (
                 sum(r["answer_language"] == "en" for r in refusals) / len(refusals) if refusals else None
@@ -1001,12 +1003,13 @@ def _mean(values: Sequence[float | None]) -> float | None:
 # ------------------------------------------------------------------------------------------------------ reports
 
 RECORD_FIELDS = (
-    "kind", "set", "id", "language", "harmful", "refusal", "answer_language", "in_query_language", "correct",
+    "kind", "set", "id", "language", "harmful", "refusal", "answer_language", "in_query_language", "degenerate",
+    "correct",
     "max_new_tokens", "system_prompt", "prompt", "response",
 )  # fmt: skip
 
 
-_OPTIONAL_FIELDS = ("set", "answer_language", "in_query_language", "correct", "max_new_tokens")
+_OPTIONAL_FIELDS = ("set", "answer_language", "in_query_language", "degenerate", "correct", "max_new_tokens")
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -1024,7 +1027,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         for column in _OPTIONAL_FIELDS:
             if row.get(column, "") == "":
                 row.pop(column, None)
-            elif column in ("in_query_language", "correct"):
+            elif column in ("in_query_language", "degenerate", "correct"):
                 row[column] = row[column] == "True"
             elif column == "max_new_tokens":
                 row[column] = int(row[column])

@@ -52,3 +52,19 @@ def test_answers_in_the_query_language_are_recognised():
     assert in_query_language("Samahani, siwezi kukusaidia na ombi hilo.", "Je, ni nini?", "sw")
     assert in_query_language("ขออภัย ฉันไม่สามารถช่วยเรื่องนี้ได้", "คำถาม", "th")
     assert not in_query_language("I'm sorry, but I can't help with that.", "Je, ni nini?", "sw")
+
+
+@pytest.mark.parametrize(
+    ("text", "degenerate"),
+    [
+        ("Mwaka,  Mwaka,  Mwaka,  Mwaka,  Mwaka,  Mwaka,  Mwaka,  Mwaka,  Mwaka,  Mwaka,", True),
+        ("একটি বড় বড় বড় বড় বড় বড় বড় বড় বড় বড় বড় বড় বড় বড় বড়", True),
+        ("The boiling point of water at sea level is approximately 100 degrees Celsius.", False),
+        ("I'm sorry, but I'm unable to assist with that. Please ask something else.", False),
+        ("ok ok ok ok", False),  # too short to call
+    ],
+)
+def test_repetition_loops_are_flagged_as_degenerate(text, degenerate):
+    from msd_trl.answer_language import is_degenerate
+
+    assert is_degenerate(text) is degenerate

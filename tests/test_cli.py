@@ -79,7 +79,9 @@ def test_train_with_a_teacher_preset_and_multiq_rows(model_dir, tmp_path):
     assert resolved["training"]["teacher_preset"] == "english_refusal"
     assert resolved["training"]["teacher_system_prompt"] == SAFETY_SYSTEM_PROMPT
     assert resolved["data"]["multiq_languages"] == "jv,sw"
-    sources = {key.split("/")[0] for key in json.loads((out / "run_summary.json").read_text())["rows_by_source_language"]}
+    sources = {
+        key.split("/")[0] for key in json.loads((out / "run_summary.json").read_text())["rows_by_source_language"]
+    }
     assert "multiq" in sources
 
 

@@ -380,6 +380,7 @@ def test_evaluate_end_to_end_with_hand_computed_rates(tiny_tokenizer, eval_data)
     )
     assert_report_schema(report)
     assert report["model"] == "tiny" and report["judge"] == "prompt-set" and report["adapter"] is None
+
     def core(section, *keys):
         return {code: {k: entry[k] for k in keys} for code, entry in section.items()}
 

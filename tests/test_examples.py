@@ -92,7 +92,7 @@ def test_reproduce_mini_writes_the_results_schema_and_resumes(model_dir, tmp_pat
     assert results["cells"]["on_dpsw_paper"]["seeds"] == [0]  # a single-seed cell
     assert set(results["teacher"]) == {"paper", "english_refusal"} and set(results["teacher"]["paper"]) == {"0", "1"}
     languages = {"jv", "sw", "bn", "th", "ko", "ar", "vi"}
-    for name, cell in results["cells"].items():
+    for cell in results["cells"].values():
         for run in cell["runs"].values():
             assert set(run["refusal"]) == languages and set(run["multiq_over_refusal"]) == languages
             assert set(run["mgsm_over_refusal"]) == {"sw", "th"}
