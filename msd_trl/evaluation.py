@@ -1051,7 +1051,7 @@ def _markdown(report: dict[str, Any], baseline: dict[str, Any] | None) -> str:
         f"- Model: `{report['model']}`",
         f"- Adapter: `{report['adapter']}`" if report.get("adapter") else "- Adapter: none",
         f"- Judge: `{report['judge']}`",
-        "- Teacher ceiling (English prompt, teacher system prompt): "
+        "- Teacher ceiling (the teacher's privileged context): "
         f"refusal {_percent(report['teacher']['refusal_rate'])} (n={report['teacher']['n']})",
     ]
     if baseline is not None:
@@ -1062,8 +1062,8 @@ def _markdown(report: dict[str, Any], baseline: dict[str, Any] | None) -> str:
         )
     lines += [
         "",
-        "Refusal and ASR (attack success rate) are on harmful MultiJail prompts (higher refusal is better); "
-        "over-refusal is on benign MGSM questions (lower is better).",
+        "Refusal and ASR (attack success rate) are on harmful prompts (higher refusal is better); over-refusal is on "
+        "the first benign set (lower is better); every set follows below.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|",
@@ -1085,7 +1085,48 @@ def _markdown(report: dict[str, Any], baseline: dict[str, Any] | None) -> str:
             cells[4:4] = [_percent(before["refusal_rate"] if before else None)]
             cells.append(_percent(before_benign["over_refusal_rate"] if before_benign else None))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _detail_markdown(report, baseline)
     return "\n".join(lines) + "\n"
+
+
+def _detail_markdown(report: dict[str, Any], baseline: dict[str, Any] | None) -> list[str]:
+    """Every section with its 95 % interval, answer language and degenerate share (when measured)."""
+    sections = [("harmful", "refusal_rate", report["languages"], (baseline or {}).get("languages", {}))]
+    for name, entries in report.get("benign_sets", {}).items():
+        before = (baseline or {}).get("benign_sets", {}).get(name, {})
+        sections.append((f"benign: {name}", "over_refusal_rate", entries, before))
+    if not any(f"{rate}_ci" in entry for _, rate, entries, _ in sections for entry in entries.values()):
+        return []
+    lines = [
+        "",
+        "## Every rate with its 95 % Wilson interval, and the language of the answers",
+        "",
+        "`in query language`: share of answers written in the query's language (echo removed); `degenerate`: share "
+        "of repetition loops; `refusals in English`: share of the refusals written in English (the keyword judge "
+        "knows English phrases best).",
+        "",
+        "| set | language | n | rate [95 % CI] | baseline | in query language | degenerate | refusals in English |",
+        "| --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
+    ]
+    for title, rate, entries, before in sections:
+        for language, entry in entries.items():
+            interval = entry.get(f"{rate}_ci")
+            value = _percent(entry.get(rate)) + (
+                f" [{interval[0]:.0%}, {interval[1]:.0%}]" if interval and entry.get(rate) is not None else ""
+            )
+            lines.append(
+                f"| {title} | {language} | {entry['n']} | {value} | {_percent(before.get(language, {}).get(rate))} | "
+                f"{_percent(entry.get('language_fidelity'))} | {_percent(entry.get('degenerate_rate'))} | "
+                f"{_percent(entry.get('refusals_in_english'))} |"
+            )
+    teacher = report["teacher"]
+    if teacher.get("refusal_rate_ci"):
+        low, high = teacher["refusal_rate_ci"]
+        lines += ["", f"Teacher: refusal {_percent(teacher['refusal_rate'])} [{low:.0%}, {high:.0%}] (n={teacher['n']}), "
+                  f"answers in the query's language {_percent(teacher.get('language_fidelity'))}."]  # fmt: skip
+        for name, entry in teacher.get("benign", {}).items():
+            lines.append(f"Teacher over-refusal on {name}: {_percent(entry['over_refusal_rate'])} (n={entry['n']}).")
+    return lines
 
 
 def _or_nan(value: float | None) -> float:

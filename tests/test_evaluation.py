@@ -566,6 +566,8 @@ def test_run_evaluation_end_to_end_with_adapter(tiny_model_dir, tmp_path):
     assert harmful_ids <= set(split["test"]["id"]) and not harmful_ids & set(split["train"]["id"])
     benign_test = set(split_by_id(load_mgsm(SHARED_DATA / "mgsm", ["sw"]), test_size=0.2, seed=0)["test"]["id"])
     assert {r["id"] for r in records if r["set"] == "mgsm"} <= benign_test
+    markdown = (tmp_path / "eval" / "report.md").read_text(encoding="utf-8")
+    assert "95 % Wilson interval" in markdown and "| benign: multiq | jv | 2 |" in markdown
     # MultiQ's fixed split: odd ids only, whatever the seed.
     multiq_ids = {r["id"] for r in records if r["set"] == "multiq"}
     assert multiq_ids and all(int(i.rsplit("-", 1)[1]) % 2 == 1 for i in multiq_ids)
