@@ -8,8 +8,10 @@ default: original query + English translation, judge safety in English, reply in
 rows: MultiJail train ids in jv, sw, bn, mixed with benign rows (MGSM sw math and MultiQ even-id chat questions in
 jv, sw, bn), so the student sees benign non-English questions it must keep answering.
 
-Evaluation (`msd_trl.evaluation.run_evaluation`, per seed on that seed's held-out MultiJail ids, MultiQ odd ids,
-MGSM held-out ids): refusal on harmful queries in the trained languages and in languages never trained on
+Seeds vary the training (LoRA initialisation, rollout sampling, data order and mix); the by-id split is fixed
+(`--split_seed`), so every cell and seed is measured on the same held-out ids and each run's Wilson interval covers
+the sampling of those ids. Evaluation (`msd_trl.evaluation.run_evaluation` on the held-out MultiJail ids, MultiQ odd
+ids and held-out MGSM ids): refusal on harmful queries in the trained languages and in languages never trained on
 (th, ko, ar, vi); over-refusal on MultiQ chat questions in the same seven languages and on MGSM math (sw, th);
 the share of answers in the query's language; every rate with a 95 % Wilson interval; the teacher's own refusal and
 over-refusal (base model under each preset) as the ceiling.
@@ -19,7 +21,7 @@ and its closest ablations: `on_dpsw_paper` (the paper's teacher instead), `on_rk
 DPSW), `off_dpsw_english` (off-policy), `on_dpsw_english_mgsm_only` (benign rows MGSM math only: the landed
 recipe). Every cell runs every seed of `--seeds` unless it is listed in `--single_seed_cells` (first seed only).
 
-Each run's training output and evaluation go to OUTPUT_DIR/<cell>/seed<k>/ (base: OUTPUT_DIR/base/seed<k>/<preset>/);
+Each run's training output and evaluation go to OUTPUT_DIR/<cell>/seed<k>/ (base: OUTPUT_DIR/base/seed<split>/<preset>/);
 a run whose report exists is not redone, so an interrupted reproduction resumes where it stopped. The combined
 results (per run, and mean/spread per cell) go to OUTPUT_DIR/mini_reproduction.json, .md and .png, and with
 --results_json also there.
@@ -62,7 +64,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/reproduce_mini")
     parser.add_argument("--cells", default=",".join(CELLS), help="Comma-separated subset of the cells.")
-    parser.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds (training seed and split seed).")
+    parser.add_argument(
+        "--seeds", default="0,1,2",
+        help="Comma-separated training seeds (LoRA init, rollout sampling, data order and mix).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--split_seed", type=int, default=0,
+        help="Seed of the by-id train/held-out split, fixed so every cell and seed is measured on the same ids.",
+    )  # fmt: skip
     parser.add_argument("--single_seed_cells", default="on_dpsw_english_mgsm_only", help="Cells run on one seed.")
     parser.add_argument("--max_steps", type=int, default=80)
     parser.add_argument("--batch_size", type=int, default=4)
@@ -120,7 +129,7 @@ def train_run(args, cell: str, seed: int, run_dir: Path) -> tuple[list[str], flo
         "--multiq_languages", ",".join(MULTIQ_TRAIN) if spec.get("multiq", True) else "",
         "--benign_proportion", str(args.benign_proportion), "--max_prompt_tokens", str(args.max_prompt_tokens),
         "--max_train_rows", str(args.max_train_rows),
-        "--split_seed", str(seed), "--seed", str(seed),
+        "--split_seed", str(args.split_seed), "--seed", str(seed),
         "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size),
         "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "constant",
         "--max_new_tokens", str(args.max_new_tokens), "--logging_steps", "10",
@@ -296,22 +305,19 @@ def main(argv=None) -> dict:
             Path(args.results_json).write_text(text)
             plot_results(results, Path(args.results_json).with_suffix(".png"))
 
-    # Base model: once per seed (the held-out ids depend on it); the teacher ceiling of every preset in use (the
-    # first preset's run answers the student prompts too, the others only the teacher's).
+    # Base model: once (greedy decoding on the fixed held-out ids has no seed); the teacher ceiling of every preset
+    # in use (the first preset's run answers the student prompts too, the others only the teacher's).
     presets = list(dict.fromkeys(CELLS[c]["preset"] for c in cells))
-    base: dict[int, dict] = {}
-    for seed in seeds:
-        for position, preset in enumerate(presets):
-            run_dir = output_dir / "base" / f"seed{seed}" / preset
-            if args.only_existing and not (run_dir / "eval" / "report.json").exists():
-                continue
-            report = evaluate_run(args, run_dir, None, seed, preset, student=position == 0)
-            results["teacher"].setdefault(preset, {})[str(seed)] = teacher_entry(report)
-            if position == 0:
-                base[seed] = report
-    if base:
-        results["cells"]["base"] = {"seeds": list(base), "runs": {str(s): run_entry(r) for s, r in base.items()}}
-        results["cells"]["base"]["summary"] = aggregate(results["cells"]["base"]["runs"])
+    split = args.split_seed
+    for position, preset in enumerate(presets):
+        run_dir = output_dir / "base" / f"seed{split}" / preset
+        if args.only_existing and not (run_dir / "eval" / "report.json").exists():
+            continue
+        report = evaluate_run(args, run_dir, None, split, preset, student=position == 0)
+        results["teacher"][preset] = {str(split): teacher_entry(report)}
+        if position == 0:
+            results["cells"]["base"] = {"seeds": [split], "runs": {str(split): run_entry(report)}}
+            results["cells"]["base"]["summary"] = aggregate(results["cells"]["base"]["runs"])
     write()
     # Seed-major order: every cell gets its first seed before any cell gets its second.
     for seed in seeds:
@@ -323,7 +329,7 @@ def main(argv=None) -> dict:
                 continue
             train_argv, train_time = train_run(args, cell, seed, run_dir)
             start = time.time()
-            report = evaluate_run(args, run_dir, str(run_dir), seed, CELLS[cell]["preset"])
+            report = evaluate_run(args, run_dir, str(run_dir), split, CELLS[cell]["preset"])
             print(f"reproduce_mini: {cell} seed {seed}: training {train_time:.0f} s, evaluation "
                   f"{time.time() - start:.0f} s this call (0 when its report already existed)")  # fmt: skip
             entry = results["cells"].setdefault(cell, {"seeds": [], "runs": {}, **CELLS[cell]})
