@@ -163,6 +163,22 @@ def student_disagreement_view(student_logits: torch.Tensor, teacher_logits: torc
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# Stands in for -inf logits: exp(-1e4 - logsumexp) is exactly 0 in float32 and bfloat16, yet every difference
+# stays finite, so "0 * log 0" terms are 0 instead of NaN.
+_MASKED_LOGIT = -1.0e4
+
+
+def _finite_logits(logits: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """`logits` with -inf entries (masked vocabulary, logit processors) set to a large negative finite value and
+    masked positions set to 0, so no divergence meets `0 * -inf` or a softmax over nothing. A no-op (no copy)
+    when every logit is finite; +inf and NaN are left alone and surface as a non-finite loss."""
+    if torch.isfinite(logits.sum(dtype=torch.float32)):  # one scalar reduction, no [B, T, V] temporary
+        return logits
+    valid = completion_mask.bool().unsqueeze(-1)  # [B, T, 1]
+    logits = logits.masked_fill(logits == float("-inf"), _MASKED_LOGIT)  # [B, T, V]
+    return logits.masked_fill(~valid, 0.0)
+
+
 @dataclass
 class DivergenceOutput:
     """What one divergence evaluation produced; the trainer logs from it without recomputing anything.
@@ -233,6 +249,8 @@ class Divergence:
                 f"must both be [B, T] = {tuple(student_logits.shape[:-1])}."
             )
         teacher_logits = teacher_logits.detach()
+        student_logits = _finite_logits(student_logits, completion_mask)
+        teacher_logits = _finite_logits(teacher_logits, completion_mask)
         if self.temperature != 1.0:
             student_logits = student_logits / self.temperature
             teacher_logits = teacher_logits / self.temperature

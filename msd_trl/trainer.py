@@ -550,6 +550,13 @@ class _MSDTrainerBase(SFTTrainer):
         output = self.divergence.compute(
             student_logits, teacher_logits, completion_ids, completion_mask, num_items_in_batch=num_items_in_batch
         )
+        if not torch.isfinite(output.loss):
+            # HF's logging filters NaN losses, so a step on one would silently turn every trainable weight into NaN.
+            raise FloatingPointError(
+                f"MSD loss is {output.loss.item()} at global step {self.state.global_step} (divergence "
+                f"{self.divergence!r}): the student or teacher logits hold NaN or +inf. Check the model's dtype "
+                "(fp16 overflow), the learning rate, and logit processors; -inf logits alone are handled."
+            )
         self._log_step_metrics(output, student_logits, teacher_logits, completion_mask)
         loss = output.loss
         if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:

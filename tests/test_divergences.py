@@ -631,3 +631,42 @@ def test_custom_views_replace_the_defaults(batch):
     )
     weights = dpsw.compute(student, teacher, ids, mask).weights
     assert torch.allclose(weights, torch.full((2, 5), 0.55))
+
+
+# ------------------------------------------------------------------------------ -inf logits (issue 12, item 3)
+
+
+def _logits_with_shared_minus_inf(dtype):
+    torch.manual_seed(0)
+    student = torch.randn(2, 3, 6, dtype=torch.float32)
+    teacher = torch.randn(2, 3, 6, dtype=torch.float32)
+    student[..., 4:] = float("-inf")  # a padded vocabulary both models mask
+    teacher[..., 4:] = float("-inf")
+    student[1, 2] = float("-inf")  # a masked position with nothing finite at all
+    teacher[1, 2] = float("-inf")
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    return student.to(dtype).requires_grad_(), teacher.to(dtype), ids, mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd", "dpsw"])
+def test_minus_inf_logits_give_finite_loss_and_gradients(name, dtype):
+    # top_k=4: DPSW's teacher view then sees the same K finite entries with and without the masked vocabulary.
+    divergence = get_divergence(name, top_k=4) if name == "dpsw" else get_divergence(name)
+    student, teacher, ids, mask = _logits_with_shared_minus_inf(dtype)
+    loss = divergence(student, teacher, ids, mask)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(student.grad).all()
+    assert (student.grad[..., 4:] == 0).all() and (student.grad[1, 2] == 0).all()
+    # The -inf entries carry no probability: the loss equals the loss on the finite part of the vocabulary.
+    reference = divergence(student.detach()[..., :4], teacher[..., :4], ids, mask)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_finite_logits_are_not_copied():
+    from msd_trl.divergences import _finite_logits
+
+    logits = torch.randn(2, 3, 5)
+    assert _finite_logits(logits, torch.ones(2, 3)) is logits

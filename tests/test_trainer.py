@@ -11,7 +11,7 @@ from conftest import make_model
 from datasets import Dataset
 from peft import LoraConfig
 
-from msd_trl import MSDConfig, OffPolicyMSDTrainer, OnPolicyMSDTrainer, generate_teacher_completions
+from msd_trl import Divergence, MSDConfig, OffPolicyMSDTrainer, OnPolicyMSDTrainer, generate_teacher_completions
 from msd_trl.trainer import MSDDataCollator
 
 
@@ -85,6 +85,31 @@ def test_short_training_run_changes_adapter_not_base_nor_teacher(trainer_cls, tm
         assert key in logged, key
     losses = [e["msd/loss"] for e in trainer.state.log_history if "msd/loss" in e]
     assert all(torch.isfinite(torch.tensor(losses))) and max(losses) > 0
+
+
+class _NaNDivergence(Divergence):
+    """A divergence whose loss is NaN: stands in for a model whose logits overflowed."""
+
+    name = "nan"
+
+    def per_token(self, student_logits, teacher_logits, completion_ids):
+        return student_logits.sum(-1) * float("nan")
+
+
+def test_a_non_finite_loss_stops_training_before_any_step(tmp_path, tiny_tokenizer, msd_rows):
+    trainer = OffPolicyMSDTrainer(
+        model=make_model(tiny_tokenizer),
+        args=make_args(tmp_path, divergence=_NaNDivergence()),
+        train_dataset=with_completions(msd_rows),
+        processing_class=tiny_tokenizer,
+        peft_config=lora(),
+    )
+    lora_before = {k: v.clone() for k, v in trainer.model.state_dict().items() if "lora_" in k}
+    with pytest.raises(FloatingPointError, match="MSD loss is nan at global step 0"):
+        trainer.train()
+    for key, value in trainer.model.state_dict().items():
+        if "lora_" in key:
+            assert torch.equal(value, lora_before[key]) and torch.isfinite(value).all()
 
 
 def test_self_teacher_without_peft_is_a_frozen_copy(tmp_path, tiny_tokenizer, msd_rows, caplog):
