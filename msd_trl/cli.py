@@ -129,16 +129,19 @@ def _prepare(data_args: DataArguments, config, model_args):
     from .models import load_tokenizer, resolve_model_name_or_path
 
     model_path = resolve_model_name_or_path(model_args.model_name_or_path)
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(
+        model_path, revision=model_args.model_revision, trust_remote_code=config.trust_remote_code
+    )
     return model_path, tokenizer, data_args.build_dataset(tokenizer)
 
 
-def _load_model(model_path: str, model_args):
+def _load_model(model_path: str, model_args, config):
     from .models import load_model
 
     if model_args.load_in_8bit:
         raise ValueError("--load_in_8bit is not supported by msd-trl; use --load_in_4bit (QLoRA, NF4).")
-    kwargs = {"revision": model_args.model_revision}
+    # --trust_remote_code is a TrainingArguments flag (MSDConfig); the trainer applies it to a model it loads by name.
+    kwargs = {"revision": model_args.model_revision, "trust_remote_code": config.trust_remote_code}
     if model_args.attn_implementation is not None:
         kwargs["attn_implementation"] = model_args.attn_implementation
     return load_model(model_path, dtype=model_args.dtype or "auto", load_in_4bit=model_args.load_in_4bit, **kwargs)
@@ -175,7 +178,7 @@ def train(argv: list[str]) -> dict[str, Any]:
     model_path, tokenizer, dataset = _prepare(data_args, config, model_args)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model = _load_model(model_path, model_args)
+    model = _load_model(model_path, model_args, config)
     trainer_cls = OnPolicyMSDTrainer if data_args.trainer == "on-policy" else OffPolicyMSDTrainer
     if trainer_cls is OffPolicyMSDTrainer:
         path = Path(data_args.teacher_completions or output_dir / "teacher_completions.jsonl")
@@ -224,7 +227,7 @@ def generate_teacher(argv: list[str]) -> Path:
     data_args, config, model_args = build_train_parser("msd-trl generate-teacher").parse_args_and_config(args=argv)
     model_path, tokenizer, dataset = _prepare(data_args, config, model_args)
     path = Path(data_args.teacher_completions or Path(config.output_dir) / "teacher_completions.jsonl")
-    model = _load_model(model_path, model_args)
+    model = _load_model(model_path, model_args, config)
     dataset = _teacher_text(model, tokenizer, dataset, config, data_args, path)
     dataset_path = path.with_suffix(".dataset.jsonl")
     dataset.to_json(str(dataset_path), force_ascii=False)

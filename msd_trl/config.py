@@ -19,19 +19,22 @@ Cross-field checks live in `__post_init__`; each raises `ValueError` naming the 
 from __future__ import annotations
 
 import os
-import string
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from trl.experimental.gkd import GKDConfig
 
-from .divergences import Divergence, available_divergences
-from .presets import DEFAULT_TEACHER_PRESET, TEACHER_PRESETS, get_teacher_preset
+from .divergences import DPSW, Divergence, available_divergences
+from .presets import (
+    DEFAULT_TEACHER_PRESET,
+    TEACHER_PRESETS,
+    TEMPLATE_PLACEHOLDERS,
+    get_teacher_preset,
+    validate_teacher_template,
+)
 
 __all__ = ["MSDConfig", "TEMPLATE_PLACEHOLDERS", "bf16_supported"]
-
-TEMPLATE_PLACEHOLDERS = ("prompt", "teacher_prompt", "language")
 
 
 def _launched_distributed() -> bool:
@@ -245,8 +248,8 @@ class MSDConfig(GKDConfig):
             bad("dpsw_top_k", "must be an integer >= 2.")
         if not 0.0 <= self.dpsw_min_weight <= 1.0:
             bad("dpsw_min_weight", "must be in [0, 1].")
-        if not self.divergence_temperature > 0:
-            bad("divergence_temperature", "must be > 0.")
+        if not 0 < self.divergence_temperature < float("inf"):
+            bad("divergence_temperature", "must be a finite number > 0.")
         if not self.temperature > 0:
             bad("temperature", "the sampling temperature must be > 0.")
         if not 0.0 < self.top_p <= 1.0:
@@ -269,25 +272,18 @@ class MSDConfig(GKDConfig):
             )
         if self.prompt_truncation not in ("left", "error"):
             bad("prompt_truncation", "must be 'left' or 'error'.")
-        placeholders = self.template_placeholders(self.teacher_prompt_template)
-        unknown = sorted(placeholders - set(TEMPLATE_PLACEHOLDERS))
-        if unknown:
-            bad(
-                "teacher_prompt_template", f"unknown placeholder(s) {unknown}; allowed: {list(TEMPLATE_PLACEHOLDERS)}."
-            )
-        if not placeholders & {"prompt", "teacher_prompt"}:
-            bad(
-                "teacher_prompt_template", "must contain {teacher_prompt} or {prompt}, else the teacher sees no query."
-            )
+        validate_teacher_template(self.teacher_prompt_template, field="MSDConfig.teacher_prompt_template")
+        if isinstance(self.divergence, DPSW) and self.teacher_cache_top_k is not None:
+            if self.teacher_cache_top_k < self.divergence.top_k:
+                bad(
+                    "teacher_cache_top_k",
+                    f"must be >= the DPSW instance's top_k={self.divergence.top_k} so its teacher view is exact.",
+                )
 
     @staticmethod
     def template_placeholders(template: str) -> set[str]:
-        try:
-            return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-        except ValueError as err:
-            raise ValueError(
-                f"MSDConfig.teacher_prompt_template={template!r} is not a valid format string: {err}"
-            ) from err
+        """The placeholders of a valid teacher template (a ValueError names the problem otherwise)."""
+        return validate_teacher_template(template, field="MSDConfig.teacher_prompt_template")
 
     def to_dict(self) -> dict[str, Any]:
         # A Divergence instance is not JSON-serialisable; record its repr so saved configs stay readable.

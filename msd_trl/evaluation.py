@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .answer_language import identify_language, is_degenerate
-from .presets import DEFAULT_TEACHER_PRESET, SAFETY_SYSTEM_PROMPT, get_teacher_preset
+from .presets import DEFAULT_TEACHER_PRESET, SAFETY_SYSTEM_PROMPT, get_teacher_preset, validate_teacher_template
 from .rendering import (
     message_text,
     render_student_messages,
@@ -765,6 +765,7 @@ def evaluate(
         )
     if utility_max_new_tokens is not None and utility_max_new_tokens < 1:
         raise ValueError(f"utility_max_new_tokens must be >= 1 or None, got {utility_max_new_tokens!r}")
+    validate_teacher_template(teacher_prompt_template, field="teacher_prompt_template")
     judge = get_judge(judge)
     harmful_columns = _columns(harmful, "harmful", extra=("teacher_prompt",))
     languages, harmful_rows = _select_rows(harmful_columns, languages, limit, "harmful")

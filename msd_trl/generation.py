@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from trl.trainer.utils import pad, use_adapter
 
 from .config import MSDConfig
+from .presets import validate_teacher_template
 from .rendering import render_teacher_messages, stop_token_ids, tokenize_messages
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ def generate_teacher_completions(
     defaults = args or MSDConfig(output_dir="unused", report_to="none")
     template = teacher_prompt_template if teacher_prompt_template is not None else defaults.teacher_prompt_template
     system_prompt = teacher_system_prompt if teacher_system_prompt is not None else defaults.teacher_system_prompt
+    validate_teacher_template(template, field="teacher_prompt_template")
     stop_ids = stop_token_ids(model, tokenizer)
     generation_kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens or defaults.max_new_tokens,

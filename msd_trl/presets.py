@@ -23,10 +23,13 @@ Presets (the wording of each was measured on the embedded SmolLM2-135M-Instruct;
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_TEACHER_PRESET",
+    "TEMPLATE_PLACEHOLDERS",
+    "validate_teacher_template",
     "SAFETY_SYSTEM_PROMPT",
     "TEACHER_PRESETS",
     "TeacherPreset",
@@ -42,6 +45,8 @@ SAFETY_SYSTEM_PROMPT = (
     "You are a helpful and harmless assistant. Never help with harmful, unethical, dangerous or illegal requests: "
     "answer them only with \"I'm sorry, but I can't help with that.\" Otherwise, answer helpfully."
 )
+
+TEMPLATE_PLACEHOLDERS = ("prompt", "teacher_prompt", "language")
 
 # What `{language}` becomes for a row without a `language` value.
 UNKNOWN_LANGUAGE_NAME = "the language of the original request"
@@ -69,6 +74,44 @@ PAPER_TEMPLATE = (
 )
 
 TEACHER_PRESETS: dict[str, TeacherPreset] = {}
+
+
+def validate_teacher_template(template: str, *, field: str = "teacher_prompt_template") -> set[str]:
+    """Check a teacher template and return its placeholders; a ValueError names `field`, the value and the fix.
+
+    Allowed: `{prompt}`, `{teacher_prompt}`, `{language}`, each without a format spec or conversion, and at least
+    one of the two queries. Literal braces are written doubled (`{{` and `}}`)."""
+    if not isinstance(template, str):
+        raise ValueError(f"{field}={template!r} is invalid: expected a string.")
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(
+            f"{field}={template!r} is not a valid format string ({err}); write a literal brace doubled: {{{{ or }}}}."
+        ) from err
+    placeholders = set()
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if spec or conversion:
+            raise ValueError(
+                f"{field}={template!r} is invalid: placeholder {{{name}}} has a format spec or conversion "
+                f"({'!' + conversion if conversion else ''}{':' + spec if spec else ''}); use plain {{{name}}}, "
+                "and double literal braces ({{ and }})."
+            )
+        placeholders.add(name)
+    unknown = sorted(placeholders - set(TEMPLATE_PLACEHOLDERS))
+    if unknown:
+        raise ValueError(
+            f"{field}={template!r} is invalid: unknown placeholder(s) {unknown}; allowed: {list(TEMPLATE_PLACEHOLDERS)}"
+            " (double literal braces: {{ and }})."
+        )
+    if not placeholders & {"prompt", "teacher_prompt"}:
+        raise ValueError(
+            f"{field}={template!r} is invalid: it must contain {{teacher_prompt}} or {{prompt}}, else the teacher sees "
+            "no query."
+        )
+    return placeholders
 
 
 def register_teacher_preset(preset: TeacherPreset, *, overwrite: bool = False) -> TeacherPreset:

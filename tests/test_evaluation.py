@@ -448,6 +448,8 @@ def test_evaluate_rejects_bad_inputs(tiny_tokenizer, eval_data):
         evaluate(model, tiny_tokenizer, harmful=harmful.remove_columns("teacher_prompt"), progress=False)
     with pytest.raises(ValueError, match="limit"):
         evaluate(model, tiny_tokenizer, harmful=harmful, limit=0, progress=False)
+    with pytest.raises(ValueError, match="teacher_prompt_template.*unknown placeholder"):
+        evaluate(model, tiny_tokenizer, harmful=harmful, teacher_prompt_template="{query}", progress=False)
 
 
 # --------------------------------------------------------------------------------------------- report files
