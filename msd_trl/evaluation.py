@@ -1222,6 +1222,21 @@ def write_report(
 # ------------------------------------------------------------------------------------------------------- runner
 
 
+def _check_writable(output_dir: Path) -> None:
+    """Fail before the expensive part when the report could not be written."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir={str(output_dir)!r} is a file, not a folder: choose another output_dir.")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".msd_trl_write_check"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"output_dir={str(output_dir)!r} is not writable ({err}): choose another output_dir."
+        ) from err
+
+
 def run_evaluation(
     model_name_or_path: str | None = None,
     *,
@@ -1283,6 +1298,7 @@ def run_evaluation(
 
     if split not in ("test", "train", "all"):
         raise ValueError(f"split must be 'test', 'train' or 'all', got {split!r}")
+    _check_writable(Path(output_dir))  # before any model is loaded or any answer generated
     if not languages:
         raise ValueError(f"languages must name at least one language, got {languages!r}")
     baseline = None

@@ -34,11 +34,23 @@ def _row_key(row: dict[str, Any]) -> list[Any]:
     return [row.get("id"), row.get("language")]
 
 
+def _repair_partial_last_line(path: Path) -> None:
+    """Cut a record left half-written by a killed run (no final newline), so the next append starts a new line."""
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            logger.warning("%s ends with a partial record (%d bytes): removed; that row is generated again.",
+                           path, len(data) - keep)  # fmt: skip
+            handle.truncate(keep)
+
+
 def _load_done(output_path: Path, column: str, dataset: Dataset) -> dict[int, str]:
     """Completions already in the file, after checking each belongs to the same row of `dataset`."""
     done: dict[int, str] = {}
     if not output_path.exists():
         return done
+    _repair_partial_last_line(output_path)
     with output_path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, 1):
             if not line.strip():

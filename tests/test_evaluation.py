@@ -575,6 +575,17 @@ def test_run_evaluation_end_to_end_with_adapter(tiny_model_dir, tmp_path):
     assert multiq_ids and all(int(i.rsplit("-", 1)[1]) % 2 == 1 for i in multiq_ids)
 
 
+def test_run_evaluation_checks_the_output_dir_before_loading_anything(tmp_path):
+    not_a_folder = tmp_path / "report"
+    not_a_folder.write_text("x")
+    # "no-such-model" would fail to load: the output check must come first.
+    with pytest.raises(ValueError, match="output_dir=.*is a file"):
+        run_evaluation("no-such-model", output_dir=not_a_folder)
+    # A folder that cannot be created (its parent is a file) is refused the same way.
+    with pytest.raises(ValueError, match="not writable"):
+        run_evaluation("no-such-model", output_dir=not_a_folder / "out")
+
+
 def test_run_evaluation_rejects_bad_split():
     with pytest.raises(ValueError, match="split"):
         run_evaluation("unused", split="validation")

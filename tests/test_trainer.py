@@ -485,6 +485,12 @@ def test_generate_teacher_completions_batched_and_resumable(tmp_path, tiny_token
     kept = {int(__import__("json").loads(line)["index"]) for line in lines[:-2]}
     for i in kept:
         assert second[i]["teacher_completion"] == first[i]["teacher_completion"]
+    # The partial line was cut off before appending, so every line is a complete record and a further resume
+    # generates nothing (before the repair the new record was glued to the partial line and lost on every resume).
+    assert all(__import__("json").loads(line) for line in output.read_text().splitlines())
+    calls.clear()
+    generate_teacher_completions(model, msd_rows, tiny_tokenizer, **kwargs)
+    assert calls == []
     # A cache made for other rows is refused, not silently paired with the wrong prompts.
     with pytest.raises(ValueError, match="made for other data"):
         generate_teacher_completions(model, msd_rows.select([1, 0, 2, 3, 4, 5]), tiny_tokenizer, **kwargs)
