@@ -304,6 +304,8 @@ class _MSDTrainerBase(SFTTrainer):
             disable_dropout_in_model(self.model)
         self.divergence = build_divergence(args)
         self._setup_teacher(teacher_model)
+        for name, dataset in self._named_datasets(train_dataset, eval_dataset):
+            self._validate_rows(dataset, name)
         self.generation_config = GenerationConfig(
             max_new_tokens=args.max_new_tokens,
             do_sample=True,
@@ -328,6 +330,8 @@ class _MSDTrainerBase(SFTTrainer):
             yield "eval_dataset", eval_dataset
 
     def _check_columns(self, dataset, name: str) -> None:
+        if hasattr(dataset, "__len__") and len(dataset) == 0:  # else SFTTrainer fails with a bare StopIteration
+            raise ValueError(f"{name} has 0 rows: pass a dataset with at least one MSD row.")
         columns = set(getattr(dataset, "column_names", None) or [])
         if not columns:
             return
@@ -341,6 +345,55 @@ class _MSDTrainerBase(SFTTrainer):
                 f"{name} has no 'teacher_completion' column (found {sorted(columns)}). {type(self).__name__} scores "
                 "fixed teacher text: create it with msd_trl.generate_teacher_completions(model, dataset, ...)."
             )
+
+    def _validate_rows(self, dataset, name: str) -> None:
+        """Check every row once, before training, so a bad row fails now with its id instead of at a random step.
+
+        Rows must have a non-empty `prompt` (or GKD `messages` of role/content dicts), a non-empty `teacher_prompt`
+        when the column holds a value, and a string fixed completion where the trainer needs one. With the
+        self-teacher, a teacher conversation identical to the student's is refused: its loss is 0 (nothing to learn).
+        Iterable datasets are not walked.
+        """
+        if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            return
+        completion_column = (
+            self.data_collator.completion_column if hasattr(self.data_collator, "completion_column") else None
+        )
+        needs_completion = self.requires_fixed_completions and completion_column in (dataset.column_names or [])
+        template, system_prompt = self.args.teacher_prompt_template, self.args.teacher_system_prompt
+        for index, row in enumerate(dataset):
+            where = f"{name} row {index} (id {row.get('id', '?')!r})"
+            prompt = row.get("prompt")
+            if prompt is None and not row.get("messages"):
+                raise ValueError(
+                    f"{where}: 'prompt' is empty (None) and there are no 'messages'; drop or fill the row."
+                )
+            if isinstance(prompt, str) and not prompt.strip():
+                raise ValueError(f"{where}: 'prompt' is blank ({prompt!r}); drop or fill the row.")
+            conversation = prompt if prompt is not None else row.get("messages")
+            if isinstance(conversation, list):
+                for turn in conversation:
+                    if not isinstance(turn, dict) or turn.get("role") is None or turn.get("content") is None:
+                        raise ValueError(f"{where}: every chat message needs 'role' and 'content', got {turn!r}.")
+            teacher_prompt = row.get("teacher_prompt")
+            if isinstance(teacher_prompt, str) and not teacher_prompt.strip():
+                raise ValueError(
+                    f"{where}: 'teacher_prompt' is blank ({teacher_prompt!r}): the teacher would see no English "
+                    "query. Fill it, or set it to None to give the teacher the student's query."
+                )
+            if needs_completion and not isinstance(row.get(completion_column), str):
+                raise ValueError(
+                    f"{where}: {completion_column!r} must be a string, got {row.get(completion_column)!r}; "
+                    "regenerate it with msd_trl.generate_teacher_completions."
+                )
+            if self.self_teacher and render_teacher_messages(
+                row, template=template, system_prompt=system_prompt
+            ) == render_student_messages(row):
+                raise ValueError(
+                    f"{where}: the self-teacher would see exactly the student's conversation, so there is nothing to "
+                    "distil (loss 0). Add a 'teacher_prompt' column (the English query), or a teacher context: "
+                    "MSDConfig(teacher_preset='english_refusal' or 'paper') or a teacher_system_prompt."
+                )
 
     def _keep_adapter_dtype_on_cpu(self) -> None:
         # SFTTrainer casts QLoRA adapters to bf16 (the QLoRA paper's recipe); on hardware without fast bf16 that
