@@ -67,7 +67,7 @@ def test_train_writes_adapter_config_and_summary(model_dir, tmp_path, trainer, t
     assert resolved["training"]["teacher_system_prompt"] == (preset.system_prompt or "")
     if trainer == "off-policy":
         lines = (out / "teacher_completions.jsonl").read_text(encoding="utf-8").splitlines()
-        assert len(lines) == 8
+        assert len(lines) == 1 + 8 and json.loads(lines[0])["fingerprint"]["model"] == str(model_dir)
 
 
 def test_train_with_a_teacher_preset_and_multiq_rows(model_dir, tmp_path):
@@ -90,7 +90,7 @@ def test_generate_teacher_writes_one_line_per_row_and_resumes(model_dir, tmp_pat
     cache = out / "teacher.jsonl"
     argv = ["generate-teacher", *_tiny_args(model_dir, out), "--teacher_completions", str(cache)]
     assert main(argv) == 0
-    records = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
+    records = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()[1:]]  # after the header
     assert sorted(r["index"] for r in records) == list(range(8))
     assert all(isinstance(r["teacher_completion"], str) for r in records)
     rows = [json.loads(line) for line in cache.with_suffix(".dataset.jsonl").read_text(encoding="utf-8").splitlines()]

@@ -467,7 +467,7 @@ def test_generate_teacher_completions_batched_and_resumable(tmp_path, tiny_token
     kwargs = dict(args=make_args(tmp_path, max_new_tokens=5), batch_size=4, output_path=output, progress=False)
     first = generate_teacher_completions(model, msd_rows, tiny_tokenizer, **kwargs)
     assert first.column_names[-1] == "teacher_completion" and len(first) == len(msd_rows)
-    assert len(output.read_text().splitlines()) == len(msd_rows)
+    assert len(output.read_text().splitlines()) == 1 + len(msd_rows)  # the fingerprint header, then one per row
 
     # Resume: drop the last two records and a partial line; only those rows are generated again.
     lines = output.read_text().splitlines()
@@ -482,7 +482,7 @@ def test_generate_teacher_completions_batched_and_resumable(tmp_path, tiny_token
     model.generate = counting_generate
     second = generate_teacher_completions(model, msd_rows, tiny_tokenizer, **kwargs)
     assert sum(calls) == 2
-    kept = {int(__import__("json").loads(line)["index"]) for line in lines[:-2]}
+    kept = {int(__import__("json").loads(line)["index"]) for line in lines[1:-2]}
     for i in kept:
         assert second[i]["teacher_completion"] == first[i]["teacher_completion"]
     # The partial line was cut off before appending, so every line is a complete record and a further resume
@@ -494,6 +494,22 @@ def test_generate_teacher_completions_batched_and_resumable(tmp_path, tiny_token
     # A cache made for other rows is refused, not silently paired with the wrong prompts.
     with pytest.raises(ValueError, match="made for other data"):
         generate_teacher_completions(model, msd_rows.select([1, 0, 2, 3, 4, 5]), tiny_tokenizer, **kwargs)
+    # Without id/language columns the prompt hash still tells reordered rows apart (before: 6 of 6 mispaired).
+    bare = msd_rows.remove_columns(["id", "language"])
+    bare_kwargs = {**kwargs, "output_path": tmp_path / "bare.jsonl"}
+    generate_teacher_completions(model, bare, tiny_tokenizer, **bare_kwargs)
+    with pytest.raises(ValueError, match="another row order"):
+        generate_teacher_completions(model, bare.select([5, 4, 3, 2, 1, 0]), tiny_tokenizer, **bare_kwargs)
+    # Another teacher setting is refused with what differs.
+    with pytest.raises(ValueError, match=r"another teacher setting: system_prompt: cached 'You are .*', now 'Be safe.'"):
+        generate_teacher_completions(model, msd_rows, tiny_tokenizer, **kwargs, teacher_system_prompt="Be safe.")
+    with pytest.raises(ValueError, match=r"temperature: cached 0.9, now 0.5"):
+        generate_teacher_completions(model, msd_rows, tiny_tokenizer, **kwargs, temperature=0.5)
+    # A file from before fingerprints cannot be checked: refused.
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text('{"index": 0, "id": "q1", "language": "jv", "teacher_completion": "x"}\n')
+    with pytest.raises(ValueError, match="no teacher fingerprint"):
+        generate_teacher_completions(model, msd_rows, tiny_tokenizer, **{**kwargs, "output_path": legacy})
     # The result trains off-policy as is.
     trainer = OffPolicyMSDTrainer(
         model=make_model(tiny_tokenizer),
