@@ -22,6 +22,7 @@ with token weights -> loss.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import random
@@ -73,6 +74,7 @@ def build_divergence(args: MSDConfig) -> Divergence:
 
 TEACHER_CACHE_IDS = "teacher_topk_ids"
 TEACHER_CACHE_LOGPROBS = "teacher_topk_logprobs"
+TEACHER_CACHE_FINGERPRINT = "teacher_topk_fingerprint"
 
 
 def dense_from_topk(topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -698,12 +700,48 @@ class OffPolicyMSDTrainer(_MSDTrainerBase):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         top_k = self.args.teacher_cache_top_k
-        if (
-            top_k is not None
-            and self.train_dataset is not None
-            and TEACHER_CACHE_IDS not in self.train_dataset.column_names
-        ):
+        columns = set(getattr(self.train_dataset, "column_names", None) or [])
+        if TEACHER_CACHE_IDS in columns:
+            self._check_topk_cache(self.train_dataset)
+        elif top_k is not None and self.train_dataset is not None:
             self.train_dataset = self.cache_teacher_topk(self.train_dataset, top_k=top_k)
+
+    def _topk_fingerprint(self, top_k: int) -> dict[str, Any]:
+        from .generation import teacher_fingerprint
+
+        return teacher_fingerprint(
+            self.model, self._tokenizer, template=self.args.teacher_prompt_template,
+            system_prompt=self.args.teacher_system_prompt or None, top_k=top_k,
+        )  # fmt: skip
+
+    def _check_topk_cache(self, dataset: Dataset) -> None:
+        """Use cached teacher top-K columns only when they were made by this teacher setting, and asked for."""
+        drop = f"dataset.remove_columns({[TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS, TEACHER_CACHE_FINGERPRINT]})"
+        if self.args.teacher_cache_top_k is None:
+            raise ValueError(
+                f"train_dataset carries cached teacher top-K columns but teacher_cache_top_k=None: set "
+                f"teacher_cache_top_k to use them, or drop them ({drop}) to score the teacher at every step."
+            )
+        if not self.self_teacher:
+            raise ValueError(
+                "train_dataset carries cached teacher top-K columns, but a teacher_model was passed: the cache holds "
+                f"another teacher's scores. Drop them ({drop}) or pass teacher_model=None."
+            )
+        if TEACHER_CACHE_FINGERPRINT not in dataset.column_names:
+            raise ValueError(
+                f"the cached teacher top-K columns carry no fingerprint, so they cannot be checked; {drop}."
+            )
+        cached = json.loads(dataset[0][TEACHER_CACHE_FINGERPRINT])
+        differences = [
+            f"{key}: cached {cached.get(key)!r}, now {value!r}"
+            for key, value in self._topk_fingerprint(self.args.teacher_cache_top_k).items()
+            if cached.get(key) != value
+        ]
+        if differences:
+            raise ValueError(
+                f"the cached teacher top-K columns were made by another setting: {'; '.join(differences)}. Drop them "
+                f"({drop}) to rebuild the cache."
+            )
 
     @torch.no_grad()
     def cache_teacher_topk(self, dataset: Dataset, *, top_k: int, batch_size: int | None = None) -> Dataset:
@@ -728,7 +766,12 @@ class OffPolicyMSDTrainer(_MSDTrainerBase):
                 all_ids.append(indices[row, :length].cpu().tolist())
                 all_logprobs.append(values[row, :length].cpu().tolist())
         logger.info("Cached the teacher's top-%d log-probs for %d rows.", top_k, len(dataset))
-        return dataset.add_column(TEACHER_CACHE_IDS, all_ids).add_column(TEACHER_CACHE_LOGPROBS, all_logprobs)
+        fingerprint = json.dumps(self._topk_fingerprint(top_k), ensure_ascii=False)
+        return (
+            dataset.add_column(TEACHER_CACHE_IDS, all_ids)
+            .add_column(TEACHER_CACHE_LOGPROBS, all_logprobs)
+            .add_column(TEACHER_CACHE_FINGERPRINT, [fingerprint] * len(dataset))
+        )
 
     def _use_fixed_completion(self, inputs):
         if "fixed_completion_ids" not in inputs:

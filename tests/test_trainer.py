@@ -501,7 +501,9 @@ def test_generate_teacher_completions_batched_and_resumable(tmp_path, tiny_token
     with pytest.raises(ValueError, match="another row order"):
         generate_teacher_completions(model, bare.select([5, 4, 3, 2, 1, 0]), tiny_tokenizer, **bare_kwargs)
     # Another teacher setting is refused with what differs.
-    with pytest.raises(ValueError, match=r"another teacher setting: system_prompt: cached 'You are .*', now 'Be safe.'"):
+    with pytest.raises(
+        ValueError, match=r"another teacher setting: system_prompt: cached 'You are .*', now 'Be safe.'"
+    ):
         generate_teacher_completions(model, msd_rows, tiny_tokenizer, **kwargs, teacher_system_prompt="Be safe.")
     with pytest.raises(ValueError, match=r"temperature: cached 0.9, now 0.5"):
         generate_teacher_completions(model, msd_rows, tiny_tokenizer, **kwargs, temperature=0.5)
@@ -590,3 +592,29 @@ def test_stale_teacher_cache_is_an_error(tmp_path, tiny_tokenizer, msd_rows):
     )
     with pytest.raises(ValueError, match="cache is stale"):
         trainer.data_collator(list(stale)[:2])
+
+
+def test_cached_topk_columns_are_used_only_by_the_teacher_that_made_them(tmp_path, tiny_tokenizer, msd_rows):
+    dataset = with_completions(msd_rows, ["No."])
+    cached = cached_trainer(tmp_path / "a", tiny_tokenizer, dataset, divergence="reverse_kl",
+                            teacher_cache_top_k=4).train_dataset  # fmt: skip
+    assert "teacher_topk_fingerprint" in cached.column_names
+    # The same setting reuses the cache (no new scoring).
+    again = cached_trainer(tmp_path / "b", tiny_tokenizer, cached, divergence="reverse_kl", teacher_cache_top_k=4)
+    assert again.train_dataset is cached
+    # Before: each of these silently trained on the cached scores.
+    with pytest.raises(ValueError, match="teacher_cache_top_k=None"):
+        cached_trainer(tmp_path / "c", tiny_tokenizer, cached, divergence="reverse_kl")
+    with pytest.raises(ValueError, match=r"another setting: top_k: cached 4, now 6"):
+        cached_trainer(tmp_path / "d", tiny_tokenizer, cached, divergence="reverse_kl", teacher_cache_top_k=6)
+    with pytest.raises(ValueError, match=r"system_prompt: cached .*, now 'Be safe.'"):
+        cached_trainer(tmp_path / "e", tiny_tokenizer, cached, divergence="reverse_kl", teacher_cache_top_k=4,
+                       teacher_system_prompt="Be safe.")  # fmt: skip
+    with pytest.raises(ValueError, match="a teacher_model was passed"):
+        OffPolicyMSDTrainer(
+            model=make_model(tiny_tokenizer),
+            teacher_model=make_model(tiny_tokenizer, seed=1),
+            args=make_args(tmp_path / "f", divergence="reverse_kl", teacher_cache_top_k=4),
+            train_dataset=cached,
+            processing_class=tiny_tokenizer,
+        )
