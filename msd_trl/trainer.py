@@ -47,6 +47,7 @@ from .models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
 from .presets import validate_teacher_template
 from .rendering import (
     completion_token_ids,
+    message_text,
     render_student_messages,
     render_teacher_messages,
     stop_token_ids,
@@ -115,6 +116,21 @@ def _upgrade_config(args: GKDConfig | MSDConfig | None, output_dir: str = "msd_o
     return MSDConfig(**values, divergence="jsd", teacher_preset="translation")
 
 
+def _with_query_texts(row: dict[str, Any], texts: dict[str, str]) -> dict[str, Any]:
+    """A copy of `row` whose `prompt` / `teacher_prompt` query text (a string, or the last user turn) is `texts`."""
+    row = dict(row)
+    for key, text in texts.items():
+        value = row[key]
+        if isinstance(value, str):
+            row[key] = text
+        else:
+            turns = [dict(turn) for turn in value]
+            last_user = max(i for i, turn in enumerate(turns) if turn.get("role") == "user")
+            turns[last_user]["content"] = text
+            row[key] = turns
+    return row
+
+
 class MSDDataCollator:
     """Rows -> left-padded student and teacher prompts, plus right-padded fixed completions when rows have them.
 
@@ -147,16 +163,48 @@ class MSDDataCollator:
         self.completion_column = completion_column
         self.stop_ids = stop_ids if stop_ids is not None else [tokenizer.eos_token_id]
 
-    def _limit(self, ids: list[int], row_id: Any, who: str) -> list[int]:
-        if self.max_prompt_length is None or len(ids) <= self.max_prompt_length:
-            return ids
-        message = (
-            f"row {row_id!r}: the {who} prompt has {len(ids)} tokens, over max_prompt_length={self.max_prompt_length}"
-        )
+    def _fit(self, row: dict[str, Any], render: Callable[[dict[str, Any]], list], who: str) -> tuple[list, list[int]]:
+        """Render and tokenise a conversation within `max_prompt_length`, cutting the *query text* if needed.
+
+        Only the user's query (`prompt`, `teacher_prompt`) is shortened, from its start, never the system prompt or
+        the template around it: left truncation of the rendered tokens used to drop the teacher's privileged
+        context first. Returns `(messages, ids)`.
+        """
+        messages = render(row)
+        ids = tokenize_messages(self.tokenizer, messages)
+        limit = self.max_prompt_length
+        if limit is None or len(ids) <= limit:
+            return messages, ids
+        row_id = row.get("id", "?")
+        message = f"row {row_id!r}: the {who} prompt has {len(ids)} tokens, over max_prompt_length={limit}"
         if self.prompt_truncation == "error":
             raise ValueError(message + " (prompt_truncation='error'); filter long rows or raise the limit.")
-        logger.warning("%s; keeping its last %d tokens.", message, self.max_prompt_length)
-        return ids[-self.max_prompt_length :]
+        fields = {key: message_text(row[key]) for key in ("prompt", "teacher_prompt") if row.get(key) is not None}
+        keep_at_least = 4  # tokens of each query that are never cut
+        for _ in range(16):  # each pass cuts the longest query by the overflow; converges in 1-3 passes
+            overflow = len(ids) - limit
+            if overflow <= 0:
+                logger.warning("%s; shortened the start of its query text to fit.", message)
+                return messages, ids
+            token_ids = {
+                key: self.tokenizer(text, add_special_tokens=False)["input_ids"] for key, text in fields.items()
+            }
+            longest = max(token_ids, key=lambda key: len(token_ids[key]), default=None)
+            if longest is None or len(token_ids[longest]) <= keep_at_least:
+                break
+            cut = min(overflow + 1, len(token_ids[longest]) - keep_at_least)
+            fields[longest] = self.tokenizer.decode(token_ids[longest][cut:], skip_special_tokens=True)
+            messages = render(_with_query_texts(row, fields))
+            ids = tokenize_messages(self.tokenizer, messages)
+        raise ValueError(
+            f"{message}, and the query text cannot be shortened enough: the template and system prompt alone take "
+            f"most of it. Raise max_prompt_length or shorten teacher_system_prompt / teacher_prompt_template."
+        )
+
+    def _render_teacher(self, row: dict[str, Any]) -> list:
+        return render_teacher_messages(
+            row, template=self.teacher_prompt_template, system_prompt=self.teacher_system_prompt
+        )
 
     def _fixed_completion(self, row: dict[str, Any]) -> str | None:
         value = row.get(self.completion_column)
@@ -175,12 +223,9 @@ class MSDDataCollator:
             student = render_student_messages(row)
             if not any(str(m.get("content", "")).strip() for m in student):
                 raise ValueError(f"row {row_id!r} has an empty prompt.")
-            teacher = render_teacher_messages(
-                row, template=self.teacher_prompt_template, system_prompt=self.teacher_system_prompt
-            )
             student_ids = tokenize_messages(self.tokenizer, student)
-            prompt_ids.append(self._limit(student_ids, row_id, "student"))
-            teacher_ids.append(self._limit(tokenize_messages(self.tokenizer, teacher), row_id, "teacher"))
+            prompt_ids.append(self._fit(row, render_student_messages, "student")[1])
+            teacher_ids.append(self._fit(row, self._render_teacher, "teacher")[1])
             text = self._fixed_completion(row)
             completions.append(
                 None

@@ -447,15 +447,32 @@ def test_empty_prompt_is_an_error(tiny_tokenizer):
 
 def test_long_prompt_is_truncated_with_a_warning_or_an_error(tiny_tokenizer, caplog):
     row = {"id": "long", "prompt": "word " * 200, "teacher_prompt": "short", "teacher_completion": "No."}
-    collator = MSDDataCollator(tiny_tokenizer, max_prompt_length=16)
+    collator = MSDDataCollator(tiny_tokenizer, max_prompt_length=48)
     with caplog.at_level(logging.WARNING, logger="msd_trl.trainer"):
         batch = collator([row])
-    assert batch["prompt_ids"].size(1) == 16
-    assert "'long'" in caplog.text and "max_prompt_length=16" in caplog.text
+    assert batch["prompt_ids"].size(1) <= 48
+    assert "'long'" in caplog.text and "max_prompt_length=48" in caplog.text
     full = MSDDataCollator(tiny_tokenizer)([row])
     assert torch.equal(batch["fixed_completion_ids"], full["fixed_completion_ids"])  # completion untouched
-    with pytest.raises(ValueError, match="'long'.*max_prompt_length=16"):
-        MSDDataCollator(tiny_tokenizer, max_prompt_length=16, prompt_truncation="error")([row])
+    # The chat template around the query survives: the cut is inside the query text, at its start.
+    student = tiny_tokenizer.decode(batch["prompt_ids"][0][batch["prompt_mask"][0].bool()])
+    assert student.startswith("<|im_start|>user\n") and student.rstrip().endswith("<|im_start|>assistant")
+    with pytest.raises(ValueError, match="'long'.*max_prompt_length=48"):
+        MSDDataCollator(tiny_tokenizer, max_prompt_length=48, prompt_truncation="error")([row])
+    with pytest.raises(ValueError, match="template and system prompt alone"):
+        MSDDataCollator(tiny_tokenizer, max_prompt_length=8)([row])
+
+
+def test_truncation_keeps_the_teacher_system_prompt_and_template(tiny_tokenizer):
+    # Before: left truncation of the rendered tokens dropped the system prompt and the template's head first.
+    row = {"id": "bn", "language": "bn", "prompt": "কত " * 120, "teacher_prompt": "How much? " * 40}
+    collator = MSDDataCollator(tiny_tokenizer, max_prompt_length=160, teacher_system_prompt="Be safe.",
+                               teacher_prompt_template="Translation: {teacher_prompt}\nOriginal ({language}): {prompt}")  # fmt: skip
+    batch = collator([row])
+    teacher = tiny_tokenizer.decode(batch["teacher_prompt_ids"][0][batch["teacher_prompt_mask"][0].bool()])
+    assert batch["teacher_prompt_ids"].size(1) <= 160
+    assert "<|im_start|>system\nBe safe.<|im_end|>" in teacher
+    assert "Translation: " in teacher and "Original (Bengali): " in teacher
 
 
 # ------------------------------------------------------------------ teacher text
