@@ -36,6 +36,7 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 from trl.experimental.gkd import GKDConfig
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.sft_trainer import SFTTrainer
@@ -581,12 +582,40 @@ class _MSDTrainerBase(SFTTrainer):
             batch[TEACHER_CACHE_LOGPROBS] = inputs[TEACHER_CACHE_LOGPROBS][:, :keep]
         return batch
 
+    # ------------------------------------------------------------------ resume
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        checkpoint = resume_from_checkpoint
+        if isinstance(checkpoint, bool):
+            checkpoint = get_last_checkpoint(self.args.output_dir) if checkpoint else None
+        self._rng_checkpoint, self._rng_loaded_early = checkpoint, None
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self._rng_checkpoint = self._rng_loaded_early = None
+
+    def _load_rng_state(self, checkpoint):
+        # Mid-epoch, the Trainer restores the saved RNG state only after `get_batch_samples`, i.e. after this step's
+        # rollouts were sampled; we restore it before them (below), so the Trainer's late call must not run twice.
+        if checkpoint is not None and checkpoint == getattr(self, "_rng_loaded_early", None):
+            self._rng_loaded_early = None
+            return
+        self._rng_checkpoint = None  # restored by the Trainer itself, before any rollout
+        super()._load_rng_state(checkpoint)
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Collect the accumulated micro-batches, produce their completions, then count completion tokens.
 
-        Counting after generation is what makes the loss of accumulation 4 x 1 equal to 1 x 4.
+        Counting after generation is what makes the loss of accumulation 4 x 1 equal to 1 x 4. On the first step
+        after a resume, the checkpoint's RNG state is restored before sampling, so a resumed on-policy run draws the
+        same rollouts as the uninterrupted one.
         """
         raw_batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        checkpoint = getattr(self, "_rng_checkpoint", None)
+        if checkpoint is not None:
+            self._rng_checkpoint = None
+            super()._load_rng_state(checkpoint)
+            self._rng_loaded_early = checkpoint
         self.model.train()  # generation happens before training_step sets the mode; metrics go to "train"
         batches = [self.prepare_batch(self.model_wrapped, self._prepare_inputs(b)) for b in raw_batches]
         if not batches:
