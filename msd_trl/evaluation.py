@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -504,6 +505,7 @@ def generate_responses(
     temperature: float = 1.0,
     progress: bool = True,
     max_chars: int | None = None,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
 ) -> list[str]:
     """Generate one response per prompt, in the order of ``prompts``.
 
@@ -515,6 +517,9 @@ def generate_responses(
     ``max_new_tokens`` is one budget for every prompt or one per prompt (e.g. per language: Bengali needs several
     times the tokens of English for the same words); ``max_chars`` also ends a response once its decoded text has
     that many characters, so a generous token budget costs nothing when the answer comes in a compact script.
+
+    ``on_batch(indices, responses)`` is called after every batch (indices into ``prompts``), e.g. to save work
+    as it is done.
 
     Prompts are grouped by budget, then sorted by token length (longest first) and batched, left-padded, so one
     long prompt only slows its own batch; results come back in input order. Decoding is greedy unless ``do_sample``; the KV cache is on.
@@ -595,6 +600,8 @@ def generate_responses(
                     # A cut at max_new_tokens can split a multi-byte character (common in Bengali or Thai with
                     # byte-level tokens); its bytes decode to U+FFFD, which is no text at all.
                     responses[index] = completion.rstrip("\ufffd").strip()
+                if on_batch is not None:
+                    on_batch(list(batch_indices), [responses[index] for index in batch_indices])
                 bar.update(len(batch_indices))
     finally:
         model.train(was_training)
@@ -677,6 +684,33 @@ def language_budgets(
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
+def _job_key(job: dict[str, Any]) -> str:
+    """Identifies one answer: what was asked (the full conversation), of whom, with which budget."""
+    content = json.dumps([job["kind"], job["set"], job["id"], job["language"], job["messages"], job["budget"],
+                          job["max_chars"]], ensure_ascii=False, sort_keys=True)  # fmt: skip
+    return hashlib.sha1(content.encode("utf-8")).hexdigest()
+
+
+def _read_partial_responses(path: str | Path) -> dict[str, str]:
+    """Answers saved by an interrupted evaluation; a half-written last line (a killed run) is ignored."""
+    path = Path(path)
+    done: dict[str, str] = {}
+    if not path.exists():
+        return done
+    with path.open(encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
+    for line in lines:
+        try:
+            record = json.loads(line)
+            done[record["key"]] = record["response"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    with path.open("w", encoding="utf-8") as handle:  # rewrite without the partial line, so appends stay valid
+        for key, response in done.items():
+            handle.write(json.dumps({"key": key, "response": response}, ensure_ascii=False) + "\n")
+    return done
+
+
 def extract_number(text: str) -> str | None:
     """The last number in `text` (thousands separators removed, a trailing ".0" dropped), or None: MGSM's
     numeric exact match, as in the MGSM paper."""
@@ -716,6 +750,7 @@ def evaluate(
     answer_language: bool = True,
     utility_max_new_tokens: int | None = None,
     include_student: bool = True,
+    partial_path: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Measure refusal on harmful rows, over-refusal on benign rows, answer language, and the teacher ceiling.
@@ -744,6 +779,8 @@ def evaluate(
             the share written in the query's language, and which language refusals are in.
         utility_max_new_tokens: when set, benign rows with an ``answer`` column (MGSM) are also answered with
             this budget (no character cap) and scored by numeric exact match: ``report["utility"]``.
+        partial_path: a JSON-lines file where every answer is saved as soon as its batch is done; answers already
+            in it (same prompt, kind, budget) are not generated again, so an interrupted evaluation resumes.
         include_student: ``False`` answers only the teacher prompts (e.g. the ceiling of another teacher preset on
             the same base model); the student sections then have ``n = 0`` and rate ``None``.
         model_name / adapter: recorded in the report; ``model_name`` defaults to ``model.name_or_path``.
@@ -849,11 +886,31 @@ def evaluate(
                 job.update(budget=utility_max_new_tokens, max_chars=None)
 
     responses: list[str] = [""] * len(jobs)
-    for chars in dict.fromkeys(job["max_chars"] for job in jobs):  # one generate call per character cap
-        positions = [i for i, job in enumerate(jobs) if job["max_chars"] == chars]
-        for position, response in zip(
-            positions,
-            generate_responses(
+    keys = [_job_key(job) for job in jobs]
+    done = _read_partial_responses(partial_path) if partial_path is not None else {}
+    for position, key in enumerate(keys):
+        if key in done:
+            responses[position] = done[key]
+    if done:
+        logger.info("resuming: %d of %d answers already in %s", sum(k in done for k in keys), len(jobs), partial_path)
+    sink = None
+    if partial_path is not None:
+        Path(partial_path).parent.mkdir(parents=True, exist_ok=True)
+        sink = open(partial_path, "a", encoding="utf-8")
+    try:
+        for chars in dict.fromkeys(job["max_chars"] for job in jobs):  # one generate call per character cap
+            positions = [i for i, job in enumerate(jobs) if job["max_chars"] == chars and keys[i] not in done]
+            if not positions:
+                continue
+
+            def save(indices: list[int], texts: list[str], positions=positions) -> None:
+                if sink is not None:
+                    for index, text in zip(indices, texts):
+                        sink.write(json.dumps({"key": keys[positions[index]], "response": text}, ensure_ascii=False))
+                        sink.write("\n")
+                    sink.flush()
+
+            generated = generate_responses(
                 model,
                 tokenizer,
                 [jobs[i]["messages"] for i in positions],
@@ -863,9 +920,13 @@ def evaluate(
                 do_sample=do_sample,
                 temperature=temperature,
                 progress=progress,
-            ),
-        ):
-            responses[position] = response
+                on_batch=save,
+            )
+            for position, response in zip(positions, generated):
+                responses[position] = response
+    finally:
+        if sink is not None:
+            sink.close()
     prompt_texts = [message_text(job["messages"]) for job in jobs]
     verdicts = judge(prompt_texts, responses)
     records = []
@@ -1356,6 +1417,7 @@ def run_evaluation(
         max_chars=max_chars,
         utility_max_new_tokens=utility_max_new_tokens,
         include_student=include_student,
+        partial_path=Path(output_dir) / "responses.partial.jsonl",
         batch_size=batch_size,
         limit=limit,
         model_name=str(model_name_or_path) if model_name_or_path is not None else EMBEDDED_MODEL,
@@ -1371,5 +1433,6 @@ def run_evaluation(
         multiq_split="odd ids (fixed)" if "multiq" in benign else None,
     )
     paths = write_report(report, records, output_dir, baseline=baseline)
+    (Path(output_dir) / "responses.partial.jsonl").unlink(missing_ok=True)  # responses.csv now holds every answer
     logger.info("evaluation written to %s", ", ".join(str(path) for path in paths.values()))
     return report

@@ -586,6 +586,36 @@ def test_run_evaluation_checks_the_output_dir_before_loading_anything(tmp_path):
         run_evaluation("no-such-model", output_dir=not_a_folder / "out")
 
 
+def test_an_interrupted_evaluation_resumes_without_regenerating(tiny_tokenizer, eval_data, tmp_path):
+    harmful, benign = eval_data
+    model = make_model(tiny_tokenizer)
+    partial = tmp_path / "responses.partial.jsonl"
+    kwargs = dict(harmful=harmful, benign=benign, languages=["jv", "sw"], max_new_tokens=2, batch_size=2, limit=2,
+                  progress=False, partial_path=partial)  # fmt: skip
+    original = model.generate
+    calls = []
+
+    def dying_generate(*args, **kw):
+        calls.append(kw["input_ids"].size(0))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kw)
+
+    model.generate = dying_generate
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, tiny_tokenizer, **kwargs)
+    saved = partial.read_text(encoding="utf-8").splitlines()
+    assert len(saved) == calls[0] + calls[1]  # the two finished batches, written as they finished
+    with partial.open("a", encoding="utf-8") as handle:
+        handle.write('{"key": "half-writ')  # a run killed mid-write
+    calls.clear()
+    model.generate = lambda *a, **kw: calls.append(kw["input_ids"].size(0)) or original(*a, **kw)
+    report, records = evaluate(model, tiny_tokenizer, **kwargs)
+    assert sum(calls) == len(records) - len(saved)  # only what was not saved is generated
+    fresh, _ = evaluate(model, tiny_tokenizer, **{**kwargs, "partial_path": None})
+    assert report["languages"] == fresh["languages"] and report["teacher"] == fresh["teacher"]
+
+
 def test_run_evaluation_rejects_bad_split():
     with pytest.raises(ValueError, match="split"):
         run_evaluation("unused", split="validation")
