@@ -29,7 +29,7 @@ def main(data_args: DataArguments, training_args: MSDConfig, model_args: ModelCo
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, dtype=model_args.dtype, load_in_4bit=model_args.load_in_4bit)
     # The same rows, in the same order, as off_policy_msd.py builds: the cache is keyed by row index.
-    dataset = data_args.build_dataset(tokenizer)  # MultiJail + MGSM benign rows, split by query id
+    dataset = data_args.build_dataset(tokenizer, config=training_args)  # MultiJail + benign rows, split by id
     path = teacher_completions_path(data_args, training_args)
     # Template, system prompt, max_new_tokens, temperature, top_p and top_k come from the MSDConfig.
     dataset = generate_teacher_completions(

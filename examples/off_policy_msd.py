@@ -28,7 +28,7 @@ def main(data_args: DataArguments, training_args: MSDConfig, model_args: ModelCo
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, dtype=model_args.dtype, load_in_4bit=model_args.load_in_4bit)
-    train_dataset = data_args.build_dataset(tokenizer)  # MultiJail + MGSM benign rows, split by query id
+    train_dataset = data_args.build_dataset(tokenizer, config=training_args)  # MultiJail + benign rows, by id
     # The cache generate_teacher_completions.py writes (same default path): rows already in it are read back, not
     # generated again. The model has no adapter yet, so it *is* the teacher; during training the self-teacher is
     # the same weights with the adapter disabled.

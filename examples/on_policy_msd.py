@@ -36,7 +36,7 @@ def main(data_args: DataArguments, training_args: MSDConfig, model_args: ModelCo
 
     # MultiJail harmful queries + MGSM benign questions, split by query id (the held-out ids are the evaluation's).
     # data_dir=None: ../shared/data when it exists, else the Hub (DAMO-NLP-SG/MultiJail, juletxara/mgsm).
-    train_dataset = data_args.build_dataset(tokenizer)  # MultiJail + MGSM benign rows, split by query id
+    train_dataset = data_args.build_dataset(tokenizer, config=training_args)  # MultiJail + benign rows, by id
 
     trainer = OnPolicyMSDTrainer(
         model=model,

@@ -58,7 +58,10 @@ class DataArguments:
     split_seed: int = field(default=0, metadata={"help": "Seed of the by-id train/test split and of the mix."})
     max_prompt_tokens: int | None = field(
         default=256,
-        metadata={"help": "Drop training rows whose student or teacher prompt is longer (logged per language)."},
+        metadata={
+            "help": "Drop training rows whose student or teacher conversation, rendered as the trainer renders "
+            "it (chat template, teacher template and system prompt), is longer (logged per language)."
+        },
     )
     max_train_rows: int | None = field(default=None, metadata={"help": "Cap on the number of training rows."})
     teacher_completions: str | None = field(
@@ -75,7 +78,7 @@ class DataArguments:
         default=0.5, metadata={"help": "Share of the benign rows taken from MultiQ when MGSM rows are mixed in too."}
     )
 
-    def build_dataset(self, tokenizer, split: str = "train"):
+    def build_dataset(self, tokenizer, split: str = "train", config=None):
         """The MultiJail (+ MGSM / MultiQ benign) rows these arguments describe: `data.build_safety_mix`."""
         from .data import build_safety_mix
 
@@ -92,6 +95,9 @@ class DataArguments:
             num_rows=self.max_train_rows,
             multiq_languages=_split(self.multiq_languages),
             multiq_share=self.multiq_share,
+            # With the run's config, max_prompt_tokens counts the conversations as the trainer renders them.
+            teacher_prompt_template=config.teacher_prompt_template if config is not None else None,
+            teacher_system_prompt=config.teacher_system_prompt if config is not None else None,
         )
 
 
@@ -132,7 +138,7 @@ def _prepare(data_args: DataArguments, config, model_args):
     tokenizer = load_tokenizer(
         model_path, revision=model_args.model_revision, trust_remote_code=config.trust_remote_code
     )
-    return model_path, tokenizer, data_args.build_dataset(tokenizer)
+    return model_path, tokenizer, data_args.build_dataset(tokenizer, config=config)
 
 
 def _load_model(model_path: str, model_args, config):

@@ -818,33 +818,51 @@ def _token_lengths(values: list[Any], tokenizer, column: str, batch_size: int = 
     return lengths
 
 
+def _rendered_lengths(dataset: Dataset, tokenizer, template: str, system_prompt: str | None) -> dict[str, list[int]]:
+    """Token counts of the student's and the teacher's conversations exactly as the trainers render them."""
+    from .rendering import render_student_messages, render_teacher_messages, tokenize_messages
+
+    lengths: dict[str, list[int]] = {"student": [], "teacher": []}
+    for row in tqdm(dataset, desc="Measuring rendered prompts", disable=len(dataset) < 2000):
+        lengths["student"].append(len(tokenize_messages(tokenizer, render_student_messages(row))))
+        teacher = render_teacher_messages(row, template=template, system_prompt=system_prompt)
+        lengths["teacher"].append(len(tokenize_messages(tokenizer, teacher)))
+    return lengths
+
+
 def filter_by_length(
     dataset: Dataset,
     tokenizer,
     *,
     max_prompt_tokens: int,
     columns: Iterable[str] = ("prompt", "teacher_prompt"),
+    teacher_prompt_template: str | None = None,
+    teacher_system_prompt: str | None = None,
 ) -> Dataset:
-    """Drop rows whose prompt is longer than ``max_prompt_tokens`` tokens in any of ``columns``.
+    """Drop rows whose prompt is longer than ``max_prompt_tokens`` tokens.
 
-    A column holding chat messages is measured after the tokenizer's chat template (with the generation
-    prompt), a text column with plain tokenisation (special tokens included). Columns absent from the
-    dataset are skipped. Logs (``logging.warning``) how many rows were dropped per language and the
-    longest lengths seen.
-
-    Note: trainers may wrap ``teacher_prompt`` in a template, which adds tokens this count does not see.
+    With ``teacher_prompt_template`` (and the optional ``teacher_system_prompt``), the student's and the teacher's
+    conversations are measured exactly as the trainers render them (chat template, system prompt, template), so
+    the limit means what ``MSDConfig.max_prompt_length`` means; ``columns`` is then unused. Without it, each of
+    ``columns`` is measured on its own: chat messages after the chat template (with the generation prompt), text
+    with plain tokenisation (special tokens included), absent columns skipped. Logs (``logging.warning``) how many
+    rows were dropped per language and the longest lengths seen.
     """
     if isinstance(max_prompt_tokens, bool) or not isinstance(max_prompt_tokens, int) or max_prompt_tokens < 1:
         raise ValueError(f"`max_prompt_tokens` must be a positive int, got {max_prompt_tokens!r}")
-    requested = [columns] if isinstance(columns, str) else list(columns)
-    present = [c for c in requested if c in dataset.column_names]
-    if not present:
-        raise ValueError(f"none of `columns`={requested} is a column; columns: {dataset.column_names}")
+    if teacher_prompt_template is not None:
+        measured = _rendered_lengths(dataset, tokenizer, teacher_prompt_template, teacher_system_prompt)
+    else:
+        requested = [columns] if isinstance(columns, str) else list(columns)
+        present = [c for c in requested if c in dataset.column_names]
+        if not present:
+            raise ValueError(f"none of `columns`={requested} is a column; columns: {dataset.column_names}")
+        measured = {column: _token_lengths(list(dataset[column]), tokenizer, column) for column in present}
 
     keep = np.ones(len(dataset), dtype=bool)
     longest: dict[str, int] = {}
-    for column in present:
-        lengths = np.asarray(_token_lengths(list(dataset[column]), tokenizer, column), dtype=np.int64)  # [N]
+    for column, values in measured.items():
+        lengths = np.asarray(values, dtype=np.int64)  # [N]
         longest[column] = int(lengths.max()) if len(lengths) else 0
         keep &= lengths <= max_prompt_tokens
 
@@ -884,6 +902,8 @@ def build_safety_mix(
     conversational: bool = False,
     multiq_languages: Sequence[str] = (),
     multiq_share: float = 0.5,
+    teacher_prompt_template: str | None = None,
+    teacher_system_prompt: str | None = None,
 ) -> Dataset:
     """The MSD training (or held-out) set: MultiJail harmful queries mixed with benign MGSM and MultiQ ones.
 
@@ -896,7 +916,9 @@ def build_safety_mix(
         harmful_languages / benign_languages: MultiJail and MGSM language codes; an empty benign list means no
             benign rows (``benign_proportion`` is then ignored).
         data_dir: the folder holding ``multijail/`` and ``mgsm/``; default :func:`find_shared_data_dir`, else the Hub.
-        tokenizer / max_prompt_tokens: when both are given, rows whose prompt is longer are dropped (logged).
+        tokenizer / max_prompt_tokens: when both are given, rows whose prompt is longer are dropped (logged);
+            with ``teacher_prompt_template`` (+ ``teacher_system_prompt``) both conversations are measured as the
+            trainers render them (see :func:`filter_by_length`).
         num_rows: size of the mix (default: the largest that needs no repeated row).
         multiq_languages: MultiQ languages of benign chat questions (MultiQ's fixed split: even ids train, odd
             ids test, whatever ``seed``); chat questions are what keeps a student from learning "refuse every
@@ -925,8 +947,30 @@ def build_safety_mix(
         corpora["multiq"] = split_by_id_parity(chat)[split]
     if tokenizer is not None and max_prompt_tokens is not None:
         corpora = {
-            name: filter_by_length(ds, tokenizer, max_prompt_tokens=max_prompt_tokens) for name, ds in corpora.items()
+            name: filter_by_length(
+                ds,
+                tokenizer,
+                max_prompt_tokens=max_prompt_tokens,
+                teacher_prompt_template=teacher_prompt_template,
+                teacher_system_prompt=teacher_system_prompt,
+            )
+            for name, ds in corpora.items()
         }
+    limit_note = (
+        f"max_prompt_tokens={max_prompt_tokens}, counted on the conversations as the trainer renders them when a "
+        "teacher template is given"
+    )
+    if len(corpora["multijail"]) == 0:
+        raise ValueError(
+            f"no harmful (multijail) rows are left in split={split!r} after the prompt-length filter ({limit_note}): "
+            "raise max_prompt_tokens or choose other languages."
+        )
+    for name in [name for name, ds in corpora.items() if len(ds) == 0]:
+        logger.warning("build_safety_mix: every %s row is over the prompt limit (%s); the mix has none.", name,
+                       limit_note)  # fmt: skip
+        del corpora[name]
+    if len(corpora) == 1:
+        return corpora["multijail"].shuffle(seed=seed)
     if len(corpora) == 1:
         return corpora["multijail"].shuffle(seed=seed)
     proportions = {"multijail": 1.0 - benign_proportion}

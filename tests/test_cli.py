@@ -33,8 +33,9 @@ def _tiny_args(model_dir: Path, output_dir: Path) -> list[str]:
         "--max_steps", "1",
         "--max_new_tokens", "4",
         "--per_device_train_batch_size", "2",
-        "--max_prompt_tokens", "96",
-        "--max_prompt_length", "128",
+        # Counted as rendered (chat template, teacher template, system prompt) in the tiny byte-level tokenizer.
+        "--max_prompt_tokens", "1024",
+        "--max_prompt_length", "1024",
         "--generation_batch_size", "4",
     ]  # fmt: skip
 

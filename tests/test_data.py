@@ -555,3 +555,25 @@ def test_build_safety_mix_adds_multiq_chat_rows_from_the_train_side():
     assert Counter(only_chat["source"]) == {"multijail": 20, "multiq": 20}
     with pytest.raises(ValueError, match="multiq_share"):
         data.build_safety_mix(["jv"], ["sw"], multiq_languages=["jv"], multiq_share=0.0, data_dir=DATA_DIR)
+
+
+def test_filter_by_length_can_count_what_the_trainer_renders(tiny_tokenizer):
+    # Before: max_prompt_tokens counted the raw text while the trainer's max_prompt_length counted the rendered
+    # conversation (chat template, teacher template, system prompt): one concept, two counts.
+    from msd_trl.rendering import render_teacher_messages, tokenize_messages
+
+    tokenizer = tiny_tokenizer
+    rows = Dataset.from_list([
+        {"id": "a", "language": "jv", "prompt": "short one", "teacher_prompt": "short"},
+        {"id": "b", "language": "jv", "prompt": "short two", "teacher_prompt": "short"},
+    ])  # fmt: skip
+    template, system = "{teacher_prompt}\n(asked in {language}: {prompt})", "Be safe and helpful. " * 5
+    teacher_lengths = [len(tokenize_messages(tokenizer, render_teacher_messages(r, template=template,
+                                                                               system_prompt=system))) for r in rows]  # fmt: skip
+    limit = teacher_lengths[0] - 1  # the raw texts fit easily; the rendered teacher conversation does not
+    assert len(data.filter_by_length(rows, tokenizer, max_prompt_tokens=limit)) == 2
+    kept = data.filter_by_length(rows, tokenizer, max_prompt_tokens=limit, teacher_prompt_template=template,
+                                 teacher_system_prompt=system)  # fmt: skip
+    assert len(kept) == 0
+    assert len(data.filter_by_length(rows, tokenizer, max_prompt_tokens=max(teacher_lengths),
+                                     teacher_prompt_template=template, teacher_system_prompt=system)) == 2  # fmt: skip

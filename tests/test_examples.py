@@ -43,8 +43,8 @@ def _parse(config: str, model_dir: Path, output_dir: Path, *extra: str):
             "--max_steps", "1",
             "--max_new_tokens", "4",
             "--per_device_train_batch_size", "2",
-            "--max_prompt_tokens", "96",
-            "--max_prompt_length", "128",
+            "--max_prompt_tokens", "1024",  # rendered, in the tiny byte-level tokenizer
+            "--max_prompt_length", "1024",
             *extra,
         ]
     )  # fmt: skip
@@ -56,7 +56,7 @@ def test_on_policy_example_trains_one_step_and_saves_the_adapter(model_dir, tmp_
     trainer = _load_script("on_policy_msd").main(data_args, training_args, model_args)
     assert trainer.state.global_step == 1
     assert trainer.teacher_model is None  # self-teacher: the adapter-disabled base
-    assert trainer.args.teacher_system_prompt  # the safety system prompt the script adds
+    assert trainer.args.teacher_system_prompt  # the teacher preset's system prompt
     assert (tmp_path / "on" / "adapter_model.safetensors").stat().st_size > 0
 
 
@@ -80,6 +80,7 @@ def test_reproduce_mini_writes_the_results_schema_and_resumes(model_dir, tmp_pat
     script = _load_script("reproduce_mini")
     out = tmp_path / "repro"
     argv = ["--model", str(model_dir), "--output_dir", str(out), "--max_steps", "1", "--eval_limit", "2",
+            "--max_prompt_tokens", "1024",
             "--max_train_rows", "8", "--max_new_tokens", "4", "--eval_max_new_tokens", "2",
             "--eval_max_budget_tokens", "4", "--seeds", "0,1", "--cells", "on_dpsw_english,on_dpsw_paper",
             "--single_seed_cells", "on_dpsw_paper",
