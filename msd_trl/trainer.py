@@ -544,10 +544,25 @@ class _MSDTrainerBase(SFTTrainer):
         positions = torch.arange(length, device=completion_ids.device).unsqueeze(0)  # [1, Lc]
         return (positions <= first_stop.unsqueeze(1)).long()  # [B, Lc]
 
+    def _check_privileged_context(self, inputs: dict[str, Any]) -> None:
+        """Per batch (cheap; also covers iterable datasets, which construction does not walk): with the self-teacher,
+        a teacher prompt identical to the student's teaches nothing."""
+        student, teacher = inputs["prompt_ids"], inputs["teacher_prompt_ids"]
+        if not self.self_teacher or student.shape != teacher.shape:
+            return
+        same = ((student == teacher) & (inputs["prompt_mask"] == inputs["teacher_prompt_mask"])).all(dim=1)  # [B]
+        if same.any():
+            rows = [row for row, flag in zip(inputs.get("row_ids", [None] * len(same)), same.tolist()) if flag]
+            raise ValueError(
+                f"rows {rows}: the self-teacher sees exactly the student's prompt, so there is nothing to distil. Add "
+                "a 'teacher_prompt' column or a teacher context (MSDConfig.teacher_preset / teacher_system_prompt)."
+            )
+
     def prepare_batch(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
         """Collated rows -> a scored-ready batch (student and teacher sequences sharing the completion ids)."""
         if "completion_ids" in inputs:
             return inputs
+        self._check_privileged_context(inputs)
         if self._use_fixed_completion(inputs):
             completion_ids, completion_mask = inputs["fixed_completion_ids"], inputs["fixed_completion_mask"]
             self._metrics_append("completions/on_policy_ratio", 0.0)

@@ -163,3 +163,14 @@ def test_a_killed_on_policy_run_resumes_to_the_same_weights(tmp_path, tiny_token
     final, expected = _lora_weights(resumed), _lora_weights(reference)
     for key, value in expected.items():
         torch.testing.assert_close(final[key], value, rtol=0, atol=1e-6)
+
+
+def test_identical_prompts_are_caught_per_batch_too(tmp_path, tiny_tokenizer):
+    # Iterable datasets are not walked at construction; the per-batch check still stops a context-free teacher.
+    trainer = _trainer(tmp_path, tiny_tokenizer, Dataset.from_list(_rows()), teacher_preset="english_refusal")
+    trainer.args.teacher_system_prompt = ""
+    trainer.data_collator.teacher_system_prompt = None
+    trainer.data_collator.teacher_prompt_template = "{prompt}"
+    batch = trainer.data_collator(_rows())
+    with pytest.raises(ValueError, match=r"rows \['q1', 'q2'\].*nothing to distil"):
+        trainer.prepare_batch(trainer.model, batch)
