@@ -71,9 +71,10 @@ class DataArguments:
     )  # fmt: skip
     generation_batch_size: int = field(default=8, metadata={"help": "Batch size of teacher-text generation."})
     multiq_languages: str = field(
-        default="",
-        metadata={"help": "Comma-separated MultiQ languages of benign chat questions (even ids; '' for none)."},
-    )
+        default="jv,sw,bn",
+        metadata={"help": "Comma-separated MultiQ languages of benign chat questions (even ids; '' for none). Without "
+                  "them the student learns to refuse every non-English question (docs/results.md)."},
+    )  # fmt: skip
     multiq_share: float = field(
         default=0.5, metadata={"help": "Share of the benign rows taken from MultiQ when MGSM rows are mixed in too."}
     )

@@ -54,7 +54,7 @@ def test_train_writes_adapter_config_and_summary(model_dir, tmp_path, trainer, t
     assert summary["global_step"] == 1
     assert summary["train_rows"] == 8
     assert sum(summary["rows_by_source_language"].values()) == 8
-    assert {key.split("/")[0] for key in summary["rows_by_source_language"]} <= {"multijail", "mgsm"}
+    assert {key.split("/")[0] for key in summary["rows_by_source_language"]} <= {"multijail", "mgsm", "multiq"}
     assert summary["model"] == str(model_dir)
     resolved = json.loads((out / "msd_config.json").read_text())
     assert resolved["data"]["trainer"] == trainer
