@@ -19,11 +19,17 @@ Cross-field checks live in `__post_init__`; each raises `ValueError` naming the 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from trl.experimental.gkd import GKDConfig
+
+with warnings.catch_warnings():
+    # MSD builds on GKD's config, which TRL keeps under trl.experimental; the warning is about TRL's API, not about
+    # anything our users imported, and printed it at every run (twice).
+    warnings.filterwarnings("ignore", message=r"You are importing from 'trl\.experimental'")
+    from trl.experimental.gkd import GKDConfig
 
 from .divergences import DPSW, Divergence, available_divergences
 from .presets import (
@@ -214,6 +220,8 @@ class MSDConfig(GKDConfig):
                 raise ValueError(f"MSDConfig.{name}={getattr(self, name)!r} is invalid: must be in [0, 1].")
         if self.bf16 is None:
             self.bf16 = bool(bf16_supported() and not self.fp16)
+        if self.dataloader_pin_memory and not _has_accelerator():
+            self.dataloader_pin_memory = False  # pinning is for host-to-GPU copies; on CPU torch only warns about it
         if not self.use_cpu and _launched_distributed() and not _has_accelerator():
             # `accelerate launch --multi_gpu` / torchrun on a machine with no accelerator: without use_cpu,
             # accelerate would silently run N independent processes; with it, DDP over gloo.

@@ -37,12 +37,14 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
-from trl.experimental.gkd import GKDConfig
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.sft_trainer import SFTTrainer
 from trl.trainer.utils import disable_dropout_in_model, pad, use_adapter
 
-from .config import MSDConfig
+from .config import (
+    GKDConfig,  # imported there without TRL's experimental-API warning
+    MSDConfig,
+)
 from .divergences import DPSW, Divergence, get_divergence
 from .models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
 from .presets import validate_teacher_template

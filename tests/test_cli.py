@@ -202,3 +202,29 @@ def test_trust_remote_code_reaches_the_model_and_tokenizer_loaders(model_dir, tm
     with pytest.raises(RuntimeError, match="stop here"):
         main(["train", *_tiny_args(model_dir, tmp_path / "out"), "--trust_remote_code"])
     assert seen["tokenizer"]["trust_remote_code"] is True and seen["model"]["trust_remote_code"] is True
+
+
+def test_top_level_help_imports_no_heavy_library():
+    # `msd-trl --help` used to import torch, transformers, TRL and PEFT first (about 9 s here); the package now
+    # imports its public names on first use.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, msd_trl.cli; msd_trl.cli.main(['--help']); "
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: msd-trl" in done.stdout
+
+
+def test_every_public_name_resolves_lazily():
+    import msd_trl
+
+    assert set(msd_trl.__all__) <= set(dir(msd_trl))
+    for name in msd_trl.__all__:
+        assert getattr(msd_trl, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        msd_trl.nope  # noqa: B018

@@ -398,3 +398,19 @@ def test_teacher_cache_top_k_checks(tmp_path):
     with pytest.raises(ValueError, match="teacher_cache_top_k=5.*dpsw_top_k=20"):
         MSDConfig(output_dir=str(tmp_path), report_to="none", teacher_cache_top_k=5)
     assert MSDConfig(output_dir=str(tmp_path), report_to="none", teacher_cache_top_k=5, dpsw_top_k=5)
+
+
+def test_no_pin_memory_without_an_accelerator(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module, "_has_accelerator", lambda: False)
+    assert make_config(tmp_path).dataloader_pin_memory is False  # torch would warn on every CPU run
+
+
+def test_importing_msd_trl_prints_no_trl_experimental_warning():
+    import subprocess
+    import sys
+
+    code = "import warnings; warnings.simplefilter('always'); import msd_trl.trainer"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRL_EXPERIMENTAL_SILENCE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "trl.experimental" not in done.stderr
