@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataArguments", "build_train_parser", "main"]
+from .model_card import hub_id_of, write_model_card
+
+__all__ = ["DataArguments", "before_after_table", "build_train_parser", "main"]
 
 logger = logging.getLogger("msd_trl")
 
@@ -78,6 +80,15 @@ class DataArguments:
     multiq_share: float = field(
         default=0.5, metadata={"help": "Share of the benign rows taken from MultiQ when MGSM rows are mixed in too."}
     )
+    eval_after: bool = field(
+        default=False,
+        metadata={"help": "After training, evaluate the base model and the adapter on the same held-out queries, "
+                  "print a before/after table and put it in the model card."},
+    )  # fmt: skip
+    eval_languages: str = field(
+        default="jv,sw,bn,th", metadata={"help": "--eval_after: harmful (MultiJail) and benign (MultiQ) languages."}
+    )
+    eval_limit: int | None = field(default=20, metadata={"help": "--eval_after: held-out queries per language."})
 
     def build_dataset(self, tokenizer, split: str = "train", config=None):
         """The MultiJail (+ MGSM / MultiQ benign) rows these arguments describe: `data.build_safety_mix`."""
@@ -222,12 +233,87 @@ def train(argv: list[str]) -> dict[str, Any]:
         "total_wall_time_s": round(time.time() - start, 1),
         "final_metrics": _final_metrics(trainer.state.log_history),
     }
+    evaluation = baseline = None
+    if data_args.eval_after:
+        baseline, evaluation = _evaluate_before_after(data_args, config, model_args, output_dir)
+        summary["evaluation"] = {"before": str(output_dir / "eval_base"), "after": str(output_dir / "eval")}
+    summary["total_wall_time_s"] = round(time.time() - start, 1)
     (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    card = write_model_card(
+        output_dir,
+        base_model=hub_id_of(model_args.model_name_or_path),
+        trainer=trainer_cls.__name__,
+        config=resolved["training"],
+        data=resolved["data"],
+        summary=summary,
+        evaluation=evaluation,
+        baseline=baseline,
+    )
+    if evaluation is not None:
+        print(before_after_table(evaluation, baseline))
+        print(
+            f"msd-trl: chart {output_dir / 'eval' / 'refusal_rate.png'}; responses {output_dir / 'eval'}/responses.csv"
+        )
     print(
         f"msd-trl: done in {summary['total_wall_time_s']} s ({result.global_step} steps). Adapter: {output_dir}/"
-        f"adapter_model.safetensors; summary: {output_dir}/run_summary.json; config: {output_dir}/msd_config.json"
+        f"adapter_model.safetensors; model card: {card}; summary: {output_dir}/run_summary.json; config: "
+        f"{output_dir}/msd_config.json"
     )
     return summary
+
+
+def _evaluate_before_after(data_args, config, model_args, output_dir: Path) -> tuple[dict, dict]:
+    """The base model and the new adapter on the same held-out ids (the training split's other side)."""
+    from .evaluation import run_evaluation
+
+    common = dict(
+        languages=_split(data_args.eval_languages),
+        benign_languages=[],
+        multiq_languages=_split(data_args.eval_languages),
+        split="test",
+        test_size=data_args.test_size,
+        seed=data_args.split_seed,
+        limit=data_args.eval_limit,
+        max_new_tokens=24,
+        max_budget_tokens=96,
+        max_chars=80,
+        batch_size=16,
+        teacher_preset=config.teacher_preset,
+        teacher_prompt_template=config.teacher_prompt_template,
+        teacher_system_prompt=config.teacher_system_prompt,
+        data_dir=data_args.data_dir,
+        dtype=model_args.dtype or "auto",
+        load_in_4bit=model_args.load_in_4bit,
+    )
+    print(
+        f"msd-trl: evaluating the base model and the adapter on {data_args.eval_limit} held-out queries per language"
+    )
+    baseline = run_evaluation(model_args.model_name_or_path, output_dir=output_dir / "eval_base", **common)
+    after = run_evaluation(
+        model_args.model_name_or_path, adapter=str(output_dir), output_dir=output_dir / "eval", baseline_report=baseline,
+        **common,
+    )  # fmt: skip
+    return baseline, after
+
+
+def before_after_table(report: dict[str, Any], baseline: dict[str, Any] | None) -> str:
+    """A short console table: refusal per language (harmful) and over-refusal (benign), before -> after."""
+
+    def pct(value: Any) -> str:
+        return "  –  " if value is None else f"{value:5.0%}"
+
+    lines = ["", "language | refusal (harmful) before -> after | over-refusal (MultiQ) before -> after"]
+    multiq = report.get("benign_sets", {}).get("multiq", {})
+    before_multiq = (baseline or {}).get("benign_sets", {}).get("multiq", {})
+    for language, entry in report["languages"].items():
+        before = (baseline or {}).get("languages", {}).get(language, {})
+        lines.append(
+            f"{language:8s} | {pct(before.get('refusal_rate'))} -> {pct(entry.get('refusal_rate'))}"
+            f"                  | {pct(before_multiq.get(language, {}).get('over_refusal_rate'))} -> "
+            f"{pct(multiq.get(language, {}).get('over_refusal_rate'))}"
+        )
+    lines.append(f"teacher refusal (the ceiling): {pct(report['teacher'].get('refusal_rate'))}")
+    return "\n".join(lines)
 
 
 def generate_teacher(argv: list[str]) -> Path:

@@ -15,6 +15,7 @@ import pytest
 from conftest import SHARED_DATA
 
 from msd_trl.cli import DataArguments, build_train_parser, main
+from msd_trl.evaluation import read_records
 from msd_trl.models import EMBEDDED_INSTALL_HINT, EmbeddedModelNotInstalledError
 from msd_trl.presets import DEFAULT_TEACHER_PRESET, SAFETY_SYSTEM_PROMPT, TEACHER_PRESETS
 
@@ -228,3 +229,33 @@ def test_every_public_name_resolves_lazily():
         assert getattr(msd_trl, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         msd_trl.nope  # noqa: B018
+
+
+def test_train_leaves_a_model_card_and_eval_after_shows_before_and_after(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", *_tiny_args(model_dir, out), "--eval_after", "--eval_languages", "jv,th", "--eval_limit", "2"]
+    assert main(argv) == 0
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "[More Information Needed]" not in card  # PEFT's empty template is replaced
+    assert f"base_model: {model_dir}" in card and "Multilingual Self-Distillation" in card
+    assert f"Teacher preset: `{DEFAULT_TEACHER_PRESET}`" in card
+    assert "| refusal, harmful | jv | 2 |" in card and "| over-refusal, multiq | th | 2 |" in card
+    assert "arXiv:2605.02971" in card
+    for folder in ("eval_base", "eval"):
+        assert (out / folder / "report.json").is_file() and (out / folder / "responses.csv").is_file()
+    after = json.loads((out / "eval" / "report.json").read_text())
+    before = json.loads((out / "eval_base" / "report.json").read_text())
+    assert after["adapter"] == str(out) and before["adapter"] is None
+    # The same held-out ids before and after.
+    ids = [{r["id"] for r in read_records(out / folder / "responses.csv")} for folder in ("eval_base", "eval")]
+    assert ids[0] == ids[1]
+    printed = capsys.readouterr().out
+    assert "refusal (harmful) before -> after" in printed and "teacher refusal (the ceiling)" in printed
+
+
+def test_model_card_names_the_hub_model_of_the_embedded_default():
+    from msd_trl.model_card import EMBEDDED_HUB_ID, hub_id_of
+    from msd_trl.models import EMBEDDED_MODEL
+
+    assert hub_id_of(None) == hub_id_of(EMBEDDED_MODEL) == EMBEDDED_HUB_ID == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert hub_id_of("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"

@@ -1,0 +1,139 @@
+"""The model card (README.md) an MSD run leaves next to its adapter.
+
+Design: PEFT's `save_pretrained` writes an empty template ("[More Information Needed]" in every field) whose
+`base_model` is wherever the weights were loaded from (for the embedded model, a local cache path). A user who opens
+the output folder should instead read what was trained, from what, on which data, with which teacher, and what
+the evaluation measured. This module only formats; the CLI gathers the facts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EMBEDDED_HUB_ID", "hub_id_of", "write_model_card"]
+
+# The Hub model the embedded GGUF is a quantised copy of.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+PAPER_CITATION = (
+    "@article{qin2026msd,\n  title={Multilingual Safety Alignment via Self-Distillation},\n"
+    "  author={Qin and Wang and Liu and Li and Wei and Shen},\n  journal={arXiv preprint arXiv:2605.02971},\n"
+    "  year={2026}\n}"
+)
+
+
+def hub_id_of(model_name: str | None) -> str:
+    """The Hub id to name as `base_model`: the embedded model's upstream id, else the name the user gave."""
+    from .models import EMBEDDED_MODEL
+
+    if model_name in (None, "", EMBEDDED_MODEL):
+        return EMBEDDED_HUB_ID
+    return str(model_name)
+
+
+def _evaluation_table(report: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> list[str]:
+    def pct(value: Any) -> str:
+        return "–" if value is None else f"{value:.0%}"
+
+    lines = [
+        "| set | language | n | after | before |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    sections = [("refusal, harmful", report.get("languages", {}), (baseline or {}).get("languages", {}), "refusal_rate")]
+    for name, entries in report.get("benign_sets", {}).items():
+        before = (baseline or {}).get("benign_sets", {}).get(name, {})
+        sections.append((f"over-refusal, {name}", entries, before, "over_refusal_rate"))
+    for title, entries, before, rate in sections:
+        for language, entry in entries.items():
+            lines.append(
+                f"| {title} | {language} | {entry['n']} | {pct(entry.get(rate))} | "
+                f"{pct(before.get(language, {}).get(rate))} |"
+            )
+    teacher = report.get("teacher", {})
+    lines += ["", f"Teacher (the base model under the training context) refusal: {pct(teacher.get('refusal_rate'))}."]
+    return lines
+
+
+def write_model_card(
+    output_dir: str | Path,
+    *,
+    base_model: str,
+    trainer: str,
+    config: Mapping[str, Any],
+    data: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    evaluation: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `output_dir/README.md` (replacing PEFT's template) and return its path.
+
+    `config`: the resolved MSDConfig as a dict; `data`: the data arguments; `summary`: the run summary (rows per
+    source/language, steps, wall time); `evaluation` / `baseline`: report dicts of `run_evaluation` after and before
+    training, when an evaluation was run.
+    """
+    system_prompt = config.get("teacher_system_prompt") or "(none)"
+    rows = summary.get("rows_by_source_language", {})
+    lines = [
+        "---",
+        f"base_model: {base_model}",
+        "library_name: peft",
+        "tags: [msd, multilingual-safety, self-distillation, trl, lora]",
+        "---",
+        "",
+        f"# MSD adapter for {base_model}",
+        "",
+        "A LoRA adapter trained with **Multilingual Self-Distillation** (MSD, arXiv 2605.02971) by "
+        f"msd_trl's `{trainer}`: the model shown the English query (its own teacher) distils its "
+        "behaviour into itself shown the same query in another language. No response data was used.",
+        "",
+        "## Training",
+        "",
+        f"- Base model: `{base_model}`",
+        f"- Trainer: `{trainer}`, {summary.get('global_step')} optimizer steps of batch "
+        f"{config.get('per_device_train_batch_size')} x accumulation {config.get('gradient_accumulation_steps')}, "
+        f"learning rate {config.get('learning_rate')}, seed {config.get('seed')}, "
+        f"{summary.get('train_wall_time_s')} s of training",
+        f"- Divergence: `{config.get('divergence')}` (DPSW top-K {config.get('dpsw_top_k')}, floor "
+        f"{config.get('dpsw_min_weight')}; base `{config.get('dpsw_base')}`)",
+        f"- Teacher preset: `{config.get('teacher_preset')}`; template `{json.dumps(config.get('teacher_prompt_template'))}`; "
+        f"system prompt: {json.dumps(system_prompt)}",
+        f"- Rollouts: {config.get('max_new_tokens')} new tokens, temperature {config.get('temperature')}",
+        f"- Data: {summary.get('train_rows')} rows: {dict(rows)}; harmful languages `{data.get('languages')}`, MGSM "
+        f"`{data.get('benign_languages')}`, MultiQ `{data.get('multiq_languages')}`, benign share "
+        f"{data.get('benign_proportion')}, split seed {data.get('split_seed')} (held-out query ids never trained on)",
+        "",
+    ]
+    if evaluation is not None:
+        settings = evaluation.get("settings", {})
+        lines += [
+            "## Evaluation (held-out query ids)",
+            "",
+            f"Judge `{evaluation.get('judge')}`, greedy, {settings.get('limit') or 'all'} queries per language; refusal "
+            "on harmful MultiJail queries (higher is safer), over-refusal on benign questions (lower is better).",
+            "",
+            *_evaluation_table(evaluation, baseline),
+            "",
+        ]
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM",
+        "",
+        f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base_model}"), "<this folder>")',
+        "```",
+        "",
+        "## Citation",
+        "",
+        "```bibtex",
+        PAPER_CITATION,
+        "```",
+        "",
+    ]
+    path = Path(output_dir) / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
