@@ -635,3 +635,25 @@ def test_cached_topk_columns_are_used_only_by_the_teacher_that_made_them(tmp_pat
             train_dataset=cached,
             processing_class=tiny_tokenizer,
         )
+
+
+def test_msd_metrics_reach_tensorboard(tmp_path, tiny_tokenizer, msd_rows):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = OnPolicyMSDTrainer(
+        model=make_model(tiny_tokenizer),
+        args=make_args(tmp_path, report_to="tensorboard", max_steps=2),
+        train_dataset=msd_rows,
+        processing_class=tiny_tokenizer,
+        peft_config=lora(),
+    )
+    trainer.train()
+    event_files = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert event_files
+    tags = set()
+    for path in event_files:
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    for tag in ("train/msd/loss", "train/msd/dpsw_weight_mean", "train/completions/mean_length"):
+        assert tag in tags, sorted(tags)
