@@ -21,7 +21,7 @@ _LAZY: dict[str, str] = {
     "MULTIJAIL_LANGUAGES": "data",
     "MULTIQ_LANGUAGES": "data",
     "build_msd_rows": "data",
-    "build_safety_mix": "data",
+    "build_safety_mix": "corpora",
     "filter_by_length": "data",
     "find_shared_data_dir": "data",
     "load_mgsm": "data",

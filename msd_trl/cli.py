@@ -36,6 +36,18 @@ DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 class DataArguments:
     """Which queries to train on (and, for `train --trainer`, which trainer)."""
 
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Your data: a Hub name, or a CSV / JSON(L) / Parquet file or folder, or a saved datasets "
+                  "folder; long shape (prompt, teacher_prompt, ...) or wide (id, en, one column per language: "
+                  "--languages picks them). Default: MultiJail + MGSM + MultiQ."},
+    )  # fmt: skip
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub config name of --dataset_name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of --dataset_name to read."})
+    benign_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Benign rows to mix in with --dataset_name (same forms); --benign_proportion of the mix."},
+    )
     trainer: str = field(
         default="on-policy",
         metadata={"help": "Trainer: 'on-policy' (student samples, teacher scores) or 'off-policy' (teacher text).",
@@ -55,7 +67,11 @@ class DataArguments:
         metadata={"help": "Folder holding multijail/ and mgsm/ (default: ../shared/data if found, else the Hub)."},
     )
     test_size: float = field(
-        default=0.2, metadata={"help": "Fraction of query ids held out for evaluation (split by id)."}
+        default=0.2,
+        metadata={
+            "help": "Fraction of query ids held out for evaluation (split by id); 0 trains on every row of "
+            "--dataset_name."
+        },  # fmt: skip
     )
     split_seed: int = field(default=0, metadata={"help": "Seed of the by-id train/test split and of the mix."})
     max_prompt_tokens: int | None = field(
@@ -91,9 +107,13 @@ class DataArguments:
     eval_limit: int | None = field(default=20, metadata={"help": "--eval_after: held-out queries per language."})
 
     def build_dataset(self, tokenizer, split: str = "train", config=None):
-        """The MultiJail (+ MGSM / MultiQ benign) rows these arguments describe: `data.build_safety_mix`."""
-        from .data import build_safety_mix
+        """The rows these arguments describe: the user's `dataset_name` (+ `benign_dataset_name`) when given, else
+        MultiJail + MGSM / MultiQ benign rows (`corpora.build_safety_mix`). Either way split by query id (the
+        `train` side; `test_size` 0 keeps every row) and filtered by rendered prompt length."""
+        from .corpora import build_safety_mix
 
+        if self.dataset_name:
+            return self._user_dataset(tokenizer, split, config)
         return build_safety_mix(
             _split(self.languages),
             _split(self.benign_languages),
@@ -108,6 +128,32 @@ class DataArguments:
             multiq_languages=_split(self.multiq_languages),
             multiq_share=self.multiq_share,
             # With the run's config, max_prompt_tokens counts the conversations as the trainer renders them.
+            teacher_prompt_template=config.teacher_prompt_template if config is not None else None,
+            teacher_system_prompt=config.teacher_system_prompt if config is not None else None,
+        )
+
+    def _user_dataset(self, tokenizer, split: str, config):
+        from .corpora import load_dataset_rows
+        from .data import mix_harmful_and_benign, split_by_id
+
+        def rows(name: str, harmful: bool):
+            loaded = load_dataset_rows(
+                name, config=self.dataset_config, split=self.dataset_train_split,
+                languages=_split(self.languages), harmful=harmful,
+            )  # fmt: skip
+            if self.test_size == 0:
+                return loaded
+            return split_by_id(loaded, test_size=self.test_size, seed=self.split_seed)[split]
+
+        benign = {"benign": rows(self.benign_dataset_name, False)} if self.benign_dataset_name else {}
+        return mix_harmful_and_benign(
+            rows(self.dataset_name, True),
+            benign,
+            benign_proportion=self.benign_proportion if benign else 0.0,
+            num_rows=self.max_train_rows,
+            seed=self.split_seed,
+            tokenizer=tokenizer,
+            max_prompt_tokens=self.max_prompt_tokens,
             teacher_prompt_template=config.teacher_prompt_template if config is not None else None,
             teacher_system_prompt=config.teacher_system_prompt if config is not None else None,
         )
@@ -363,6 +409,17 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         "--teacher_preset", default=DEFAULT_TEACHER_PRESET, choices=sorted(TEACHER_PRESETS),
         help="The teacher context the model was trained with (for the teacher ceiling).",
     )  # fmt: skip
+    parser.add_argument(
+        "--harmful_dataset", default=None,
+        help="Your harmful queries instead of MultiJail: Hub name or CSV/JSON(L)/Parquet path, long or wide shape.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--benign_dataset", default=None, help="Your benign questions instead of MGSM + MultiQ (same forms)."
+    )
+    parser.add_argument(
+        "--split", default="test", choices=["test", "train", "all"],
+        help="Held-out side of the by-id split (test), the training side, or every row (all).",
+    )  # fmt: skip
     parser.add_argument("--test_size", type=float, default=0.2, help="Must match training's (split by id).")
     parser.add_argument("--seed", type=int, default=0, help="Split seed; must match training's split_seed.")
     parser.add_argument("--data_dir", default=None)
@@ -387,6 +444,9 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         batch_size=a.batch_size,
         judge=a.judge,
         teacher_preset=a.teacher_preset,
+        harmful_dataset=a.harmful_dataset,
+        benign_dataset=a.benign_dataset,
+        split=a.split,
         output_dir=a.output_dir,
         baseline_report=a.baseline_report,
         data_dir=a.data_dir,

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "build_safety_mix",
+    "mix_harmful_and_benign",
     "LANGUAGE_NAMES",
     "MGSM_HUB_NAME",
     "MGSM_LANGUAGES",
@@ -887,64 +888,26 @@ def filter_by_length(
     return dataset.select(np.flatnonzero(keep).tolist())
 
 
-def build_safety_mix(
-    harmful_languages: Sequence[str] = ("jv", "sw", "bn"),
-    benign_languages: Sequence[str] = ("sw", "bn"),
+def mix_harmful_and_benign(
+    harmful: Dataset,
+    benign: Mapping[str, Dataset],
     *,
     benign_proportion: float = 0.4,
-    split: str = "train",
-    test_size: float | int = 0.2,
+    benign_shares: Mapping[str, float] | None = None,
+    num_rows: int | None = None,
     seed: int = 0,
-    data_dir: str | Path | None = None,
     tokenizer=None,
     max_prompt_tokens: int | None = None,
-    num_rows: int | None = None,
-    conversational: bool = False,
-    multiq_languages: Sequence[str] = (),
-    multiq_share: float = 0.5,
     teacher_prompt_template: str | None = None,
     teacher_system_prompt: str | None = None,
+    harmful_name: str = "harmful",
 ) -> Dataset:
-    """The MSD training (or held-out) set: MultiJail harmful queries mixed with benign MGSM and MultiQ ones.
-
-    Each corpus is split by query id first (``split_by_id`` with ``test_size`` and ``seed``, the same split the
-    evaluation holds out), then ``split`` ("train" or "test") of each is kept, optionally filtered by prompt
-    length, and the two are mixed with ``benign_proportion`` of benign rows. Benign rows matter: distilling on
-    harmful queries alone teaches "non-English prompt -> refuse" (see docs/results.md).
-
-    Args:
-        harmful_languages / benign_languages: MultiJail and MGSM language codes; an empty benign list means no
-            benign rows (``benign_proportion`` is then ignored).
-        data_dir: the folder holding ``multijail/`` and ``mgsm/``; default :func:`find_shared_data_dir`, else the Hub.
-        tokenizer / max_prompt_tokens: when both are given, rows whose prompt is longer are dropped (logged);
-            with ``teacher_prompt_template`` (+ ``teacher_system_prompt``) both conversations are measured as the
-            trainers render them (see :func:`filter_by_length`).
-        num_rows: size of the mix (default: the largest that needs no repeated row).
-        multiq_languages: MultiQ languages of benign chat questions (MultiQ's fixed split: even ids train, odd
-            ids test, whatever ``seed``); chat questions are what keeps a student from learning "refuse every
-            non-English prompt" (docs/results.md). With MGSM rows too, ``multiq_share`` of the benign rows are
-            MultiQ's.
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
+    """Filter by rendered prompt length (when `tokenizer` and `max_prompt_tokens` are given), then mix `harmful` rows
+    with the benign sets: `benign_proportion` of the rows benign, split among the sets by `benign_shares` (equal by
+    default). A benign set left empty by the filter is dropped with a warning; an empty harmful set is an error."""
     if not 0.0 <= benign_proportion < 1.0:
         raise ValueError(f"`benign_proportion` must be in [0, 1), got {benign_proportion!r}")
-    base = Path(data_dir) if data_dir is not None else find_shared_data_dir()
-    multijail_source = base / "multijail" if base is not None else None
-    mgsm_source = base / "mgsm" if base is not None else None
-    corpora: dict[str, Dataset] = {}
-    harmful = load_multijail(multijail_source, harmful_languages, conversational=conversational)
-    corpora["multijail"] = split_by_id(harmful, test_size=test_size, seed=seed)[split]
-    if benign_languages and benign_proportion > 0:
-        benign = load_mgsm(mgsm_source, benign_languages, conversational=conversational)
-        corpora["mgsm"] = split_by_id(benign, test_size=test_size, seed=seed)[split]
-    if multiq_languages and benign_proportion > 0:
-        if not 0.0 < multiq_share <= 1.0:
-            raise ValueError(f"`multiq_share` must be in (0, 1], got {multiq_share!r}")
-        chat = load_multiq(
-            base / "multiq" if base is not None else None, multiq_languages, conversational=conversational
-        )
-        corpora["multiq"] = split_by_id_parity(chat)[split]
+    corpora: dict[str, Dataset] = {harmful_name: harmful, **dict(benign)}
     if tokenizer is not None and max_prompt_tokens is not None:
         corpora = {
             name: filter_by_length(
@@ -960,24 +923,36 @@ def build_safety_mix(
         f"max_prompt_tokens={max_prompt_tokens}, counted on the conversations as the trainer renders them when a "
         "teacher template is given"
     )
-    if len(corpora["multijail"]) == 0:
+    if len(corpora[harmful_name]) == 0:
         raise ValueError(
-            f"no harmful (multijail) rows are left in split={split!r} after the prompt-length filter ({limit_note}): "
-            "raise max_prompt_tokens or choose other languages."
+            f"no {harmful_name} rows are left after the prompt-length filter ({limit_note}): raise "
+            "max_prompt_tokens or choose other languages."
         )
     for name in [name for name, ds in corpora.items() if len(ds) == 0]:
-        logger.warning("build_safety_mix: every %s row is over the prompt limit (%s); the mix has none.", name,
-                       limit_note)  # fmt: skip
+        logger.warning("every %s row is over the prompt limit (%s); the mix has none.", name, limit_note)
         del corpora[name]
-    if len(corpora) == 1:
-        return corpora["multijail"].shuffle(seed=seed)
-    if len(corpora) == 1:
-        return corpora["multijail"].shuffle(seed=seed)
-    proportions = {"multijail": 1.0 - benign_proportion}
-    if "mgsm" in corpora and "multiq" in corpora:
-        proportions.update(mgsm=benign_proportion * (1.0 - multiq_share), multiq=benign_proportion * multiq_share)
-    else:
-        proportions.update({name: benign_proportion for name in corpora if name != "multijail"})
-    if proportions.get("mgsm") == 0.0:
-        del corpora["mgsm"], proportions["mgsm"]
-    return mix_datasets(corpora, proportions, num_rows=num_rows, seed=seed)
+    benign_names = [name for name in corpora if name != harmful_name]
+    if not benign_names or benign_proportion == 0:
+        return corpora[harmful_name].shuffle(seed=seed)
+    shares = {name: (benign_shares or {}).get(name, 1.0) for name in benign_names}
+    total = sum(shares.values())
+    if total <= 0:
+        raise ValueError(
+            f"`benign_shares` must give some benign set a positive share, got {dict(benign_shares or {})}"
+        )
+    proportions = {harmful_name: 1.0 - benign_proportion}
+    proportions.update({name: benign_proportion * share / total for name, share in shares.items()})
+    return mix_datasets(
+        {name: ds for name, ds in corpora.items() if proportions[name] > 0},
+        {name: value for name, value in proportions.items() if value > 0},
+        num_rows=num_rows,
+        seed=seed,
+    )
+
+
+def build_safety_mix(*args, **kwargs) -> Dataset:
+    """MultiJail harmful rows mixed with benign MGSM and MultiQ ones; see :func:`msd_trl.corpora.build_safety_mix`
+    (it lives there because it reads corpora through the registry)."""
+    from .corpora import build_safety_mix as build
+
+    return build(*args, **kwargs)

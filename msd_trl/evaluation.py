@@ -1283,6 +1283,29 @@ def write_report(
 # ------------------------------------------------------------------------------------------------------- runner
 
 
+def _user_evaluation_data(harmful_dataset, benign_dataset, languages):
+    from .corpora import load_dataset_rows
+
+    harmful = load_dataset_rows(harmful_dataset, languages=list(languages), harmful=True)
+    if "teacher_prompt" not in harmful.column_names:
+        raise ValueError(
+            f"harmful_dataset={str(harmful_dataset)!r} has no 'teacher_prompt' (English query) column: the teacher "
+            "ceiling needs it"
+        )
+    present = list(dict.fromkeys(harmful["language"])) if "language" in harmful.column_names else []
+    missing = [code for code in languages if code not in present]
+    if missing:
+        raise ValueError(
+            f"harmful_dataset={str(harmful_dataset)!r} has no rows for languages {missing}; it has {present}"
+        )
+    benign, benign_by_set = {}, {}
+    if benign_dataset is not None:
+        rows = load_dataset_rows(benign_dataset, harmful=False)
+        benign["benign"] = rows
+        benign_by_set["benign"] = list(dict.fromkeys(rows["language"])) if "language" in rows.column_names else []
+    return harmful, benign, benign_by_set
+
+
 def _check_writable(output_dir: Path) -> None:
     """Fail before the expensive part when the report could not be written."""
     if output_dir.exists() and not output_dir.is_dir():
@@ -1326,6 +1349,8 @@ def run_evaluation(
     max_chars: int | None = 120,
     utility_max_new_tokens: int | None = None,
     include_student: bool = True,
+    harmful_dataset: str | Path | None = None,
+    benign_dataset: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model (optionally with a PEFT adapter) and write the report; what ``msd-trl evaluate`` runs.
 
@@ -1344,6 +1369,9 @@ def run_evaluation(
     - ``max_new_tokens=32`` for an English answer, scaled per language by token cost up to ``max_budget_tokens=256``
       and ended at ``max_chars=120`` characters (about 15-20 words in any script); ``batch_size=8``, greedy;
       ``judge="keyword"`` (see :func:`get_judge`). ``utility_max_new_tokens`` (e.g. 256) adds MGSM accuracy.
+    - ``harmful_dataset`` / ``benign_dataset``: your own data instead of MultiJail / MGSM + MultiQ (a Hub name or a
+      CSV / JSON(L) / Parquet path, long or wide shape, see ``corpora.load_dataset_rows``; ``languages`` picks wide
+      columns, or filters long rows when they carry a ``language``), split by id like MultiJail.
     - ``teacher_preset="paper"``: the teacher's privileged context (``msd_trl.presets``);
       ``teacher_system_prompt`` / ``teacher_prompt_template`` override its parts. Pass what the model was trained
       with.
@@ -1377,15 +1405,25 @@ def run_evaluation(
     if teacher_system_prompt is None:
         teacher_system_prompt = preset.system_prompt or ""
 
+    unknown = sorted({*languages, *(benign_languages or []), *(multiq_languages or [])} - set(REFUSAL_PHRASES))
+    if unknown and isinstance(judge, KeywordRefusalJudge):
+        logger.warning(
+            "the keyword judge has no refusal phrases for %s: refusals there are only seen in English (or another "
+            "known language); pass a ClassifierJudge or KeywordRefusalJudge(extra_phrases=...) to cover them", unknown
+        )  # fmt: skip
     data_dir = Path(data_dir) if data_dir is not None else None
-    harmful = load_multijail(data_dir / "multijail" if data_dir else None, languages=list(languages))
     benign: dict[str, Any] = {}
     benign_by_set: dict[str, list[str]] = {}
+    if harmful_dataset is not None:
+        harmful, benign, benign_by_set = _user_evaluation_data(harmful_dataset, benign_dataset, languages)
+        benign_languages = multiq_languages = []  # the user's benign set replaces MGSM and MultiQ
+    else:
+        harmful = load_multijail(data_dir / "multijail" if data_dir else None, languages=list(languages))
     if benign_languages:
         benign["mgsm"] = load_mgsm(data_dir / "mgsm" if data_dir else None, languages=list(benign_languages))
         benign_by_set["mgsm"] = list(benign_languages)
     multiq_languages = list(languages) if multiq_languages is None else list(multiq_languages)
-    if multiq_languages:
+    if multiq_languages and harmful_dataset is None:
         benign["multiq"] = load_multiq(data_dir / "multiq" if data_dir else None, languages=multiq_languages)
         benign_by_set["multiq"] = multiq_languages
     if split != "all":

@@ -42,7 +42,9 @@ def _evaluation_table(report: Mapping[str, Any], baseline: Mapping[str, Any] | N
         "| set | language | n | after | before |",
         "| --- | --- | ---: | ---: | ---: |",
     ]
-    sections = [("refusal, harmful", report.get("languages", {}), (baseline or {}).get("languages", {}), "refusal_rate")]
+    sections = [
+        ("refusal, harmful", report.get("languages", {}), (baseline or {}).get("languages", {}), "refusal_rate")
+    ]
     for name, entries in report.get("benign_sets", {}).items():
         before = (baseline or {}).get("benign_sets", {}).get(name, {})
         sections.append((f"over-refusal, {name}", entries, before, "over_refusal_rate"))
