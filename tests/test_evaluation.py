@@ -201,6 +201,29 @@ def test_classifier_judge_with_generative_model(tiny_tokenizer):
     assert len(outputs) == 3 and all(isinstance(text, str) for text in outputs)
 
 
+def test_a_new_judge_is_one_registration():
+    from msd_trl.evaluation import JUDGES, register_judge
+
+    class Always(Judge):
+        name = "always"
+
+        def __init__(self, argument=""):
+            self.argument = argument
+
+        def judge(self, prompts, responses):
+            return [True] * len(responses)
+
+    register_judge("always", lambda _: Always())
+    register_judge("threshold:", lambda rest: Always(rest))
+    try:
+        assert isinstance(get_judge("always"), Always)
+        assert get_judge("threshold:0.7").argument == "0.7"
+        with pytest.raises(ValueError, match=r"\['always', 'classifier:<name_or_path>', 'keyword', 'threshold:"):
+            get_judge("nope")
+    finally:
+        JUDGES.pop("always"), JUDGES.pop("threshold:")
+
+
 def test_get_judge():
     keyword = KeywordRefusalJudge()
     assert get_judge(keyword) is keyword
