@@ -16,12 +16,12 @@ from datasets import Dataset
 from trl import ModelConfig, TrlParser
 
 from msd_trl import MSDConfig, generate_teacher_completions
-from msd_trl.cli import DataArguments
+from msd_trl.cli import TEACHER_COMPLETIONS_FILE, DataArguments
 from msd_trl.models import load_model, load_tokenizer
 
 
 def teacher_completions_path(data_args: DataArguments, training_args: MSDConfig) -> Path:
-    return Path(data_args.teacher_completions or Path(training_args.output_dir) / "teacher_completions.jsonl")
+    return Path(data_args.teacher_completions or Path(training_args.output_dir) / TEACHER_COMPLETIONS_FILE)
 
 
 def main(data_args: DataArguments, training_args: MSDConfig, model_args: ModelConfig) -> Dataset:

@@ -20,7 +20,7 @@ from pathlib import Path
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from msd_trl import MSDConfig, OffPolicyMSDTrainer, generate_teacher_completions
-from msd_trl.cli import DataArguments
+from msd_trl.cli import TEACHER_COMPLETIONS_FILE, DataArguments
 from msd_trl.models import load_model, load_tokenizer
 
 
@@ -32,7 +32,7 @@ def main(data_args: DataArguments, training_args: MSDConfig, model_args: ModelCo
     # The cache generate_teacher_completions.py writes (same default path): rows already in it are read back, not
     # generated again. The model has no adapter yet, so it *is* the teacher; during training the self-teacher is
     # the same weights with the adapter disabled.
-    cache = Path(data_args.teacher_completions or Path(training_args.output_dir) / "teacher_completions.jsonl")
+    cache = Path(data_args.teacher_completions or Path(training_args.output_dir) / TEACHER_COMPLETIONS_FILE)
     train_dataset = generate_teacher_completions(
         model,
         train_dataset,

@@ -29,6 +29,8 @@ __all__ = ["DataArguments", "before_after_table", "build_train_parser", "main"]
 
 logger = logging.getLogger("msd_trl")
 
+# Where off-policy teacher text is cached by default, inside --output_dir.
+TEACHER_COMPLETIONS_FILE = "teacher_completions.jsonl"
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -235,6 +237,7 @@ def _final_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
 def train(argv: list[str]) -> dict[str, Any]:
     from trl import get_peft_config
 
+    from . import models
     from .trainer import OffPolicyMSDTrainer, OnPolicyMSDTrainer
 
     data_args, config, model_args = build_train_parser().parse_args_and_config(args=argv)
@@ -243,9 +246,10 @@ def train(argv: list[str]) -> dict[str, Any]:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = _load_model(model_path, model_args, config)
-    trainer_cls = OnPolicyMSDTrainer if data_args.trainer == "on-policy" else OffPolicyMSDTrainer
+    trainers = {"on-policy": OnPolicyMSDTrainer, "off-policy": OffPolicyMSDTrainer}
+    trainer_cls = trainers[data_args.trainer]
     if trainer_cls is OffPolicyMSDTrainer:
-        path = Path(data_args.teacher_completions or output_dir / "teacher_completions.jsonl")
+        path = Path(data_args.teacher_completions or output_dir / TEACHER_COMPLETIONS_FILE)
         dataset = _teacher_text(model, tokenizer, dataset, config, data_args, path)
     counts = Counter(f"{row['source']}/{row['language']}" for row in dataset)
     print(f"msd-trl: training {trainer_cls.__name__} on {len(dataset)} rows: {dict(sorted(counts.items()))}")
@@ -269,7 +273,7 @@ def train(argv: list[str]) -> dict[str, Any]:
     (output_dir / "msd_config.json").write_text(json.dumps(resolved, indent=2, default=str), encoding="utf-8")
     summary = {
         "trainer": trainer_cls.__name__,
-        "model": model_args.model_name_or_path or "embedded:smollm2-135m-instruct",
+        "model": model_args.model_name_or_path or models.EMBEDDED_MODEL,
         "adapter_dir": str(output_dir.resolve()),
         "train_rows": len(dataset),
         "rows_by_source_language": dict(sorted(counts.items())),
@@ -365,7 +369,7 @@ def before_after_table(report: dict[str, Any], baseline: dict[str, Any] | None) 
 def generate_teacher(argv: list[str]) -> Path:
     data_args, config, model_args = build_train_parser("msd-trl generate-teacher").parse_args_and_config(args=argv)
     model_path, tokenizer, dataset = _prepare(data_args, config, model_args)
-    path = Path(data_args.teacher_completions or Path(config.output_dir) / "teacher_completions.jsonl")
+    path = Path(data_args.teacher_completions or Path(config.output_dir) / TEACHER_COMPLETIONS_FILE)
     model = _load_model(model_path, model_args, config)
     dataset = _teacher_text(model, tokenizer, dataset, config, data_args, path)
     dataset_path = path.with_suffix(".dataset.jsonl")

@@ -734,16 +734,12 @@ class _MSDTrainerBase(SFTTrainer):
             ]
         ).float()
         values = self.accelerator.gather(local.unsqueeze(0)).mean(0).tolist()
-        for key, value in zip(
-            (
-                "msd/loss",
-                "msd/divergence",
-                "msd/dpsw_weight_mean",
-                "msd/dpsw_weight_max",
-                "msd/teacher_student_top1_agreement",
-            ),
-            values,
-        ):
+        keys = ("msd/loss", "msd/divergence", "msd/dpsw_weight_mean", "msd/dpsw_weight_max",
+                "msd/teacher_student_top1_agreement")  # fmt: skip
+        for key, value in zip(keys, values):
+            # Token weights are all 1 for an unweighted divergence: logging them would only suggest DPSW ran.
+            if key.startswith("msd/dpsw_") and not isinstance(self.divergence, DPSW):
+                continue
             self._metrics_append(key, value)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -657,3 +657,16 @@ def test_msd_metrics_reach_tensorboard(tmp_path, tiny_tokenizer, msd_rows):
         tags |= set(accumulator.Tags()["scalars"])
     for tag in ("train/msd/loss", "train/msd/dpsw_weight_mean", "train/completions/mean_length"):
         assert tag in tags, sorted(tags)
+
+
+def test_dpsw_weight_metrics_only_for_dpsw(tmp_path, tiny_tokenizer, msd_rows):
+    trainer = OffPolicyMSDTrainer(
+        model=make_model(tiny_tokenizer),
+        args=make_args(tmp_path, divergence="reverse_kl", max_steps=1),
+        train_dataset=with_completions(msd_rows),
+        processing_class=tiny_tokenizer,
+        peft_config=lora(),
+    )
+    trainer.train()
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert "msd/loss" in logged and not any(k.startswith("msd/dpsw_") for k in logged)
