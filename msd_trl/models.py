@@ -31,55 +31,8 @@ Design
   bitsandbytes 4-bit also runs on CPU, which is how the tests check it; :func:`disable_bnb_cpu_weight_packing`
   keeps CPU gradients correct after a generation step (a bitsandbytes 0.50 pitfall, explained there).
 
-QLoRA for the paper's models
-----------------------------
-Python::
-
-    from msd_trl.models import default_lora_config, load_model, load_tokenizer
-
-    model = load_model("Qwen/Qwen2.5-7B-Instruct", load_in_4bit=True)  # or meta-llama/Meta-Llama-3-8B-Instruct
-    tokenizer = load_tokenizer("Qwen/Qwen2.5-7B-Instruct")
-    peft_config = default_lora_config()  # r=16, alpha=32, all linear layers
-    # then pass model, tokenizer (processing_class) and peft_config to an MSD trainer.
-
-Command line (TRL ``ModelConfig`` flag names; one GPU, or ``accelerate launch`` for several)::
-
-    msd-trl train --model_name_or_path Qwen/Qwen2.5-7B-Instruct \\
-        --load_in_4bit --use_peft --lora_r 16 --lora_alpha 32 --lora_target_modules all-linear \\
-        --bf16 --gradient_checkpointing --per_device_train_batch_size 1 --gradient_accumulation_steps 8
-    msd-trl train --model_name_or_path meta-llama/Meta-Llama-3-8B-Instruct ...same flags...
-
-Memory. Estimate: NF4 with double quantisation is ~4.13 bit = ~0.52 byte per quantised parameter; bitsandbytes
-keeps the input embeddings and ``lm_head`` in bf16 (2 bytes per parameter):
-
-============================  ========================  ======================  ==========  ==========
-model                         4-bit linear layers       bf16 embed + lm_head    estimate    measured
-============================  ========================  ======================  ==========  ==========
-Qwen2.5-7B-Instruct (7.6 B)   6.5 B x 0.52 B = ~3.4 GB  1.09 B x 2 B = ~2.2 GB  ~5.6 GB     5.56 GB
-Llama-3-8B-Instruct (8.0 B)   7.0 B x 0.52 B = ~3.6 GB  1.05 B x 2 B = ~2.1 GB  ~5.7 GB     5.71 GB
-============================  ========================  ======================  ==========  ==========
-
-LoRA r=16 on all linear layers adds 40.4 M (Qwen) / 41.9 M (Llama) trainable parameters, ~0.65 GB with fp32
-weights, gradients and two AdamW states. The self-teacher costs no extra weights (adapter disabled). On top come
-activations and, for MSD specifically, student and teacher ``[B, T, V]`` logits over a 152k (Qwen) / 128k (Llama)
-vocabulary, ~0.4-0.5 GB per float32 copy for 1 x 768 completion tokens.
-
-Measured peak GPU memory of one MSD-like step: teacher forward with the adapter disabled (no grad), student
-forward, float32 reverse KL on the completion tokens, backward, AdamW step; bf16 compute, gradient checkpointing,
-through :func:`load_model`. The weights were random, with the real architectures (same shapes, so the same
-memory), since the real checkpoints cannot be downloaded here; one H100, torch 2.11, transformers 5.17,
-bitsandbytes 0.50.2. Not a full trainer run: the trainer's own extras (DPSW top-K, metrics) come on top.
-
-=====================  ===============  ===============  ===============  ================  ====================
-model                  B1 x T1024       B2 x T1024       B4 x T1024       B1 x T2048        generate B8, 256+256
-=====================  ===============  ===============  ===============  ================  ====================
-Qwen2.5-7B-Instruct    9.7 GB           14.0 GB          21.9 GB          14.0 GB           6.8 GB
-Llama-3-8B-Instruct    9.3 GB           13.2 GB          20.0 GB          13.2 GB           7.0 GB
-=====================  ===============  ===============  ===============  ================  ====================
-
-(T = 256 prompt + 768 completion tokens, or 512 + 1536.) So ~5.6-5.7 GB of weights and ~10 GB for a step at
-batch 1 x 1024 tokens: a 16 GB GPU fits per-device batch 1 (2 is tight), 24 GB fits batch 4; reach larger
-batches with gradient accumulation. The script that measured this is not part of the package.
+QLoRA for the paper's models (Qwen2.5-7B, Llama-3-8B): command lines and measured memory are in
+docs/qlora_and_multi_gpu.md.
 """
 
 from __future__ import annotations
