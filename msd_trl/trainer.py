@@ -761,8 +761,21 @@ class OnPolicyMSDTrainer(_MSDTrainerBase):
 
     With probability `args.lmbda` a micro-batch is on-policy; otherwise it scores the rows' fixed completion
     (`teacher_completion`, or the last turn of `messages`) when every row has one, and samples when not.
-    Arguments are those of `trl.experimental.gkd.GKDTrainer`, in the same order; `teacher_model=None` is the
-    self-teacher (see the module docstring).
+    The arguments are `trl.experimental.gkd.GKDTrainer`'s, in the same order (a drop-in replacement).
+
+    Args:
+        model: the student: a model, or a name / path (``"embedded:smollm2-135m-instruct"`` included), loaded like
+            TRL's ``SFTTrainer`` does (``args.model_init_kwargs``).
+        teacher_model: ``None`` for the self-teacher (the initial weights: under PEFT the adapter-disabled base, no
+            copy; otherwise a frozen copy), or a separate teacher (instance or name) sharing the student's vocabulary.
+        args: an ``MSDConfig`` (a plain ``GKDConfig`` is upgraded, keeping GKD's objective and teacher).
+        data_collator: default ``MSDDataCollator`` (student and teacher prompts rendered from each row).
+        train_dataset / eval_dataset: MSD rows (``prompt``, ``teacher_prompt``, optional ``language``, ``id``,
+            ``teacher_completion``) or GKD ``messages`` rows; every row is validated once at construction.
+        processing_class: the tokenizer (default: the model's).
+        compute_metrics, callbacks, optimizers, preprocess_logits_for_metrics: as in ``transformers.Trainer``.
+        peft_config: a ``peft`` config (LoRA; with a 4-bit model, QLoRA).
+        formatting_func: accepted for GKD compatibility; MSD rows need none.
     """
 
     _name = "On-policy MSD"
@@ -777,7 +790,23 @@ class OffPolicyMSDTrainer(_MSDTrainerBase):
     """Off-policy MSD: student and teacher both score fixed teacher text (`teacher_completion`).
 
     Create the column once with `generate_teacher_completions`. A GKD `messages` dataset works too (its last
-    turn is the fixed completion). `args.lmbda` is ignored: no step samples the student.
+    turn is the fixed completion). `args.lmbda` is ignored: no step samples the student. With
+    `args.teacher_cache_top_k` the teacher scores the text once before training (see `cache_teacher_topk`).
+    The arguments are `trl.experimental.gkd.GKDTrainer`'s, in the same order.
+
+    Args:
+        model: the student: a model, or a name / path (``"embedded:smollm2-135m-instruct"`` included), loaded like
+            TRL's ``SFTTrainer`` does (``args.model_init_kwargs``).
+        teacher_model: ``None`` for the self-teacher (the initial weights: under PEFT the adapter-disabled base, no
+            copy; otherwise a frozen copy), or a separate teacher (instance or name) sharing the student's vocabulary.
+        args: an ``MSDConfig`` (a plain ``GKDConfig`` is upgraded, keeping GKD's objective and teacher).
+        data_collator: default ``MSDDataCollator`` (student and teacher prompts rendered from each row).
+        train_dataset / eval_dataset: MSD rows (``prompt``, ``teacher_prompt``, optional ``language``, ``id``,
+            ``teacher_completion``) or GKD ``messages`` rows; every row is validated once at construction.
+        processing_class: the tokenizer (default: the model's).
+        compute_metrics, callbacks, optimizers, preprocess_logits_for_metrics: as in ``transformers.Trainer``.
+        peft_config: a ``peft`` config (LoRA; with a 4-bit model, QLoRA).
+        formatting_func: accepted for GKD compatibility; MSD rows need none.
     """
 
     _name = "Off-policy MSD"
