@@ -259,3 +259,12 @@ def test_model_card_names_the_hub_model_of_the_embedded_default():
 
     assert hub_id_of(None) == hub_id_of(EMBEDDED_MODEL) == EMBEDDED_HUB_ID == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert hub_id_of("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_quickstart_config_parses_and_evaluates_after_training(tmp_path):
+    config = Path(__file__).resolve().parents[1] / "examples" / "configs" / "quickstart.yaml"
+    data_args, training_args, _ = build_train_parser().parse_args_and_config(
+        args=["--config", str(config), "--output_dir", str(tmp_path)]
+    )
+    assert data_args.eval_after and data_args.eval_languages == "jv,th" and data_args.multiq_languages == "jv,sw,bn"
+    assert training_args.teacher_preset == "english_refusal" and training_args.max_steps == 12
