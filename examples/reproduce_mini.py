@@ -19,7 +19,8 @@ over-refusal (base model under each preset) as the ceiling.
 Cells (`--cells`): `on_dpsw_english` (on-policy DPSW, English-refusal teacher, MultiQ chat rows in the benign mix)
 and its closest ablations: `on_dpsw_paper` (the paper's teacher instead), `on_rkl_english` (reverse KL instead of
 DPSW), `off_dpsw_english` (off-policy), `on_dpsw_english_mgsm_only` (benign rows MGSM math only: the landed
-recipe). Every cell runs every seed of `--seeds` unless it is listed in `--single_seed_cells` (first seed only).
+recipe), `on_dpsw_english_benign60` (60 % benign rows instead of 40 %). Every cell runs every seed of `--seeds`
+unless it is listed in `--single_seed_cells` (first seed only).
 
 Each run's training output and evaluation go to OUTPUT_DIR/<cell>/seed<k>/ (base: OUTPUT_DIR/base/seed<split>/<preset>/);
 a run whose report exists is not redone, so an interrupted reproduction resumes where it stopped. The combined
@@ -53,6 +54,10 @@ CELLS: dict[str, dict] = {
     "on_dpsw_paper": {"trainer": "on-policy", "divergence": "dpsw", "preset": "paper"},
     "on_rkl_english": {"trainer": "on-policy", "divergence": "reverse_kl", "preset": "english_refusal"},
     "off_dpsw_english": {"trainer": "off-policy", "divergence": "dpsw", "preset": "english_refusal"},
+    # Selectivity lever: 60 % benign rows instead of 40 %.
+    "on_dpsw_english_benign60": {
+        "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal", "benign_proportion": 0.6,
+    },
     # The landed recipe: benign rows are MGSM math only, no chat questions.
     "on_dpsw_english_mgsm_only": {
         "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal", "multiq": False,
@@ -72,7 +77,10 @@ def parse_args(argv=None):
         "--split_seed", type=int, default=0,
         help="Seed of the by-id train/held-out split, fixed so every cell and seed is measured on the same ids.",
     )  # fmt: skip
-    parser.add_argument("--single_seed_cells", default="on_dpsw_english_mgsm_only", help="Cells run on one seed.")
+    parser.add_argument(
+        "--single_seed_cells", default="on_dpsw_english_mgsm_only,on_dpsw_english_benign60",
+        help="Cells run on one seed.",
+    )  # fmt: skip
     parser.add_argument("--max_steps", type=int, default=80)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--learning_rate", type=float, default=5e-4)
@@ -127,7 +135,8 @@ def train_run(args, cell: str, seed: int, run_dir: Path) -> tuple[list[str], flo
         "--trainer", spec["trainer"], "--divergence", spec["divergence"], "--teacher_preset", spec["preset"],
         "--languages", ",".join(TRAINED), "--benign_languages", ",".join(MGSM_TRAIN),
         "--multiq_languages", ",".join(MULTIQ_TRAIN) if spec.get("multiq", True) else "",
-        "--benign_proportion", str(args.benign_proportion), "--max_prompt_tokens", str(args.max_prompt_tokens),
+        "--benign_proportion", str(spec.get("benign_proportion", args.benign_proportion)),
+        "--max_prompt_tokens", str(args.max_prompt_tokens),
         "--max_train_rows", str(args.max_train_rows),
         "--split_seed", str(args.split_seed), "--seed", str(seed),
         "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size),
