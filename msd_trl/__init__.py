@@ -63,7 +63,7 @@ _LAZY: dict[str, str] = {
     "get_teacher_preset": "presets",
     "register_teacher_preset": "presets",
     "wilson_interval": "stats",
-    "MSDDataCollator": "trainer",
+    "MSDDataCollator": "rendering",
     "OffPolicyMSDTrainer": "trainer",
     "OnPolicyMSDTrainer": "trainer",
 }
@@ -127,8 +127,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         get_teacher_preset,
         register_teacher_preset,
     )
+    from .rendering import MSDDataCollator
     from .stats import wilson_interval
-    from .trainer import MSDDataCollator, OffPolicyMSDTrainer, OnPolicyMSDTrainer
+    from .trainer import OffPolicyMSDTrainer, OnPolicyMSDTrainer
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Prompt rendering: one MSD row -> the student's and the teacher's model inputs.
+"""Prompt rendering: one MSD row -> messages -> token ids -> a padded batch (`MSDDataCollator`).
 
 Design: rows carry a `prompt` (the target-language query the student sees) and optionally a `teacher_prompt`
 (the English query), each a plain string or a list of chat messages. Rendering turns them into chat messages and
@@ -17,12 +17,18 @@ exactly the same context everywhere.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
 from .data import LANGUAGE_NAMES
-from .presets import UNKNOWN_LANGUAGE_NAME
+from .presets import UNKNOWN_LANGUAGE_NAME, validate_teacher_template
 
 __all__ = [
+    "MSDDataCollator",
     "completion_token_ids",
     "message_text",
     "render_student_messages",
@@ -30,6 +36,8 @@ __all__ = [
     "stop_token_ids",
     "tokenize_messages",
 ]
+
+logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 
@@ -144,3 +152,172 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
+
+
+# ------------------------------------------------------------------------------------------ batch (collator)
+
+
+def pad(tensors: list[torch.Tensor], padding_value: float, padding_side: str = "right") -> torch.Tensor:
+    """Stack 1-D (or `[L, ...]`) tensors into `[B, L_max, ...]`, padding each on `padding_side`."""
+    return pad_sequence(tensors, batch_first=True, padding_value=padding_value, padding_side=padding_side)
+
+
+TEACHER_CACHE_IDS = "teacher_topk_ids"
+TEACHER_CACHE_LOGPROBS = "teacher_topk_logprobs"
+TEACHER_CACHE_FINGERPRINT = "teacher_topk_fingerprint"
+
+
+def _with_query_texts(row: dict[str, Any], texts: dict[str, str]) -> dict[str, Any]:
+    """A copy of `row` whose `prompt` / `teacher_prompt` query text (a string, or the last user turn) is `texts`."""
+    row = dict(row)
+    for key, text in texts.items():
+        value = row[key]
+        if isinstance(value, str):
+            row[key] = text
+        else:
+            turns = [dict(turn) for turn in value]
+            last_user = max(i for i, turn in enumerate(turns) if turn.get("role") == "user")
+            turns[last_user]["content"] = text
+            row[key] = turns
+    return row
+
+
+class MSDDataCollator:
+    """Rows -> left-padded student and teacher prompts, plus right-padded fixed completions when rows have them.
+
+    Output keys: `prompt_ids`, `prompt_mask` `[B, Lp]`; `teacher_prompt_ids`, `teacher_prompt_mask` `[B, Lt]`;
+    when every row has a fixed completion (`completion_column`, or the last turn of `messages`):
+    `fixed_completion_ids`, `fixed_completion_mask` `[B, Lc]`; and `row_ids` (a list, for messages).
+    Prompts over `max_prompt_length` are left-truncated with a warning naming the row (or raise with
+    `prompt_truncation="error"`); a fixed completion is never truncated by the prompt limit.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        teacher_prompt_template: str = "{teacher_prompt}",
+        teacher_system_prompt: str | None = None,
+        max_prompt_length: int | None = None,
+        prompt_truncation: str = "left",
+        completion_column: str = "teacher_completion",
+        stop_ids: list[int] | None = None,
+    ):
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token).")
+        validate_teacher_template(teacher_prompt_template, field="teacher_prompt_template")
+        self.tokenizer = tokenizer
+        self.teacher_prompt_template = teacher_prompt_template
+        self.teacher_system_prompt = teacher_system_prompt
+        self.max_prompt_length = max_prompt_length
+        self.prompt_truncation = prompt_truncation
+        self.completion_column = completion_column
+        self.stop_ids = stop_ids if stop_ids is not None else [tokenizer.eos_token_id]
+
+    def _fit(self, row: dict[str, Any], render: Callable[[dict[str, Any]], list], who: str) -> tuple[list, list[int]]:
+        """Render and tokenise a conversation within `max_prompt_length`, cutting the *query text* if needed.
+
+        Only the user's query (`prompt`, `teacher_prompt`) is shortened, from its start, never the system prompt or
+        the template around it: left truncation of the rendered tokens used to drop the teacher's privileged
+        context first. Returns `(messages, ids)`.
+        """
+        messages = render(row)
+        ids = tokenize_messages(self.tokenizer, messages)
+        limit = self.max_prompt_length
+        if limit is None or len(ids) <= limit:
+            return messages, ids
+        row_id = row.get("id", "?")
+        message = f"row {row_id!r}: the {who} prompt has {len(ids)} tokens, over max_prompt_length={limit}"
+        if self.prompt_truncation == "error":
+            raise ValueError(message + " (prompt_truncation='error'); filter long rows or raise the limit.")
+        fields = {key: message_text(row[key]) for key in ("prompt", "teacher_prompt") if row.get(key) is not None}
+        keep_at_least = 4  # tokens of each query that are never cut
+        for _ in range(16):  # each pass cuts the longest query by the overflow; converges in 1-3 passes
+            overflow = len(ids) - limit
+            if overflow <= 0:
+                logger.warning("%s; shortened the start of its query text to fit.", message)
+                return messages, ids
+            token_ids = {
+                key: self.tokenizer(text, add_special_tokens=False)["input_ids"] for key, text in fields.items()
+            }
+            longest = max(token_ids, key=lambda key: len(token_ids[key]), default=None)
+            if longest is None or len(token_ids[longest]) <= keep_at_least:
+                break
+            cut = min(overflow + 1, len(token_ids[longest]) - keep_at_least)
+            fields[longest] = self.tokenizer.decode(token_ids[longest][cut:], skip_special_tokens=True)
+            messages = render(_with_query_texts(row, fields))
+            ids = tokenize_messages(self.tokenizer, messages)
+        raise ValueError(
+            f"{message}, and the query text cannot be shortened enough: the template and system prompt alone take "
+            f"most of it. Raise max_prompt_length or shorten teacher_system_prompt / teacher_prompt_template."
+        )
+
+    def _render_teacher(self, row: dict[str, Any]) -> list:
+        return render_teacher_messages(
+            row, template=self.teacher_prompt_template, system_prompt=self.teacher_system_prompt
+        )
+
+    def _fixed_completion(self, row: dict[str, Any]) -> str | None:
+        value = row.get(self.completion_column)
+        if value is None and row.get("messages") and row.get("prompt") is None:
+            value = row["messages"][-1].get("content")
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"row {row.get('id', '?')!r}: {self.completion_column} must be a string, got {value!r}.")
+        return value
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        prompt_ids, teacher_ids, completions = [], [], []
+        for row in rows:
+            row_id = row.get("id", "?")
+            student = render_student_messages(row)
+            if not any(str(m.get("content", "")).strip() for m in student):
+                raise ValueError(f"row {row_id!r} has an empty prompt.")
+            student_ids = tokenize_messages(self.tokenizer, student)
+            prompt_ids.append(self._fit(row, render_student_messages, "student")[1])
+            teacher_ids.append(self._fit(row, self._render_teacher, "teacher")[1])
+            text = self._fixed_completion(row)
+            completions.append(
+                None
+                if text is None
+                else completion_token_ids(self.tokenizer, student, text, self.stop_ids, prompt_length=len(student_ids))
+            )
+
+        def left(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+            tensors = [torch.tensor(s, dtype=torch.long) for s in seqs]
+            ids = pad(tensors, padding_value=self.tokenizer.pad_token_id, padding_side="left")
+            mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left")
+            return ids, mask
+
+        batch: dict[str, Any] = {"row_ids": [row.get("id") for row in rows]}
+        batch["prompt_ids"], batch["prompt_mask"] = left(prompt_ids)
+        batch["teacher_prompt_ids"], batch["teacher_prompt_mask"] = left(teacher_ids)
+        if all(c is not None for c in completions):
+            tensors = [torch.tensor(c, dtype=torch.long) for c in completions]
+            batch["fixed_completion_ids"] = pad(
+                tensors, padding_value=self.tokenizer.pad_token_id, padding_side="right"
+            )
+            batch["fixed_completion_mask"] = pad([torch.ones_like(t) for t in tensors], padding_value=0)
+            if all(row.get(TEACHER_CACHE_IDS) is not None for row in rows):
+                batch.update(self._pad_teacher_cache(rows, completions))
+        return batch
+
+    @staticmethod
+    def _pad_teacher_cache(rows: list[dict[str, Any]], completions: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Cached teacher top-K of each row -> `[B, Lc, K]` ids and log-probs, right-padded like the completions."""
+        ids, logprobs = [], []
+        for row, completion in zip(rows, completions):
+            row_ids = torch.tensor(row[TEACHER_CACHE_IDS], dtype=torch.long)  # [Lc_i, K]
+            if row_ids.size(0) != len(completion):
+                raise ValueError(
+                    f"row {row.get('id', '?')!r}: the cached teacher top-K covers {row_ids.size(0)} tokens but the "
+                    f"teacher_completion has {len(completion)}; the cache is stale, rebuild it with "
+                    "OffPolicyMSDTrainer.cache_teacher_topk."
+                )
+            ids.append(row_ids)
+            logprobs.append(torch.tensor(row[TEACHER_CACHE_LOGPROBS], dtype=torch.float32))
+        return {
+            TEACHER_CACHE_IDS: pad(ids, padding_value=0, padding_side="right"),
+            TEACHER_CACHE_LOGPROBS: pad(logprobs, padding_value=0.0, padding_side="right"),
+        }
