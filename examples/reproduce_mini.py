@@ -37,8 +37,9 @@ import sys
 import time
 from pathlib import Path
 
+from msd_trl.answer_language import is_degenerate
 from msd_trl.cli import train
-from msd_trl.evaluation import run_evaluation
+from msd_trl.evaluation import read_records, run_evaluation
 from msd_trl.models import EMBEDDED_MODEL
 from msd_trl.stats import mean_and_spread
 
@@ -153,25 +154,40 @@ def train_run(args, cell: str, seed: int, run_dir: Path) -> tuple[list[str], flo
     return argv, json.loads(summary_path.read_text())["total_wall_time_s"]
 
 
-def run_entry(report: dict) -> dict:
-    """The numbers of one evaluation: rates, their intervals, answer language, per language."""
+def _degenerate_shares(eval_dir: Path) -> dict[tuple[str, str, str], float]:
+    """Share of repetition loops per (kind, set, language), re-scored from responses.csv (reports written before
+    `degenerate_rate` existed lack it)."""
+    path = eval_dir / "responses.csv"
+    if not path.exists():
+        return {}
+    groups: dict[tuple[str, str, str], list[bool]] = {}
+    for record in read_records(path):
+        key = (record["kind"], record.get("set", ""), record["language"])
+        groups.setdefault(key, []).append(is_degenerate(record["response"]))
+    return {key: sum(flags) / len(flags) for key, flags in groups.items()}
 
-    def pick(section: dict, rate: str) -> dict:
+
+def run_entry(report: dict, eval_dir: Path | None = None) -> dict:
+    """The numbers of one evaluation: rates, their intervals, answer language and degenerate share, per language."""
+    degenerate = _degenerate_shares(eval_dir) if eval_dir is not None else {}
+
+    def pick(section: dict, rate: str, kind: str, set_name: str) -> dict:
         return {
             code: {
                 "rate": entry[rate],
                 "ci": entry[f"{rate}_ci"],
                 "language_fidelity": entry.get("language_fidelity"),
-                "degenerate_rate": entry.get("degenerate_rate"),
+                "degenerate_rate": entry.get("degenerate_rate", degenerate.get((kind, set_name, code))),
                 "n": entry["n"],
             }
             for code, entry in section.items()
         }
 
+    sets = report["benign_sets"]
     return {
-        "refusal": pick(report["languages"], "refusal_rate"),
-        "multiq_over_refusal": pick(report["benign_sets"].get("multiq", {}), "over_refusal_rate"),
-        "mgsm_over_refusal": pick(report["benign_sets"].get("mgsm", {}), "over_refusal_rate"),
+        "refusal": pick(report["languages"], "refusal_rate", "harmful", "harmful"),
+        "multiq_over_refusal": pick(sets.get("multiq", {}), "over_refusal_rate", "benign", "multiq"),
+        "mgsm_over_refusal": pick(sets.get("mgsm", {}), "over_refusal_rate", "benign", "mgsm"),
         "refusals_in_english": {c: e.get("refusals_in_english") for c, e in report["languages"].items()},
     }
 
@@ -201,6 +217,9 @@ def aggregate(runs: dict[str, dict]) -> dict:
                 "language_fidelity": mean_and_spread(
                     [run[section][code]["language_fidelity"] for run in runs.values()]
                 ),
+                "degenerate_rate": mean_and_spread(
+                    [run[section][code].get("degenerate_rate") for run in runs.values()]
+                ),
             }
             for code in first[section]
         }
@@ -223,6 +242,8 @@ def results_table(results: dict) -> str:
         ("Over-refusal on held-out MultiQ chat questions (lower is better)", "multiq_over_refusal", "rate"),
         ("Benign MultiQ answers in the question's language (higher is better)", "multiq_over_refusal",
          "language_fidelity"),
+        ("Benign MultiQ answers that are repetition loops (lower is better)", "multiq_over_refusal",
+         "degenerate_rate"),
     ):  # fmt: skip
         lines += [f"**{title}**", "", "| cell | seeds | " + " | ".join(languages) + " |",
                   "|" + " --- |" * (len(languages) + 2)]  # fmt: skip
@@ -325,7 +346,8 @@ def main(argv=None) -> dict:
         report = evaluate_run(args, run_dir, None, split, preset, student=position == 0)
         results["teacher"][preset] = {str(split): teacher_entry(report)}
         if position == 0:
-            results["cells"]["base"] = {"seeds": [split], "runs": {str(split): run_entry(report)}}
+            entry = run_entry(report, run_dir / "eval")
+            results["cells"]["base"] = {"seeds": [split], "runs": {str(split): entry}}
             results["cells"]["base"]["summary"] = aggregate(results["cells"]["base"]["runs"])
     write()
     # Seed-major order: every cell gets its first seed before any cell gets its second.
@@ -344,7 +366,7 @@ def main(argv=None) -> dict:
             entry = results["cells"].setdefault(cell, {"seeds": [], "runs": {}, **CELLS[cell]})
             entry["seeds"].append(seed)
             entry["runs"][str(seed)] = {
-                **run_entry(report),
+                **run_entry(report, run_dir / "eval"),
                 "train_wall_time_s": train_time,
                 "train_command": "msd-trl train " + " ".join(shlex.quote(a) for a in train_argv),
             }
