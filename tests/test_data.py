@@ -80,7 +80,7 @@ def test_find_shared_data_dir_from_repo(monkeypatch):
 def test_find_shared_data_dir_env_and_layouts(monkeypatch, tmp_path):
     monkeypatch.delenv("MSD_TRL_DATA_DIR", raising=False)
     # Hide the real data from the package-directory walk.
-    monkeypatch.setattr(data, "__file__", str(tmp_path / "pkg" / "data.py"))
+    monkeypatch.setattr(data.rows, "__file__", str(tmp_path / "pkg" / "data" / "rows.py"))
     assert find_shared_data_dir(tmp_path) is None
     (tmp_path / "shared" / "data").mkdir(parents=True)
     assert find_shared_data_dir(tmp_path) is None  # a folder without corpora does not count
@@ -146,7 +146,7 @@ def test_load_multijail_from_dataset_and_fake_hub(monkeypatch):
         calls.append((name, args, kwargs))
         return wide
 
-    monkeypatch.setattr(data, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(data.loaders, "load_dataset", fake_load_dataset)
     rows = load_multijail("DAMO-NLP-SG/MultiJail", "jv", conversational=True)
     assert calls == [("DAMO-NLP-SG/MultiJail", (), {"split": "train"})]
     assert rows["prompt"] == [[{"role": "user", "content": "halo"}], [{"role": "user", "content": "dadah"}]]
@@ -222,7 +222,7 @@ def test_load_mgsm_fake_hub(monkeypatch):
         calls.append((name, config, split))
         return tables[config]
 
-    monkeypatch.setattr(data, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(data.loaders, "load_dataset", fake_load_dataset)
     rows = load_mgsm("juletxara/mgsm", "sw")
     assert calls == [("juletxara/mgsm", "en", "test"), ("juletxara/mgsm", "sw", "test")]
     assert rows["id"] == ["mgsm-0", "mgsm-1"]
@@ -536,7 +536,7 @@ def test_split_by_id_parity_is_fixed_and_disjoint():
 def test_load_multiq_without_local_data_names_the_file(monkeypatch, tmp_path):
     from msd_trl import data as data_module
 
-    monkeypatch.setattr(data_module, "find_shared_data_dir", lambda: None)
+    monkeypatch.setattr(data_module.loaders, "find_shared_data_dir", lambda: None)
     with pytest.raises(ValueError, match="MultiQ.csv"):
         data_module.load_multiq()
     with pytest.raises(ValueError, match="not found"):
