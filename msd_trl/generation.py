@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .names import TEACHER_COMPLETION_COLUMN
 from .presets import validate_teacher_template
 from .rendering import render_student_messages, render_teacher_messages, stop_token_ids, tokenize_messages
 
@@ -294,7 +295,7 @@ def generate_teacher_completions(
     do_sample: bool = True,
     batch_size: int = 8,
     output_path: str | Path | None = None,
-    column: str = "teacher_completion",
+    column: str = TEACHER_COMPLETION_COLUMN,
     seed: int = 0,
     progress: bool = True,
 ) -> Dataset:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .data import LANGUAGE_NAMES
+from .names import LANGUAGE_NAMES, TEACHER_COMPLETION_COLUMN
 from .presets import UNKNOWN_LANGUAGE_NAME, validate_teacher_template
 
 __all__ = [
@@ -200,7 +200,7 @@ class MSDDataCollator:
         teacher_system_prompt: str | None = None,
         max_prompt_length: int | None = None,
         prompt_truncation: str = "left",
-        completion_column: str = "teacher_completion",
+        completion_column: str = TEACHER_COMPLETION_COLUMN,
         stop_ids: list[int] | None = None,
     ):
         if tokenizer.pad_token_id is None:

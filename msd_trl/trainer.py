@@ -47,6 +47,7 @@ from .config import (
 )
 from .divergences import DPSW, Divergence, get_divergence
 from .models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
+from .names import TEACHER_COMPLETION_COLUMN
 from .rendering import (
     TEACHER_CACHE_FINGERPRINT,
     TEACHER_CACHE_IDS,
@@ -150,8 +151,9 @@ class _MSDTrainerBase(SFTTrainer):
         args = _upgrade_config(args)
         args.remove_unused_columns = False
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        completion_column = getattr(data_collator, "completion_column", TEACHER_COMPLETION_COLUMN)
         for name, dataset in self._named_datasets(train_dataset, eval_dataset):
-            self._check_columns(dataset, name)
+            self._check_columns(dataset, name, completion_column)
         if isinstance(model, str):
             model = resolve_model_name_or_path(model)
         if data_collator is None:
@@ -218,7 +220,7 @@ class _MSDTrainerBase(SFTTrainer):
         elif eval_dataset is not None:
             yield "eval_dataset", eval_dataset
 
-    def _check_columns(self, dataset, name: str) -> None:
+    def _check_columns(self, dataset, name: str, completion_column: str = TEACHER_COMPLETION_COLUMN) -> None:
         if hasattr(dataset, "__len__") and len(dataset) == 0:  # else SFTTrainer fails with a bare StopIteration
             raise ValueError(f"{name} has 0 rows: pass a dataset with at least one MSD row.")
         columns = set(getattr(dataset, "column_names", None) or [])
@@ -229,10 +231,11 @@ class _MSDTrainerBase(SFTTrainer):
                 f"{name} has no 'prompt' column (nor GKD's 'messages'); found columns {sorted(columns)}. MSD rows "
                 "need 'prompt' (the target-language query) and usually 'teacher_prompt' (the English query)."
             )
-        if self.requires_fixed_completions and "teacher_completion" not in columns and "prompt" in columns:
+        if self.requires_fixed_completions and completion_column not in columns and "prompt" in columns:
             raise ValueError(
-                f"{name} has no 'teacher_completion' column (found {sorted(columns)}). {type(self).__name__} scores "
-                "fixed teacher text: create it with msd_trl.generate_teacher_completions(model, dataset, ...)."
+                f"{name} has no {completion_column!r} column (found {sorted(columns)}). {type(self).__name__} scores "
+                "fixed teacher text: create it with msd_trl.generate_teacher_completions(model, dataset, ...) (its "
+                "column= must match MSDDataCollator(completion_column=...))."
             )
 
     def _validate_rows(self, dataset, name: str) -> None:

@@ -670,3 +670,24 @@ def test_dpsw_weight_metrics_only_for_dpsw(tmp_path, tiny_tokenizer, msd_rows):
     trainer.train()
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert "msd/loss" in logged and not any(k.startswith("msd/dpsw_") for k in logged)
+
+
+def test_teacher_text_in_another_column_trains_with_a_matching_collator(tmp_path, tiny_tokenizer, msd_rows):
+    # Before: the trainer's column check hard-coded "teacher_completion", so generate_teacher_completions(column=...)
+    # could not be trained on.
+    rows = msd_rows.add_column("teacher_text", ["No."] * len(msd_rows))
+    trainer = OffPolicyMSDTrainer(
+        model=make_model(tiny_tokenizer),
+        args=make_args(tmp_path, max_steps=1),
+        data_collator=MSDDataCollator(
+            tiny_tokenizer, completion_column="teacher_text", teacher_prompt_template="{teacher_prompt}"
+        ),  # fmt: skip
+        train_dataset=rows,
+        processing_class=tiny_tokenizer,
+        peft_config=lora(),
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1
+    with pytest.raises(ValueError, match="no 'teacher_completion' column"):
+        OffPolicyMSDTrainer(model=make_model(tiny_tokenizer), args=make_args(tmp_path), train_dataset=rows,
+                            processing_class=tiny_tokenizer)  # fmt: skip

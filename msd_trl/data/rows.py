@@ -11,30 +11,10 @@ from typing import Any, Literal
 
 from datasets import Dataset
 
+from ..names import LANGUAGE_NAMES, MSD_COLUMNS  # noqa: F401  (re-exported: msd_trl.data.LANGUAGE_NAMES)
+
 logger = logging.getLogger(__name__)
 
-LANGUAGE_NAMES: dict[str, str] = {
-    "en": "English",
-    "zh": "Chinese",
-    "it": "Italian",
-    "vi": "Vietnamese",
-    "ar": "Arabic",
-    "ko": "Korean",
-    "th": "Thai",
-    "bn": "Bengali",
-    "sw": "Swahili",
-    "jv": "Javanese",
-    "te": "Telugu",
-    # The other MGSM languages on the Hub, so that `load_mgsm(languages=["de"])` reads naturally.
-    "de": "German",
-    "es": "Spanish",
-    "fr": "French",
-    "ja": "Japanese",
-    "ru": "Russian",
-    # MultiQ's other languages ("ind" is Indonesian: MultiQ keeps "id" for the row id).
-    "hi": "Hindi",
-    "ind": "Indonesian",
-}
 
 MULTIJAIL_LANGUAGES: tuple[str, ...] = ("zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
 MGSM_LANGUAGES: tuple[str, ...] = ("bn", "sw", "th", "te", "zh")
@@ -44,8 +24,6 @@ MULTIQ_LANGUAGES: tuple[str, ...] = (
     "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv", "de", "fr", "es", "hi", "ja", "ru", "ind", "te",
 )  # fmt: skip
 
-# Columns every MSD row has, in this order; corpus extras follow.
-MSD_COLUMNS: tuple[str, ...] = ("id", "source", "language", "prompt", "teacher_prompt", "harmful")
 
 DATA_DIR_ENV = "MSD_TRL_DATA_DIR"
 _MULTIJAIL_FILE = "MultiJail.csv"

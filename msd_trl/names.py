@@ -1,0 +1,38 @@
+"""Names shared across the package: language names and the MSD column contract.
+
+A leaf module: it imports nothing of ours, so data, rendering, evaluation and the CLI can all use it without
+depending on each other (rendering used to import the data package for one dict).
+"""
+
+from __future__ import annotations
+
+__all__ = ["LANGUAGE_NAMES", "MSD_COLUMNS", "TEACHER_COMPLETION_COLUMN"]
+
+LANGUAGE_NAMES: dict[str, str] = {
+    "en": "English",
+    "zh": "Chinese",
+    "it": "Italian",
+    "vi": "Vietnamese",
+    "ar": "Arabic",
+    "ko": "Korean",
+    "th": "Thai",
+    "bn": "Bengali",
+    "sw": "Swahili",
+    "jv": "Javanese",
+    "te": "Telugu",
+    # The other MGSM languages on the Hub, so that `load_mgsm(languages=["de"])` reads naturally.
+    "de": "German",
+    "es": "Spanish",
+    "fr": "French",
+    "ja": "Japanese",
+    "ru": "Russian",
+    # MultiQ's other languages ("ind" is Indonesian: MultiQ keeps "id" for the row id).
+    "hi": "Hindi",
+    "ind": "Indonesian",
+}
+
+# Columns every MSD row has, in this order; corpus extras follow.
+MSD_COLUMNS: tuple[str, ...] = ("id", "source", "language", "prompt", "teacher_prompt", "harmful")
+
+# The off-policy fixed completion (teacher text) column.
+TEACHER_COMPLETION_COLUMN = "teacher_completion"
