@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -165,9 +166,10 @@ def disable_bnb_cpu_weight_packing(model: torch.nn.Module) -> int:
     best-effort inverse, which restores the 4-bit codes exactly but the block scales only to bfloat16 precision.
     Harmless on GPU and for models without 4-bit layers; costs CPU generation speed.
     """
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
+    # A 4-bit layer can only exist if bitsandbytes was imported to build it; importing it here for a plain model would
+    # only print its "Failed to load CPU gemm_4bit_forward" noise at every run.
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is None:
         return 0
     changed = 0
     for module in model.modules():

@@ -9,7 +9,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from datasets import Dataset, DatasetDict, concatenate_datasets
+from datasets import (
+    Dataset,
+    DatasetDict,
+    are_progress_bars_disabled,
+    concatenate_datasets,
+    disable_progress_bars,
+    enable_progress_bars,
+)
 from tqdm.auto import tqdm
 
 from .rows import MSD_COLUMNS
@@ -185,8 +192,15 @@ def mix_datasets(
     mixed = mixed.shuffle(seed=int(rng.integers(2**31)))
     if proportions is None and num_rows is not None:
         mixed = mixed.select(range(num_rows))
-    # Materialise the shuffle so later selects and maps read contiguous rows, not an indices mapping.
-    mixed = mixed.flatten_indices()
+    # Materialise the shuffle so later selects and maps read contiguous rows, not an indices mapping. Quietly: a bar
+    # for a few hundred rows is noise in the main job's console.
+    bars_were_off = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        mixed = mixed.flatten_indices()
+    finally:
+        if not bars_were_off:
+            enable_progress_bars()
     logger.info(
         "mix_datasets: %d rows; per source %s; per (source, language) %s",
         len(mixed),
