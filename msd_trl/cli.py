@@ -362,7 +362,12 @@ def before_after_table(report: dict[str, Any], baseline: dict[str, Any] | None) 
             f"                  | {pct(before_multiq.get(language, {}).get('over_refusal_rate'))} -> "
             f"{pct(multiq.get(language, {}).get('over_refusal_rate'))}"
         )
-    lines.append(f"teacher refusal (the ceiling): {pct(report['teacher'].get('refusal_rate'))}")
+    # The teacher is the base model under the training context: the baseline run measured it (the adapter run's
+    # "teacher" line is the adapted model under that context, not the teacher).
+    teacher = (baseline or report)["teacher"]
+    lines.append(
+        f"teacher refusal (the base model under the teacher context, the ceiling): {pct(teacher.get('refusal_rate'))}"
+    )
     return "\n".join(lines)
 
 

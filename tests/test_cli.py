@@ -250,7 +250,7 @@ def test_train_leaves_a_model_card_and_eval_after_shows_before_and_after(model_d
     ids = [{r["id"] for r in read_records(out / folder / "responses.csv")} for folder in ("eval_base", "eval")]
     assert ids[0] == ids[1]
     printed = capsys.readouterr().out
-    assert "refusal (harmful) before -> after" in printed and "teacher refusal (the ceiling)" in printed
+    assert "refusal (harmful) before -> after" in printed and "teacher refusal (the base model" in printed
 
 
 def test_model_card_names_the_hub_model_of_the_embedded_default():

@@ -9,6 +9,7 @@ import math
 import re
 import statistics
 import unicodedata
+import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -634,7 +635,9 @@ def run_evaluation(
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter))
+        with warnings.catch_warnings():  # transformers' deprecation notice from inside PEFT, not about this run
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, str(adapter))
 
     report, records = evaluate(
         model,
