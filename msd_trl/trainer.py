@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import random
+import warnings
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
@@ -159,20 +160,23 @@ class _MSDTrainerBase(SFTTrainer):
         if data_collator is None:
             # Placeholder so SFTTrainer builds no collator of its own; the real one needs the tokenizer it resolves.
             data_collator = _PendingCollator()
-        super().__init__(
-            model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-            peft_config=peft_config,
-            formatting_func=formatting_func,
-        )
+        with warnings.catch_warnings():
+            # transformers' deprecation notice, raised from TRL's set-up code: nothing the user can act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            super().__init__(
+                model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+                peft_config=peft_config,
+                formatting_func=formatting_func,
+            )
         tokenizer = self._tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -449,7 +453,10 @@ class _MSDTrainerBase(SFTTrainer):
             checkpoint = get_last_checkpoint(self.args.output_dir) if checkpoint else None
         self._rng_checkpoint, self._rng_loaded_early = checkpoint, None
         try:
-            return super().train(resume_from_checkpoint, *args, **kwargs)
+            with warnings.catch_warnings():
+                # transformers' deprecation notice, raised from the Trainer/TRL loop: nothing the user can act on.
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             self._rng_checkpoint = self._rng_loaded_early = None
 

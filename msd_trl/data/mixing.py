@@ -188,15 +188,16 @@ def mix_datasets(
             if count > 0
         }
 
-    mixed = concatenate_datasets(list(_align_columns(pieces).values()))
-    mixed = mixed.shuffle(seed=int(rng.integers(2**31)))
-    if proportions is None and num_rows is not None:
-        mixed = mixed.select(range(num_rows))
-    # Materialise the shuffle so later selects and maps read contiguous rows, not an indices mapping. Quietly: a bar
-    # for a few hundred rows is noise in the main job's console.
+    # Quietly: concatenating selected rows and materialising the shuffle each print a "Flattening the indices" bar
+    # for a few hundred rows, noise in the main job's console.
     bars_were_off = are_progress_bars_disabled()
     disable_progress_bars()
     try:
+        mixed = concatenate_datasets(list(_align_columns(pieces).values()))
+        mixed = mixed.shuffle(seed=int(rng.integers(2**31)))
+        if proportions is None and num_rows is not None:
+            mixed = mixed.select(range(num_rows))
+        # Materialise the shuffle so later selects and maps read contiguous rows, not an indices mapping.
         mixed = mixed.flatten_indices()
     finally:
         if not bars_were_off:
