@@ -214,7 +214,9 @@ class MSDDataCollator:
         self.completion_column = completion_column
         self.stop_ids = stop_ids if stop_ids is not None else [tokenizer.eos_token_id]
 
-    def _fit(self, row: dict[str, Any], render: Callable[[dict[str, Any]], list], who: str) -> tuple[list, list[int]]:
+    def _fit(
+        self, row: dict[str, Any], render: Callable[[dict[str, Any]], list], who: str, query_fields: tuple[str, ...]
+    ) -> tuple[list, list[int]]:
         """Render and tokenise a conversation within `max_prompt_length`, cutting the *query text* if needed.
 
         Only the user's query (`prompt`, `teacher_prompt`) is shortened, from its start, never the system prompt or
@@ -230,7 +232,11 @@ class MSDDataCollator:
         message = f"row {row_id!r}: the {who} prompt has {len(ids)} tokens, over max_prompt_length={limit}"
         if self.prompt_truncation == "error":
             raise ValueError(message + " (prompt_truncation='error'); filter long rows or raise the limit.")
-        fields = {key: message_text(row[key]) for key in ("prompt", "teacher_prompt") if row.get(key) is not None}
+        # Only the queries this conversation shows (the student's: `prompt`; the teacher's: also `teacher_prompt`).
+        fields = {key: message_text(row[key]) for key in query_fields if row.get(key) is not None}
+        if not fields:  # a GKD `messages` row: no separate query text to cut, keep the conversation's last tokens
+            logger.warning("%s; keeping its last %d tokens.", message, limit)
+            return messages, ids[-limit:]
         keep_at_least = 4  # tokens of each query that are never cut
         for _ in range(16):  # each pass cuts the longest query by the overflow; converges in 1-3 passes
             overflow = len(ids) - limit
@@ -275,8 +281,8 @@ class MSDDataCollator:
             if not any(str(m.get("content", "")).strip() for m in student):
                 raise ValueError(f"row {row_id!r} has an empty prompt.")
             student_ids = tokenize_messages(self.tokenizer, student)
-            prompt_ids.append(self._fit(row, render_student_messages, "student")[1])
-            teacher_ids.append(self._fit(row, self._render_teacher, "teacher")[1])
+            prompt_ids.append(self._fit(row, render_student_messages, "student", ("prompt",))[1])
+            teacher_ids.append(self._fit(row, self._render_teacher, "teacher", ("prompt", "teacher_prompt"))[1])
             text = self._fixed_completion(row)
             completions.append(
                 None

@@ -463,6 +463,18 @@ def test_long_prompt_is_truncated_with_a_warning_or_an_error(tiny_tokenizer, cap
         MSDDataCollator(tiny_tokenizer, max_prompt_length=8)([row])
 
 
+def test_student_truncation_cuts_only_the_student_query_and_messages_rows_keep_their_end(tiny_tokenizer):
+    # A long English teacher_prompt must not be what gets cut for the student (it is not in the student's prompt).
+    row = {"id": "s", "prompt": "kata " * 60, "teacher_prompt": "a much longer English text " * 40}
+    batch = MSDDataCollator(tiny_tokenizer, max_prompt_length=200, teacher_prompt_template="{teacher_prompt}",
+                            teacher_system_prompt="")([row])  # fmt: skip
+    assert batch["prompt_ids"].size(1) <= 200 and batch["teacher_prompt_ids"].size(1) <= 200
+    # GKD messages rows have no separate query text: their last tokens are kept, as before.
+    messages = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "No."}]}
+    batch = MSDDataCollator(tiny_tokenizer, max_prompt_length=64)([messages])
+    assert batch["prompt_ids"].size(1) == 64
+
+
 def test_truncation_keeps_the_teacher_system_prompt_and_template(tiny_tokenizer):
     # Before: left truncation of the rendered tokens dropped the system prompt and the template's head first.
     row = {"id": "bn", "language": "bn", "prompt": "কত " * 120, "teacher_prompt": "How much? " * 40}
