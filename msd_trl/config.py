@@ -68,9 +68,10 @@ class MSDConfig(GKDConfig):
     teacher_preset (`str`, defaults to `"paper"`):
         A named teacher context from `msd_trl.presets.TEACHER_PRESETS` (`"paper"`, `"english_refusal"`,
         `"translation"`, `"identity"`, or one added with `register_teacher_preset`). It fills
-        `teacher_prompt_template` and `teacher_system_prompt` when those are left unset. `"paper"` (the default,
-        chosen by measurement, see docs/teacher_presets.md): the original query and its English translation, judge
-        safety in English, reply in `{language}`.
+        `teacher_prompt_template` and `teacher_system_prompt` when those are left unset. `"paper"` (the default, the
+        paper's method: the original query and its English translation, judge safety in English, reply in
+        `{language}`). On a model too small to follow it (the embedded 135M one) its teacher refuses nothing;
+        `"english_refusal"` then teaches refusal at the price of English answers (measured: docs/results.md).
     teacher_prompt_template (`str` or `None`, defaults to the preset's):
         How the teacher's user turn is built from a row. Placeholders: `{prompt}` (the student's, target-language
         query), `{teacher_prompt}` (the English query) and `{language}` (the target language's English name, e.g.
