@@ -696,12 +696,10 @@ class OffPolicyMSDTrainer(_MSDTrainerBase):
             raise ValueError(
                 f"the cached teacher top-K columns carry no fingerprint, so they cannot be checked; {drop}."
             )
+        from .generation import fingerprint_differences
+
         cached = json.loads(dataset[0][TEACHER_CACHE_FINGERPRINT])
-        differences = [
-            f"{key}: cached {cached.get(key)!r}, now {value!r}"
-            for key, value in self._topk_fingerprint(self.args.teacher_cache_top_k).items()
-            if cached.get(key) != value
-        ]
+        differences = fingerprint_differences(cached, self._topk_fingerprint(self.args.teacher_cache_top_k))
         if differences:
             raise ValueError(
                 f"the cached teacher top-K columns were made by another setting: {'; '.join(differences)}. Drop them "

@@ -22,17 +22,17 @@ wraps a classifier model (for example Llama Guard) or any callable for a stronge
 
 This package never imports the trainers: evaluation must run on any checkpoint, MSD-trained or not. It is split by
 concern: ``phrases`` (refusal phrases, normalisation), ``judges`` (the interface, keyword and classifier judges, a
-registry by name), ``responses`` (batched generation), ``runner`` (``evaluate``, ``run_evaluation``) and ``report``
+registry by name), generation from ``msd_trl.generation``, ``runner`` (``evaluate``, ``run_evaluation``) and ``report``
 (files and charts); every public name is importable from ``msd_trl.evaluation``.
 """
 
 from __future__ import annotations
 
+from ..generation import _with_system_prompt, generate_responses  # noqa: F401  (_with_system_prompt: kept importable)
 from ..presets import SAFETY_SYSTEM_PROMPT
 from .judges import JUDGES, ClassifierJudge, Judge, KeywordRefusalJudge, get_judge, parse_llama_guard, register_judge
 from .phrases import REFUSAL_PHRASES, normalize_text
 from .report import RECORD_FIELDS, read_records, write_report
-from .responses import _with_system_prompt, generate_responses  # noqa: F401  (_with_system_prompt: kept importable)
 from .runner import evaluate, extract_number, language_budgets, run_evaluation
 
 __all__ = [

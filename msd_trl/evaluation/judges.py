@@ -7,8 +7,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..generation import generate_responses
 from .phrases import REFUSAL_PHRASES, _is_latin_word_char, normalize_text
-from .responses import generate_responses
 
 logger = logging.getLogger(__name__)
 

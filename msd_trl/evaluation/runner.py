@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..answer_language import identify_language, is_degenerate
+from ..generation import _with_system_prompt, generate_responses, repair_partial_last_line
 from ..presets import DEFAULT_TEACHER_PRESET, SAFETY_SYSTEM_PROMPT, get_teacher_preset, validate_teacher_template
 from ..rendering import (
     message_text,
@@ -25,7 +26,6 @@ from ..stats import rate_entry
 from .judges import Judge, KeywordRefusalJudge, get_judge
 from .phrases import REFUSAL_PHRASES
 from .report import write_report
-from .responses import _with_system_prompt, generate_responses
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def language_budgets(
     ratios: dict[str, list[float]] = {}
     for index in rows:
         language = columns["language"][index]
-        english = columns.get("teacher_prompt", [None] * (index + 1))[index]
+        english = columns["teacher_prompt"][index] if "teacher_prompt" in columns else None
         if english is None or language == "en":
             ratios.setdefault(language, [])
             continue
@@ -111,22 +111,20 @@ def _job_key(job: dict[str, Any]) -> str:
 
 
 def _read_partial_responses(path: str | Path) -> dict[str, str]:
-    """Answers saved by an interrupted evaluation; a half-written last line (a killed run) is ignored."""
+    """Answers saved by an interrupted evaluation; a half-written last line (a killed run) is cut off first, so
+    later appends stay valid JSON lines."""
     path = Path(path)
     done: dict[str, str] = {}
     if not path.exists():
         return done
+    repair_partial_last_line(path)
     with path.open(encoding="utf-8") as handle:
-        lines = handle.read().split("\n")
-    for line in lines:
-        try:
-            record = json.loads(line)
-            done[record["key"]] = record["response"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    with path.open("w", encoding="utf-8") as handle:  # rewrite without the partial line, so appends stay valid
-        for key, response in done.items():
-            handle.write(json.dumps({"key": key, "response": response}, ensure_ascii=False) + "\n")
+        for line in handle:
+            try:
+                record = json.loads(line)
+                done[record["key"]] = record["response"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
     return done
 
 
