@@ -86,7 +86,10 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument("--max_new_tokens", type=int, default=24, help="Rollout / teacher-text length.")
-    parser.add_argument("--max_prompt_tokens", type=int, default=128, help="Drop longer training prompts.")
+    parser.add_argument(
+        "--max_prompt_tokens", type=int, default=192,
+        help="Drop training rows whose rendered conversation (as the trainer renders it) is longer.",
+    )  # fmt: skip
     parser.add_argument("--benign_proportion", type=float, default=0.4)
     parser.add_argument("--max_train_rows", type=int, default=320, help="Training rows (and teacher texts).")
     parser.add_argument("--eval_limit", type=int, default=None, help="Held-out queries per language (all: None).")
