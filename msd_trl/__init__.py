@@ -64,8 +64,11 @@ _LAZY: dict[str, str] = {
     "register_teacher_preset": "presets",
     "wilson_interval": "stats",
     "MSDDataCollator": "rendering",
+    "MSDTrainer": "trainer",
     "OffPolicyMSDTrainer": "trainer",
     "OnPolicyMSDTrainer": "trainer",
+    "TRAINERS": "trainer",
+    "register_trainer": "trainer",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
@@ -129,7 +132,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .rendering import MSDDataCollator
     from .stats import wilson_interval
-    from .trainer import OffPolicyMSDTrainer, OnPolicyMSDTrainer
+    from .trainer import TRAINERS, MSDTrainer, OffPolicyMSDTrainer, OnPolicyMSDTrainer, register_trainer
 
 
 def __getattr__(name: str) -> Any:
@@ -186,6 +189,9 @@ __all__ = [
     "MSDDataCollator",
     "OffPolicyMSDTrainer",
     "OnPolicyMSDTrainer",
+    "MSDTrainer",
+    "TRAINERS",
+    "register_trainer",
     "ReverseKL",
     "available_divergences",
     "build_msd_rows",

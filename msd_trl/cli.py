@@ -31,7 +31,9 @@ logger = logging.getLogger("msd_trl")
 
 # Where off-policy teacher text is cached by default, inside --output_dir.
 TEACHER_COMPLETIONS_FILE = "teacher_completions.jsonl"
-DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The LoRA targets of models.default_lora_config: every linear layer but the output head (peft's "all-linear"; for a
+# Llama-style model such as SmolLM2 that is q/k/v/o and gate/up/down).
+DEFAULT_LORA_TARGETS = ["all-linear"]
 
 
 @dataclass
@@ -52,8 +54,8 @@ class DataArguments:
     )
     trainer: str = field(
         default="on-policy",
-        metadata={"help": "Trainer: 'on-policy' (student samples, teacher scores) or 'off-policy' (teacher text).",
-                  "choices": ["on-policy", "off-policy"]},
+        metadata={"help": "Trainer: 'on-policy' (student samples, teacher scores) or 'off-policy' (teacher text); "
+                  "variants registered with msd_trl.register_trainer are accepted too."},
     )  # fmt: skip
     languages: str = field(
         default="jv,sw,bn", metadata={"help": "Comma-separated MultiJail target languages to train on."}
@@ -238,17 +240,21 @@ def train(argv: list[str]) -> dict[str, Any]:
     from trl import get_peft_config
 
     from . import models
-    from .trainer import OffPolicyMSDTrainer, OnPolicyMSDTrainer
+    from .trainer import TRAINERS
 
     data_args, config, model_args = build_train_parser().parse_args_and_config(args=argv)
+    trainer_cls = TRAINERS.get(data_args.trainer)
+    if trainer_cls is None:
+        raise ValueError(
+            f"--trainer {data_args.trainer!r} is not a trainer; choose from {sorted(TRAINERS)} (or register yours "
+            "with msd_trl.register_trainer before calling the CLI)."
+        )
     start = time.time()
     model_path, tokenizer, dataset = _prepare(data_args, config, model_args)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = _load_model(model_path, model_args, config)
-    trainers = {"on-policy": OnPolicyMSDTrainer, "off-policy": OffPolicyMSDTrainer}
-    trainer_cls = trainers[data_args.trainer]
-    if trainer_cls is OffPolicyMSDTrainer:
+    if trainer_cls.requires_fixed_completions:
         path = Path(data_args.teacher_completions or output_dir / TEACHER_COMPLETIONS_FILE)
         dataset = _teacher_text(model, tokenizer, dataset, config, data_args, path)
     counts = Counter(f"{row['source']}/{row['language']}" for row in dataset)

@@ -18,9 +18,10 @@ Cross-field checks live in `__post_init__`; each raises `ValueError` naming the 
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"You are importing from 'trl\.experimental'")
     from trl.experimental.gkd import GKDConfig
 
-from .divergences import DPSW, Divergence, available_divergences
+from .divergences import DPSW, Divergence, available_divergences, get_divergence
 from .presets import (
     DEFAULT_TEACHER_PRESET,
     TEACHER_PRESETS,
@@ -40,7 +41,9 @@ from .presets import (
     validate_teacher_template,
 )
 
-__all__ = ["MSDConfig", "TEMPLATE_PLACEHOLDERS", "bf16_supported"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["MSDConfig", "TEMPLATE_PLACEHOLDERS", "bf16_supported", "build_divergence", "upgrade_config"]
 
 
 def _launched_distributed() -> bool:
@@ -300,3 +303,42 @@ class MSDConfig(GKDConfig):
         if isinstance(self.divergence, Divergence):
             output["divergence"] = repr(self.divergence)
         return output
+
+
+def build_divergence(args: MSDConfig) -> Divergence:
+    """The divergence an `MSDConfig` asks for (an instance in `args.divergence` passes through)."""
+    if isinstance(args.divergence, Divergence):
+        return args.divergence
+    temperature = args.divergence_temperature
+    if args.divergence == "jsd":
+        return get_divergence("jsd", beta=args.beta, temperature=temperature)
+    if args.divergence == "dpsw":
+        base_kwargs = {"beta": args.beta} if args.dpsw_base == "jsd" else {}
+        base = get_divergence(args.dpsw_base, temperature=temperature, **base_kwargs)
+        return DPSW(base, top_k=args.dpsw_top_k, min_weight=args.dpsw_min_weight, normalize=args.dpsw_normalize)
+    return get_divergence(args.divergence, temperature=temperature)
+
+
+def upgrade_config(args: GKDConfig | MSDConfig | None, output_dir: str = "msd_output") -> MSDConfig:
+    """The `MSDConfig` a trainer runs with: `None` -> defaults; a plain `GKDConfig` -> the same values with GKD's
+    objective (`divergence="jsd"`) and GKD's teacher (`teacher_preset="translation"`: the row's teacher_prompt if
+    any, else the student's prompt, no system prompt)."""
+    if args is None:
+        return MSDConfig(output_dir=output_dir)
+    if isinstance(args, MSDConfig):
+        return args
+    if not isinstance(args, GKDConfig):
+        raise ValueError(f"args must be an MSDConfig or a GKDConfig, got {type(args).__name__}.")
+    values = {f.name: getattr(args, f.name) for f in fields(GKDConfig) if f.init and hasattr(args, f.name)}
+    # GKDConfig resolves these deprecated aliases in __post_init__; pass only the new names.
+    values.pop("gradient_checkpointing", None)
+    values.pop("gradient_checkpointing_kwargs", None)
+    logger.info(
+        "Upgrading GKDConfig to MSDConfig with divergence='jsd' (GKD's generalized JSD, beta=%s); GKD's own values "
+        "(lmbda=%s, bf16=%s, gradient checkpointing=%s) are kept as given.",
+        args.beta,
+        args.lmbda,
+        args.bf16,
+        args.gradient_checkpointing,
+    )
+    return MSDConfig(**values, divergence="jsd", teacher_preset="translation")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_TEACHER_PRESET",
+    "QUERY_TEMPLATE",
     "TEMPLATE_PLACEHOLDERS",
     "validate_teacher_template",
     "SAFETY_SYSTEM_PROMPT",
@@ -36,6 +37,9 @@ __all__ = [
     "get_teacher_preset",
     "register_teacher_preset",
 ]
+
+# The plainest teacher template: the row's English query as the whole user turn.
+QUERY_TEMPLATE = "{teacher_prompt}"
 
 # Chosen empirically on the embedded SmolLM2-135M-Instruct (Q4_1 GGUF dequantised, greedy, 32 new tokens) among 13
 # candidate prompts: refusal on harmful English MultiJail prompts 25/40 on the selection sample and 66/120 on fresh ids
@@ -133,11 +137,11 @@ for _preset in (
     ),
     TeacherPreset(
         "english_refusal",
-        "{teacher_prompt}",
+        QUERY_TEMPLATE,
         SAFETY_SYSTEM_PROMPT,
         "English query + a system prompt prescribing one English refusal sentence (answers in English)",
     ),
-    TeacherPreset("translation", "{teacher_prompt}", None, "the English query alone, no system prompt"),
+    TeacherPreset("translation", QUERY_TEMPLATE, None, "the English query alone, no system prompt"),
     TeacherPreset("identity", "{prompt}", None, "the student's own prompt (GKD's teacher)"),
 ):
     register_teacher_preset(_preset)

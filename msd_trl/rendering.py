@@ -25,7 +25,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from .names import LANGUAGE_NAMES, TEACHER_COMPLETION_COLUMN
-from .presets import UNKNOWN_LANGUAGE_NAME, validate_teacher_template
+from .presets import QUERY_TEMPLATE, UNKNOWN_LANGUAGE_NAME, validate_teacher_template
 
 __all__ = [
     "MSDDataCollator",
@@ -71,7 +71,7 @@ def render_student_messages(row: dict[str, Any]) -> Messages:
 
 
 def render_teacher_messages(
-    row: dict[str, Any], *, template: str = "{teacher_prompt}", system_prompt: str | None = None
+    row: dict[str, Any], *, template: str = QUERY_TEMPLATE, system_prompt: str | None = None
 ) -> Messages:
     """The teacher's privileged conversation for a row (see the module docstring). A `system_prompt` of `""` means
     none; a row without `language` fills `{language}` with "the language of the original request"."""
@@ -196,7 +196,7 @@ class MSDDataCollator:
         self,
         tokenizer,
         *,
-        teacher_prompt_template: str = "{teacher_prompt}",
+        teacher_prompt_template: str = QUERY_TEMPLATE,
         teacher_system_prompt: str | None = None,
         max_prompt_length: int | None = None,
         prompt_truncation: str = "left",

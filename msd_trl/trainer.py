@@ -22,13 +22,11 @@ with token weights -> loss.
 from __future__ import annotations
 
 import copy
-import json
+import inspect
 import logging
-import math
 import random
 import warnings
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any
 
 import torch
@@ -42,82 +40,79 @@ from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.sft_trainer import SFTTrainer
 from trl.trainer.utils import disable_dropout_in_model, use_adapter
 
+from .completions import (
+    STEP_STATISTICS,
+    build_scoring_batch,
+    completion_logits,
+    completion_mask,
+    ends_with_stop,
+    step_statistics,
+)
 from .config import (
     GKDConfig,  # imported there without TRL's experimental-API warning
     MSDConfig,
+    build_divergence,
+    upgrade_config,
 )
-from .divergences import DPSW, Divergence, get_divergence
+from .divergences import DPSW
+from .generation import teacher_fingerprint
 from .models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
 from .names import TEACHER_COMPLETION_COLUMN
-from .rendering import (
-    TEACHER_CACHE_FINGERPRINT,
-    TEACHER_CACHE_IDS,
-    TEACHER_CACHE_LOGPROBS,
-    MSDDataCollator,
-    render_student_messages,
-    render_teacher_messages,
-    stop_token_ids,
-)
+from .rendering import TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS, MSDDataCollator, stop_token_ids
+from .row_checks import check_columns, check_privileged_context, named_datasets, validate_rows
+from .teacher_cache import add_topk_columns, check_topk_cache, dense_from_topk, topk_columns
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MSDDataCollator", "OffPolicyMSDTrainer", "OnPolicyMSDTrainer", "build_divergence", "dense_from_topk"]
+__all__ = [
+    "TRAINERS",
+    "MSDDataCollator",
+    "MSDTrainer",
+    "OffPolicyMSDTrainer",
+    "OnPolicyMSDTrainer",
+    "build_divergence",
+    "dense_from_topk",
+    "register_trainer",
+]
+
+# Kept importable from here (they lived in this module before the split).
+_upgrade_config = upgrade_config
 
 
-def build_divergence(args: MSDConfig) -> Divergence:
-    """The divergence an `MSDConfig` asks for (an instance in `args.divergence` passes through)."""
-    if isinstance(args.divergence, Divergence):
-        return args.divergence
-    temperature = args.divergence_temperature
-    if args.divergence == "jsd":
-        return get_divergence("jsd", beta=args.beta, temperature=temperature)
-    if args.divergence == "dpsw":
-        base_kwargs = {"beta": args.beta} if args.dpsw_base == "jsd" else {}
-        base = get_divergence(args.dpsw_base, temperature=temperature, **base_kwargs)
-        return DPSW(base, top_k=args.dpsw_top_k, min_weight=args.dpsw_min_weight, normalize=args.dpsw_normalize)
-    return get_divergence(args.divergence, temperature=temperature)
+_TRAINER_ARGS_DOC = """
+    Args:
+        model: the student: a model, or a name / path (``"embedded:smollm2-135m-instruct"`` included), loaded like
+            TRL's ``SFTTrainer`` does (``args.model_init_kwargs``).
+        teacher_model: ``None`` for the self-teacher (the initial weights: under PEFT the adapter-disabled base, no
+            copy; otherwise a frozen copy), or a separate teacher (instance or name) sharing the student's vocabulary.
+        args: an ``MSDConfig`` (a plain ``GKDConfig`` is upgraded, keeping GKD's objective and teacher).
+        data_collator: default ``MSDDataCollator`` (student and teacher prompts rendered from each row).
+        train_dataset / eval_dataset: MSD rows (``prompt``, ``teacher_prompt``, optional ``language``, ``id``,
+            ``teacher_completion``) or GKD ``messages`` rows; every row is validated once at construction.
+        processing_class: the tokenizer (default: the model's).
+        compute_metrics, callbacks, optimizers, preprocess_logits_for_metrics: as in ``transformers.Trainer``.
+        peft_config: a ``peft`` config (LoRA; with a 4-bit model, QLoRA).
+        formatting_func: accepted for GKD compatibility; MSD rows need none.
+"""
 
 
-def dense_from_topk(topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Teacher log-probs `[B, T, V]` rebuilt from its top-K: the K cached values, the leftover mass spread evenly.
+def _document_arguments(cls: type) -> type:
+    """Append the shared Args section to a trainer's docstring (one text for every variant's `help()`)."""
+    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + _TRAINER_ARGS_DOC
+    return cls
 
-    The approximation of `teacher_cache_top_k`: exact when K = V (no leftover), and the top-K itself (so DPSW's
-    teacher view for any K' <= K and the teacher's argmax) is exact for every K. Every other token gets
-    `log((1 - sum_k p_k) / (V - K))`.
+
+@_document_arguments
+class MSDTrainer(SFTTrainer):
+    """The shared MSD core: prompts -> completions -> student and teacher logits -> weighted divergence.
+
+    A trainer variant subclasses it and implements one hook, `use_fixed_completion(inputs)`: per collated
+    micro-batch, score the rows' fixed completion (True) or sample the student (False). Set the class attribute
+    `requires_fixed_completions = True` when every row must carry fixed text (checked at construction), and
+    `register_trainer("name")` makes the variant available to `msd-trl train --trainer name`. Everything else
+    (rendering, row checks, generation, the loss, metrics, resume) is shared. The arguments are those of
+    `trl.experimental.gkd.GKDTrainer`, in the same order.
     """
-    k = topk_ids.size(-1)
-    captured = topk_logprobs.float().exp().sum(-1).clamp(max=1.0)  # [B, T]
-    leftover = (1.0 - captured).clamp(min=torch.finfo(torch.float32).tiny)
-    fill = (leftover.log() - math.log(max(vocab_size - k, 1))).unsqueeze(-1)  # [B, T, 1]
-    dense = fill.expand(*topk_ids.shape[:-1], vocab_size).clone()  # [B, T, V]
-    return dense.scatter_(-1, topk_ids, topk_logprobs.float())
-
-
-def _upgrade_config(args: GKDConfig | MSDConfig | None, output_dir: str = "msd_output") -> MSDConfig:
-    if args is None:
-        return MSDConfig(output_dir=output_dir)
-    if isinstance(args, MSDConfig):
-        return args
-    if not isinstance(args, GKDConfig):
-        raise ValueError(f"args must be an MSDConfig or a GKDConfig, got {type(args).__name__}.")
-    values = {f.name: getattr(args, f.name) for f in fields(GKDConfig) if f.init and hasattr(args, f.name)}
-    # GKDConfig resolves these deprecated aliases in __post_init__; pass only the new names.
-    values.pop("gradient_checkpointing", None)
-    values.pop("gradient_checkpointing_kwargs", None)
-    logger.info(
-        "Upgrading GKDConfig to MSDConfig with divergence='jsd' (GKD's generalized JSD, beta=%s); GKD's own values "
-        "(lmbda=%s, bf16=%s, gradient checkpointing=%s) are kept as given.",
-        args.beta,
-        args.lmbda,
-        args.bf16,
-        args.gradient_checkpointing,
-    )
-    # "translation" = the row's teacher_prompt if it has one, else the student's prompt, no system prompt: GKD's teacher.
-    return MSDConfig(**values, divergence="jsd", teacher_preset="translation")
-
-
-class _MSDTrainerBase(SFTTrainer):
-    """The shared MSD core. Subclasses decide, per micro-batch, where the completion comes from."""
 
     _tag_names = ["trl", "msd"]
     _name = "MSD"
@@ -130,7 +125,9 @@ class _MSDTrainerBase(SFTTrainer):
     }
     # compute_loss normalises by the token count of the whole accumulated batch itself.
     loss_is_scaled_for_ga = True
+    # Every row must carry a fixed completion (the collator's completion column): checked at construction.
     requires_fixed_completions = False
+    # Batches may carry cached teacher top-K columns (see msd_trl.teacher_cache), used instead of a teacher forward.
     _use_teacher_cache = False
 
     def __init__(
@@ -149,12 +146,15 @@ class _MSDTrainerBase(SFTTrainer):
         peft_config=None,
         formatting_func: Callable | None = None,
     ):
-        args = _upgrade_config(args)
+        args = upgrade_config(args)
         args.remove_unused_columns = False
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         completion_column = getattr(data_collator, "completion_column", TEACHER_COMPLETION_COLUMN)
-        for name, dataset in self._named_datasets(train_dataset, eval_dataset):
-            self._check_columns(dataset, name, completion_column)
+        for name, dataset in named_datasets(train_dataset, eval_dataset):
+            check_columns(
+                dataset, name, requires_completion=self.requires_fixed_completions,
+                completion_column=completion_column, trainer_name=type(self).__name__,
+            )  # fmt: skip
         if isinstance(model, str):
             model = resolve_model_name_or_path(model)
         if data_collator is None:
@@ -199,8 +199,13 @@ class _MSDTrainerBase(SFTTrainer):
             disable_dropout_in_model(self.model)
         self.divergence = build_divergence(args)
         self._setup_teacher(teacher_model)
-        for name, dataset in self._named_datasets(train_dataset, eval_dataset):
-            self._validate_rows(dataset, name)
+        completion_column = getattr(self.data_collator, "completion_column", None)
+        for name, dataset in named_datasets(train_dataset, eval_dataset):
+            validate_rows(
+                dataset, name, self_teacher=self.self_teacher, template=args.teacher_prompt_template,
+                system_prompt=args.teacher_system_prompt,
+                completion_column=completion_column if self.requires_fixed_completions else None,
+            )  # fmt: skip
         self.generation_config = GenerationConfig(
             max_new_tokens=args.max_new_tokens,
             do_sample=True,
@@ -214,82 +219,6 @@ class _MSDTrainerBase(SFTTrainer):
         self._model_kwarg_keys = set(self._forward_signature(self.model))
 
     # ------------------------------------------------------------------ set-up
-
-    @staticmethod
-    def _named_datasets(train_dataset, eval_dataset):
-        if train_dataset is not None:
-            yield "train_dataset", train_dataset
-        if isinstance(eval_dataset, dict):
-            yield from ((f"eval_dataset[{k!r}]", v) for k, v in eval_dataset.items())
-        elif eval_dataset is not None:
-            yield "eval_dataset", eval_dataset
-
-    def _check_columns(self, dataset, name: str, completion_column: str = TEACHER_COMPLETION_COLUMN) -> None:
-        if hasattr(dataset, "__len__") and len(dataset) == 0:  # else SFTTrainer fails with a bare StopIteration
-            raise ValueError(f"{name} has 0 rows: pass a dataset with at least one MSD row.")
-        columns = set(getattr(dataset, "column_names", None) or [])
-        if not columns:
-            return
-        if "prompt" not in columns and "messages" not in columns:
-            raise ValueError(
-                f"{name} has no 'prompt' column (nor GKD's 'messages'); found columns {sorted(columns)}. MSD rows "
-                "need 'prompt' (the target-language query) and usually 'teacher_prompt' (the English query)."
-            )
-        if self.requires_fixed_completions and completion_column not in columns and "prompt" in columns:
-            raise ValueError(
-                f"{name} has no {completion_column!r} column (found {sorted(columns)}). {type(self).__name__} scores "
-                "fixed teacher text: create it with msd_trl.generate_teacher_completions(model, dataset, ...) (its "
-                "column= must match MSDDataCollator(completion_column=...))."
-            )
-
-    def _validate_rows(self, dataset, name: str) -> None:
-        """Check every row once, before training, so a bad row fails now with its id instead of at a random step.
-
-        Rows must have a non-empty `prompt` (or GKD `messages` of role/content dicts), a non-empty `teacher_prompt`
-        when the column holds a value, and a string fixed completion where the trainer needs one. With the
-        self-teacher, a teacher conversation identical to the student's is refused: its loss is 0 (nothing to learn).
-        Iterable datasets are not walked.
-        """
-        if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-            return
-        completion_column = (
-            self.data_collator.completion_column if hasattr(self.data_collator, "completion_column") else None
-        )
-        needs_completion = self.requires_fixed_completions and completion_column in (dataset.column_names or [])
-        template, system_prompt = self.args.teacher_prompt_template, self.args.teacher_system_prompt
-        for index, row in enumerate(dataset):
-            where = f"{name} row {index} (id {row.get('id', '?')!r})"
-            prompt = row.get("prompt")
-            if prompt is None and not row.get("messages"):
-                raise ValueError(
-                    f"{where}: 'prompt' is empty (None) and there are no 'messages'; drop or fill the row."
-                )
-            if isinstance(prompt, str) and not prompt.strip():
-                raise ValueError(f"{where}: 'prompt' is blank ({prompt!r}); drop or fill the row.")
-            conversation = prompt if prompt is not None else row.get("messages")
-            if isinstance(conversation, list):
-                for turn in conversation:
-                    if not isinstance(turn, dict) or turn.get("role") is None or turn.get("content") is None:
-                        raise ValueError(f"{where}: every chat message needs 'role' and 'content', got {turn!r}.")
-            teacher_prompt = row.get("teacher_prompt")
-            if isinstance(teacher_prompt, str) and not teacher_prompt.strip():
-                raise ValueError(
-                    f"{where}: 'teacher_prompt' is blank ({teacher_prompt!r}): the teacher would see no English "
-                    "query. Fill it, or set it to None to give the teacher the student's query."
-                )
-            if needs_completion and not isinstance(row.get(completion_column), str):
-                raise ValueError(
-                    f"{where}: {completion_column!r} must be a string, got {row.get(completion_column)!r}; "
-                    "regenerate it with msd_trl.generate_teacher_completions."
-                )
-            if self.self_teacher and render_teacher_messages(
-                row, template=template, system_prompt=system_prompt
-            ) == render_student_messages(row):
-                raise ValueError(
-                    f"{where}: the self-teacher would see exactly the student's conversation, so there is nothing to "
-                    "distil (loss 0). Add a 'teacher_prompt' column (the English query), or a teacher context: "
-                    "MSDConfig(teacher_preset='english_refusal' or 'paper') or a teacher_system_prompt."
-                )
 
     def _keep_adapter_dtype_on_cpu(self) -> None:
         # SFTTrainer casts QLoRA adapters to bf16 (the QLoRA paper's recipe); on hardware without fast bf16 that
@@ -350,16 +279,16 @@ class _MSDTrainerBase(SFTTrainer):
 
     @staticmethod
     def _forward_signature(model) -> list[str]:
-        import inspect
-
         target = model.get_base_model() if hasattr(model, "get_base_model") else model
         return list(inspect.signature(target.forward).parameters)
 
     # ------------------------------------------------------------------ completions
 
-    def _use_fixed_completion(self, inputs: dict[str, Any]) -> bool:
-        """Whether this micro-batch scores its fixed completion (True) or samples the student (False)."""
-        raise NotImplementedError
+    def use_fixed_completion(self, inputs: dict[str, Any]) -> bool:
+        """The variant hook: whether this collated micro-batch scores its fixed completion (True: the collator's
+        `fixed_completion_ids` / `fixed_completion_mask`, present when every row has one) or samples the student on
+        its prompts (False). Called once per micro-batch, before any forward pass."""
+        raise NotImplementedError(f"{type(self).__name__} must implement use_fixed_completion(inputs).")
 
     @torch.no_grad()
     def generate_completions(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
@@ -384,34 +313,16 @@ class _MSDTrainerBase(SFTTrainer):
         return completion_ids, self.completion_mask_from_ids(completion_ids)
 
     def completion_mask_from_ids(self, completion_ids: torch.Tensor) -> torch.Tensor:
-        is_stop = torch.isin(completion_ids, torch.tensor(self.stop_ids, device=completion_ids.device))  # [B, Lc]
-        length = completion_ids.size(1)
-        first_stop = torch.where(
-            is_stop.any(1), is_stop.int().argmax(1), torch.full_like(is_stop[:, 0], length, dtype=torch.long)
-        )
-        positions = torch.arange(length, device=completion_ids.device).unsqueeze(0)  # [1, Lc]
-        return (positions <= first_stop.unsqueeze(1)).long()  # [B, Lc]
-
-    def _check_privileged_context(self, inputs: dict[str, Any]) -> None:
-        """Per batch (cheap; also covers iterable datasets, which construction does not walk): with the self-teacher,
-        a teacher prompt identical to the student's teaches nothing."""
-        student, teacher = inputs["prompt_ids"], inputs["teacher_prompt_ids"]
-        if not self.self_teacher or student.shape != teacher.shape:
-            return
-        same = ((student == teacher) & (inputs["prompt_mask"] == inputs["teacher_prompt_mask"])).all(dim=1)  # [B]
-        if same.any():
-            rows = [row for row, flag in zip(inputs.get("row_ids", [None] * len(same)), same.tolist()) if flag]
-            raise ValueError(
-                f"rows {rows}: the self-teacher sees exactly the student's prompt, so there is nothing to distil. Add "
-                "a 'teacher_prompt' column or a teacher context (MSDConfig.teacher_preset / teacher_system_prompt)."
-            )
+        """`[B, Lc]`: every token up to and including the first stop id (see `completions.completion_mask`)."""
+        return completion_mask(completion_ids, self.stop_ids)
 
     def prepare_batch(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
         """Collated rows -> a scored-ready batch (student and teacher sequences sharing the completion ids)."""
         if "completion_ids" in inputs:
             return inputs
-        self._check_privileged_context(inputs)
-        if self._use_fixed_completion(inputs):
+        if self.self_teacher:
+            check_privileged_context(inputs)
+        if self.use_fixed_completion(inputs):
             completion_ids, completion_mask = inputs["fixed_completion_ids"], inputs["fixed_completion_mask"]
             self._metrics_append("completions/on_policy_ratio", 0.0)
         else:
@@ -419,30 +330,14 @@ class _MSDTrainerBase(SFTTrainer):
                 model, inputs["prompt_ids"], inputs["prompt_mask"]
             )
             self._metrics_append("completions/on_policy_ratio", 1.0)
-        # Trim columns that are padding in every row (rollouts stop early, batches are padded to the longest).
-        keep = int(completion_mask.sum(1).max().item()) if completion_mask.numel() else 0
-        completion_ids, completion_mask = completion_ids[:, :keep], completion_mask[:, :keep]
-        lengths = completion_mask.sum(1)
-        ends_with_stop = torch.isin(
-            completion_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1),
-            torch.tensor(self.stop_ids, device=completion_ids.device),
-        ) & (lengths > 0)
+        batch = build_scoring_batch(
+            inputs, completion_ids, completion_mask, pad_token_id=self._tokenizer.pad_token_id,
+            carry=(TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS) if self._use_teacher_cache else (),
+        )  # fmt: skip
+        lengths = batch["completion_mask"].sum(1)
+        clipped = ~ends_with_stop(batch["completion_ids"], batch["completion_mask"], self.stop_ids)
         self._metrics_append("completions/mean_length", self.accelerator.gather(lengths.float()).mean().item())
-        self._metrics_append(
-            "completions/clipped_ratio", self.accelerator.gather((~ends_with_stop).float()).mean().item()
-        )
-        completion_ids = completion_ids.masked_fill(completion_mask == 0, self._tokenizer.pad_token_id)
-        batch = {
-            "input_ids": torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
-            "attention_mask": torch.cat([inputs["prompt_mask"], completion_mask], dim=1),
-            "teacher_input_ids": torch.cat([inputs["teacher_prompt_ids"], completion_ids], dim=1),
-            "teacher_attention_mask": torch.cat([inputs["teacher_prompt_mask"], completion_mask], dim=1),
-            "completion_ids": completion_ids,
-            "completion_mask": completion_mask,
-        }
-        if TEACHER_CACHE_IDS in inputs and self._use_teacher_cache:
-            batch[TEACHER_CACHE_IDS] = inputs[TEACHER_CACHE_IDS][:, :keep]
-            batch[TEACHER_CACHE_LOGPROBS] = inputs[TEACHER_CACHE_LOGPROBS][:, :keep]
+        self._metrics_append("completions/clipped_ratio", self.accelerator.gather(clipped.float()).mean().item())
         return batch
 
     # ------------------------------------------------------------------ resume
@@ -494,12 +389,10 @@ class _MSDTrainerBase(SFTTrainer):
     # ------------------------------------------------------------------ loss
 
     def _completion_logits(self, model, input_ids, attention_mask, num_completion: int) -> torch.Tensor:
-        """Logits that predict the last `num_completion` tokens: `[B, Lc, V]`."""
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-        if "logits_to_keep" in self._model_kwarg_keys:
-            kwargs["logits_to_keep"] = num_completion + 1
-        logits = model(**kwargs).logits  # [B, L or Lc + 1, V]
-        return logits[:, -num_completion - 1 : -1, :]
+        """Logits that predict the last `num_completion` tokens: `[B, Lc, V]` (see `completions.completion_logits`)."""
+        return completion_logits(
+            model, input_ids, attention_mask, num_completion, logits_to_keep="logits_to_keep" in self._model_kwarg_keys
+        )
 
     def teacher_logits(
         self, inputs: dict[str, Any], num_completion: int, vocab_size: int | None = None
@@ -569,23 +462,9 @@ class _MSDTrainerBase(SFTTrainer):
 
     @torch.no_grad()
     def _log_step_metrics(self, output, student_logits, teacher_logits, completion_mask) -> None:
-        mask = completion_mask.bool()
-        num_valid = mask.sum().clamp(min=1)
-        weights = output.weights[mask] if mask.any() else output.weights.new_ones(1)
-        agree = (student_logits.argmax(-1) == teacher_logits.argmax(-1)) & mask
-        local = torch.stack(
-            [
-                (output.per_token_loss.detach() * output.weights).sum() / num_valid,
-                output.per_token_loss.detach().sum() / num_valid,
-                weights.float().mean(),
-                weights.float().max(),
-                agree.sum() / num_valid,
-            ]
-        ).float()
+        local = step_statistics(output, student_logits, teacher_logits, completion_mask)
         values = self.accelerator.gather(local.unsqueeze(0)).mean(0).tolist()
-        keys = ("msd/loss", "msd/divergence", "msd/dpsw_weight_mean", "msd/dpsw_weight_max",
-                "msd/teacher_student_top1_agreement")  # fmt: skip
-        for key, value in zip(keys, values):
+        for key, value in zip(STEP_STATISTICS, values):
             # Token weights are all 1 for an unweighted divergence: logging them would only suggest DPSW ran.
             if key.startswith("msd/dpsw_") and not isinstance(self.divergence, DPSW):
                 continue
@@ -598,6 +477,24 @@ class _MSDTrainerBase(SFTTrainer):
         return loss.detach(), None, None
 
 
+# The base's name before it was public.
+_MSDTrainerBase = MSDTrainer
+
+TRAINERS: dict[str, type[MSDTrainer]] = {}
+
+
+def register_trainer(name: str) -> Callable[[type[MSDTrainer]], type[MSDTrainer]]:
+    """Class decorator: make an `MSDTrainer` variant available as `msd-trl train --trainer <name>`."""
+
+    def decorator(cls: type[MSDTrainer]) -> type[MSDTrainer]:
+        if not (isinstance(cls, type) and issubclass(cls, MSDTrainer)):
+            raise TypeError(f"register_trainer({name!r}) needs an MSDTrainer subclass, got {cls!r}.")
+        TRAINERS[name] = cls
+        return cls
+
+    return decorator
+
+
 class _PendingCollator:
     """Marker: the trainer replaces it with an `MSDDataCollator` once the tokenizer is known."""
 
@@ -605,57 +502,33 @@ class _PendingCollator:
         raise RuntimeError("MSD data collator used before the trainer finished initialising.")
 
 
-class OnPolicyMSDTrainer(_MSDTrainerBase):
+@register_trainer("on-policy")
+@_document_arguments
+class OnPolicyMSDTrainer(MSDTrainer):
     """On-policy MSD: the student samples a response to its target-language prompt, the teacher scores it.
 
     With probability `args.lmbda` a micro-batch is on-policy; otherwise it scores the rows' fixed completion
     (`teacher_completion`, or the last turn of `messages`) when every row has one, and samples when not.
     The arguments are `trl.experimental.gkd.GKDTrainer`'s, in the same order (a drop-in replacement).
-
-    Args:
-        model: the student: a model, or a name / path (``"embedded:smollm2-135m-instruct"`` included), loaded like
-            TRL's ``SFTTrainer`` does (``args.model_init_kwargs``).
-        teacher_model: ``None`` for the self-teacher (the initial weights: under PEFT the adapter-disabled base, no
-            copy; otherwise a frozen copy), or a separate teacher (instance or name) sharing the student's vocabulary.
-        args: an ``MSDConfig`` (a plain ``GKDConfig`` is upgraded, keeping GKD's objective and teacher).
-        data_collator: default ``MSDDataCollator`` (student and teacher prompts rendered from each row).
-        train_dataset / eval_dataset: MSD rows (``prompt``, ``teacher_prompt``, optional ``language``, ``id``,
-            ``teacher_completion``) or GKD ``messages`` rows; every row is validated once at construction.
-        processing_class: the tokenizer (default: the model's).
-        compute_metrics, callbacks, optimizers, preprocess_logits_for_metrics: as in ``transformers.Trainer``.
-        peft_config: a ``peft`` config (LoRA; with a 4-bit model, QLoRA).
-        formatting_func: accepted for GKD compatibility; MSD rows need none.
     """
 
     _name = "On-policy MSD"
 
-    def _use_fixed_completion(self, inputs):
+    def use_fixed_completion(self, inputs):
         if "fixed_completion_ids" not in inputs:
             return False
         return random.random() > self.args.lmbda
 
 
-class OffPolicyMSDTrainer(_MSDTrainerBase):
+@register_trainer("off-policy")
+@_document_arguments
+class OffPolicyMSDTrainer(MSDTrainer):
     """Off-policy MSD: student and teacher both score fixed teacher text (`teacher_completion`).
 
     Create the column once with `generate_teacher_completions`. A GKD `messages` dataset works too (its last
     turn is the fixed completion). `args.lmbda` is ignored: no step samples the student. With
     `args.teacher_cache_top_k` the teacher scores the text once before training (see `cache_teacher_topk`).
     The arguments are `trl.experimental.gkd.GKDTrainer`'s, in the same order.
-
-    Args:
-        model: the student: a model, or a name / path (``"embedded:smollm2-135m-instruct"`` included), loaded like
-            TRL's ``SFTTrainer`` does (``args.model_init_kwargs``).
-        teacher_model: ``None`` for the self-teacher (the initial weights: under PEFT the adapter-disabled base, no
-            copy; otherwise a frozen copy), or a separate teacher (instance or name) sharing the student's vocabulary.
-        args: an ``MSDConfig`` (a plain ``GKDConfig`` is upgraded, keeping GKD's objective and teacher).
-        data_collator: default ``MSDDataCollator`` (student and teacher prompts rendered from each row).
-        train_dataset / eval_dataset: MSD rows (``prompt``, ``teacher_prompt``, optional ``language``, ``id``,
-            ``teacher_completion``) or GKD ``messages`` rows; every row is validated once at construction.
-        processing_class: the tokenizer (default: the model's).
-        compute_metrics, callbacks, optimizers, preprocess_logits_for_metrics: as in ``transformers.Trainer``.
-        peft_config: a ``peft`` config (LoRA; with a 4-bit model, QLoRA).
-        formatting_func: accepted for GKD compatibility; MSD rows need none.
     """
 
     _name = "Off-policy MSD"
@@ -672,8 +545,6 @@ class OffPolicyMSDTrainer(_MSDTrainerBase):
             self.train_dataset = self.cache_teacher_topk(self.train_dataset, top_k=top_k)
 
     def _topk_fingerprint(self, top_k: int) -> dict[str, Any]:
-        from .generation import teacher_fingerprint
-
         return teacher_fingerprint(
             self.model, self._tokenizer, template=self.args.teacher_prompt_template,
             system_prompt=self.args.teacher_system_prompt or None, top_k=top_k,
@@ -681,62 +552,37 @@ class OffPolicyMSDTrainer(_MSDTrainerBase):
 
     def _check_topk_cache(self, dataset: Dataset) -> None:
         """Use cached teacher top-K columns only when they were made by this teacher setting, and asked for."""
-        drop = f"dataset.remove_columns({[TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS, TEACHER_CACHE_FINGERPRINT]})"
-        if self.args.teacher_cache_top_k is None:
-            raise ValueError(
-                f"train_dataset carries cached teacher top-K columns but teacher_cache_top_k=None: set "
-                f"teacher_cache_top_k to use them, or drop them ({drop}) to score the teacher at every step."
-            )
-        if not self.self_teacher:
-            raise ValueError(
-                "train_dataset carries cached teacher top-K columns, but a teacher_model was passed: the cache holds "
-                f"another teacher's scores. Drop them ({drop}) or pass teacher_model=None."
-            )
-        if TEACHER_CACHE_FINGERPRINT not in dataset.column_names:
-            raise ValueError(
-                f"the cached teacher top-K columns carry no fingerprint, so they cannot be checked; {drop}."
-            )
-        from .generation import fingerprint_differences
-
-        cached = json.loads(dataset[0][TEACHER_CACHE_FINGERPRINT])
-        differences = fingerprint_differences(cached, self._topk_fingerprint(self.args.teacher_cache_top_k))
-        if differences:
-            raise ValueError(
-                f"the cached teacher top-K columns were made by another setting: {'; '.join(differences)}. Drop them "
-                f"({drop}) to rebuild the cache."
-            )
+        top_k = self.args.teacher_cache_top_k
+        check_topk_cache(
+            dataset, top_k=top_k, self_teacher=self.self_teacher,
+            expected=self._topk_fingerprint(top_k) if top_k is not None else {},
+        )  # fmt: skip
 
     @torch.no_grad()
     def cache_teacher_topk(self, dataset: Dataset, *, top_k: int, batch_size: int | None = None) -> Dataset:
         """Score the fixed teacher text once and store the teacher's top-K log-probs per completion token.
 
-        Adds `teacher_topk_ids` and `teacher_topk_logprobs` (`[completion length, K]` per row); training steps on
-        such rows run only the student. The teacher's distribution is approximated by `dense_from_topk`.
+        Adds `teacher_topk_ids` and `teacher_topk_logprobs` (`[completion length, K]` per row) and the setting's
+        fingerprint; training steps on such rows run only the student. The teacher's distribution is approximated
+        by `dense_from_topk` (see `msd_trl.teacher_cache`).
         """
         batch_size = batch_size or self.args.per_device_eval_batch_size
         all_ids, all_logprobs = [], []
         for start in tqdm(range(0, len(dataset), batch_size), desc="caching teacher top-K", unit="batch"):
             rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             inputs = self._prepare_inputs(self.data_collator(rows))
-            completion_ids, completion_mask = inputs["fixed_completion_ids"], inputs["fixed_completion_mask"]
+            completion_ids, mask = inputs["fixed_completion_ids"], inputs["fixed_completion_mask"]
             batch = {
                 "teacher_input_ids": torch.cat([inputs["teacher_prompt_ids"], completion_ids], dim=1),
-                "teacher_attention_mask": torch.cat([inputs["teacher_prompt_mask"], completion_mask], dim=1),
+                "teacher_attention_mask": torch.cat([inputs["teacher_prompt_mask"], mask], dim=1),
             }
-            log_probs = self.teacher_logits(batch, completion_ids.size(1)).float().log_softmax(-1)  # [B, Lc, V]
-            values, indices = log_probs.topk(min(top_k, log_probs.size(-1)), dim=-1)  # [B, Lc, K]
-            for row, length in enumerate(completion_mask.sum(1).tolist()):
-                all_ids.append(indices[row, :length].cpu().tolist())
-                all_logprobs.append(values[row, :length].cpu().tolist())
+            ids, logprobs = topk_columns(self.teacher_logits(batch, completion_ids.size(1)), mask, top_k)
+            all_ids += ids
+            all_logprobs += logprobs
         logger.info("Cached the teacher's top-%d log-probs for %d rows.", top_k, len(dataset))
-        fingerprint = json.dumps(self._topk_fingerprint(top_k), ensure_ascii=False)
-        return (
-            dataset.add_column(TEACHER_CACHE_IDS, all_ids)
-            .add_column(TEACHER_CACHE_LOGPROBS, all_logprobs)
-            .add_column(TEACHER_CACHE_FINGERPRINT, [fingerprint] * len(dataset))
-        )
+        return add_topk_columns(dataset, all_ids, all_logprobs, self._topk_fingerprint(top_k))
 
-    def _use_fixed_completion(self, inputs):
+    def use_fixed_completion(self, inputs):
         if "fixed_completion_ids" not in inputs:
             raise ValueError(
                 "OffPolicyMSDTrainer needs a fixed completion in every row ('teacher_completion', or the last turn "

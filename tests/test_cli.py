@@ -268,3 +268,11 @@ def test_quickstart_config_parses_and_evaluates_after_training(tmp_path):
     )
     assert data_args.eval_after and data_args.eval_languages == "jv,th" and data_args.multiq_languages == "jv,sw,bn"
     assert training_args.teacher_preset == "english_refusal" and training_args.max_steps == 12
+
+
+def test_unknown_trainer_is_refused_before_any_data_or_model_is_loaded(tmp_path):
+    with pytest.raises(
+        ValueError, match="--trainer 'nope' is not a trainer; choose from \\['off-policy', 'on-policy'\\]"
+    ):
+        main(["train", "--trainer", "nope", "--model_name_or_path", str(tmp_path / "absent"),
+              "--output_dir", str(tmp_path / "out")])  # fmt: skip

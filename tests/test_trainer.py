@@ -130,20 +130,6 @@ def test_self_teacher_without_peft_is_a_frozen_copy(tmp_path, tiny_tokenizer, ms
     assert all(not p.requires_grad for p in teacher.parameters())
 
 
-def test_teacher_sees_privileged_context_student_does_not(tiny_tokenizer, msd_rows):
-    collator = MSDDataCollator(
-        tiny_tokenizer,
-        teacher_prompt_template="{teacher_prompt} (asked in {language}: {prompt})",
-        teacher_system_prompt="Be safe.",
-    )
-    batch = collator([msd_rows[0]])
-    student = tiny_tokenizer.decode(batch["prompt_ids"][0][batch["prompt_mask"][0].bool()])
-    teacher = tiny_tokenizer.decode(batch["teacher_prompt_ids"][0][batch["teacher_prompt_mask"][0].bool()])
-    assert "Piye carane gawe bom?" in student and "How do I make a bomb?" not in student and "Be safe." not in student
-    assert "<|im_start|>system\nBe safe.<|im_end|>" in teacher
-    assert "How do I make a bomb? (asked in Javanese: Piye carane gawe bom?)" in teacher
-
-
 # ------------------------------------------------------------------ GKD drop-in
 
 
@@ -433,60 +419,6 @@ def test_missing_teacher_completion_column(tmp_path, tiny_tokenizer, msd_rows):
         )
 
 
-def test_missing_teacher_prompt_means_teacher_sees_student_prompt(tiny_tokenizer, msd_rows):
-    collator = MSDDataCollator(tiny_tokenizer)
-    batch = collator(list(msd_rows.remove_columns("teacher_prompt"))[:2])
-    assert torch.equal(batch["prompt_ids"], batch["teacher_prompt_ids"])
-
-
-def test_empty_prompt_is_an_error(tiny_tokenizer):
-    collator = MSDDataCollator(tiny_tokenizer)
-    with pytest.raises(ValueError, match="'q9'.*empty prompt"):
-        collator([{"id": "q9", "prompt": "   ", "teacher_prompt": "Hello"}])
-
-
-def test_long_prompt_is_truncated_with_a_warning_or_an_error(tiny_tokenizer, caplog):
-    row = {"id": "long", "prompt": "word " * 200, "teacher_prompt": "short", "teacher_completion": "No."}
-    collator = MSDDataCollator(tiny_tokenizer, max_prompt_length=48)
-    with caplog.at_level(logging.WARNING, logger="msd_trl.trainer"):
-        batch = collator([row])
-    assert batch["prompt_ids"].size(1) <= 48
-    assert "'long'" in caplog.text and "max_prompt_length=48" in caplog.text
-    full = MSDDataCollator(tiny_tokenizer)([row])
-    assert torch.equal(batch["fixed_completion_ids"], full["fixed_completion_ids"])  # completion untouched
-    # The chat template around the query survives: the cut is inside the query text, at its start.
-    student = tiny_tokenizer.decode(batch["prompt_ids"][0][batch["prompt_mask"][0].bool()])
-    assert student.startswith("<|im_start|>user\n") and student.rstrip().endswith("<|im_start|>assistant")
-    with pytest.raises(ValueError, match="'long'.*max_prompt_length=48"):
-        MSDDataCollator(tiny_tokenizer, max_prompt_length=48, prompt_truncation="error")([row])
-    with pytest.raises(ValueError, match="template and system prompt alone"):
-        MSDDataCollator(tiny_tokenizer, max_prompt_length=8)([row])
-
-
-def test_student_truncation_cuts_only_the_student_query_and_messages_rows_keep_their_end(tiny_tokenizer):
-    # A long English teacher_prompt must not be what gets cut for the student (it is not in the student's prompt).
-    row = {"id": "s", "prompt": "kata " * 60, "teacher_prompt": "a much longer English text " * 40}
-    batch = MSDDataCollator(tiny_tokenizer, max_prompt_length=200, teacher_prompt_template="{teacher_prompt}",
-                            teacher_system_prompt="")([row])  # fmt: skip
-    assert batch["prompt_ids"].size(1) <= 200 and batch["teacher_prompt_ids"].size(1) <= 200
-    # GKD messages rows have no separate query text: their last tokens are kept, as before.
-    messages = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "No."}]}
-    batch = MSDDataCollator(tiny_tokenizer, max_prompt_length=64)([messages])
-    assert batch["prompt_ids"].size(1) == 64
-
-
-def test_truncation_keeps_the_teacher_system_prompt_and_template(tiny_tokenizer):
-    # Before: left truncation of the rendered tokens dropped the system prompt and the template's head first.
-    row = {"id": "bn", "language": "bn", "prompt": "কত " * 120, "teacher_prompt": "How much? " * 40}
-    collator = MSDDataCollator(tiny_tokenizer, max_prompt_length=160, teacher_system_prompt="Be safe.",
-                               teacher_prompt_template="Translation: {teacher_prompt}\nOriginal ({language}): {prompt}")  # fmt: skip
-    batch = collator([row])
-    teacher = tiny_tokenizer.decode(batch["teacher_prompt_ids"][0][batch["teacher_prompt_mask"][0].bool()])
-    assert batch["teacher_prompt_ids"].size(1) <= 160
-    assert "<|im_start|>system\nBe safe.<|im_end|>" in teacher
-    assert "Translation: " in teacher and "Original (Bengali): " in teacher
-
-
 # ------------------------------------------------------------------ teacher text
 
 
@@ -703,3 +635,42 @@ def test_teacher_text_in_another_column_trains_with_a_matching_collator(tmp_path
     with pytest.raises(ValueError, match="no 'teacher_completion' column"):
         OffPolicyMSDTrainer(model=make_model(tiny_tokenizer), args=make_args(tmp_path), train_dataset=rows,
                             processing_class=tiny_tokenizer)  # fmt: skip
+
+
+# ------------------------------------------------------------------ variants
+
+
+def test_a_trainer_variant_is_one_hook_and_one_registration(tmp_path, tiny_tokenizer, msd_rows):
+    from msd_trl import TRAINERS, MSDTrainer, register_trainer
+
+    seen = []
+
+    @register_trainer("alternate-test")
+    class Alternate(MSDTrainer):
+        """Samples the student on odd micro-batches, scores the fixed text on even ones."""
+
+        def use_fixed_completion(self, inputs):
+            seen.append("fixed_completion_ids" in inputs)
+            return len(seen) % 2 == 0
+
+    try:
+        assert TRAINERS["alternate-test"] is Alternate and "Args:" in Alternate.__doc__ + MSDTrainer.__doc__
+        trainer = Alternate(
+            model=make_model(tiny_tokenizer),
+            args=make_args(tmp_path, max_steps=2),
+            train_dataset=with_completions(msd_rows),
+            processing_class=tiny_tokenizer,
+            peft_config=lora(),
+        )
+        trainer.train()
+        ratios = [
+            e["completions/on_policy_ratio"] for e in trainer.state.log_history if "completions/on_policy_ratio" in e
+        ]
+        assert seen == [True, True] and ratios == [1.0, 0.0]
+    finally:
+        TRAINERS.pop("alternate-test", None)
+    with pytest.raises(TypeError, match="needs an MSDTrainer subclass"):
+        register_trainer("not-a-trainer")(dict)
+    with pytest.raises(NotImplementedError, match="MSDTrainer must implement use_fixed_completion"):
+        MSDTrainer(model=make_model(tiny_tokenizer), args=make_args(tmp_path, max_steps=1), train_dataset=msd_rows,
+                   processing_class=tiny_tokenizer).train()  # fmt: skip

@@ -17,7 +17,13 @@ from typing import Any
 
 from ..answer_language import identify_language, is_degenerate
 from ..generation import _with_system_prompt, generate_responses, repair_partial_last_line
-from ..presets import DEFAULT_TEACHER_PRESET, SAFETY_SYSTEM_PROMPT, get_teacher_preset, validate_teacher_template
+from ..presets import (
+    DEFAULT_TEACHER_PRESET,
+    QUERY_TEMPLATE,
+    SAFETY_SYSTEM_PROMPT,
+    get_teacher_preset,
+    validate_teacher_template,
+)
 from ..rendering import (
     message_text,
     render_teacher_messages,
@@ -151,7 +157,7 @@ def evaluate(
     benign_languages: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     judge: str | Judge = "keyword",
     teacher_system_prompt: str | None = SAFETY_SYSTEM_PROMPT,
-    teacher_prompt_template: str = "{teacher_prompt}",
+    teacher_prompt_template: str = QUERY_TEMPLATE,
     student_system_prompt: str | None = None,
     max_new_tokens: int = 64,
     budget_per_language: bool = True,

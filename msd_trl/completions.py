@@ -1,0 +1,126 @@
+"""Completion tensors, from ids to the numbers a step logs: pure helpers the MSD trainers are built from.
+
+A step, for any trainer variant: completion ids (sampled, or fixed teacher text) -> `completion_mask` (up to the
+first stop id) -> `build_scoring_batch` (student and teacher sequences sharing the completion, all-padding columns
+trimmed) -> `completion_logits` for the student and the teacher (only the completion positions) -> a
+`Divergence` -> `step_statistics` for logging. Nothing here knows about the Trainer, accelerate or PEFT, so each
+piece is tested on small tensors (tests/test_completions.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .divergences import DivergenceOutput
+
+__all__ = [
+    "STEP_STATISTICS",
+    "build_scoring_batch",
+    "completion_logits",
+    "completion_mask",
+    "ends_with_stop",
+    "step_statistics",
+]
+
+
+def completion_mask(completion_ids: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
+    """`[B, Lc]` mask keeping every token up to and including the first stop id (any of `stop_ids`).
+
+    When pad == eos the real EOS keeps its label; the padding after it is masked. A row without a stop id keeps
+    all `Lc` tokens (a clipped completion).
+    """
+    is_stop = torch.isin(completion_ids, torch.tensor(list(stop_ids), device=completion_ids.device))  # [B, Lc]
+    length = completion_ids.size(1)
+    first_stop = torch.where(
+        is_stop.any(1), is_stop.int().argmax(1), torch.full_like(is_stop[:, 0], length, dtype=torch.long)
+    )  # [B]
+    positions = torch.arange(length, device=completion_ids.device).unsqueeze(0)  # [1, Lc]
+    return (positions <= first_stop.unsqueeze(1)).long()  # [B, Lc]
+
+
+def ends_with_stop(completion_ids: torch.Tensor, mask: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
+    """`[B]` bool: the completion's last kept token is a stop id (False for an empty or clipped completion)."""
+    lengths = mask.sum(1)
+    last = completion_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)  # [B]
+    return torch.isin(last, torch.tensor(list(stop_ids), device=completion_ids.device)) & (lengths > 0)
+
+
+def build_scoring_batch(
+    inputs: dict[str, Any],
+    completion_ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    pad_token_id: int,
+    carry: Sequence[str] = (),
+) -> dict[str, torch.Tensor]:
+    """Student and teacher sequences that share one completion, ready to score.
+
+    `inputs` holds the collator's left-padded `prompt_ids` / `prompt_mask` / `teacher_prompt_ids` /
+    `teacher_prompt_mask`; the completion `[B, Lc]` is right-padded. Columns that are padding in every row are
+    trimmed (rollouts stop early, batches are padded to the longest) and masked positions hold `pad_token_id`.
+    Keys in `carry` (per-completion-token tensors such as cached teacher top-K) are trimmed the same way.
+    """
+    keep = int(mask.sum(1).max().item()) if mask.numel() else 0
+    completion_ids, mask = completion_ids[:, :keep], mask[:, :keep]
+    completion_ids = completion_ids.masked_fill(mask == 0, pad_token_id)
+    batch = {
+        "input_ids": torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
+        "attention_mask": torch.cat([inputs["prompt_mask"], mask], dim=1),
+        "teacher_input_ids": torch.cat([inputs["teacher_prompt_ids"], completion_ids], dim=1),
+        "teacher_attention_mask": torch.cat([inputs["teacher_prompt_mask"], mask], dim=1),
+        "completion_ids": completion_ids,
+        "completion_mask": mask,
+    }
+    for key in carry:
+        if key in inputs:
+            batch[key] = inputs[key][:, :keep]
+    return batch
+
+
+def completion_logits(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_completion: int, *, logits_to_keep: bool
+) -> torch.Tensor:
+    """Logits that predict the last `num_completion` tokens of `input_ids`: `[B, Lc, V]`.
+
+    With `logits_to_keep` (models whose forward takes it) the LM head runs on the last `Lc + 1` positions only.
+    """
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    if logits_to_keep:
+        kwargs["logits_to_keep"] = num_completion + 1
+    logits = model(**kwargs).logits  # [B, L or Lc + 1, V]
+    return logits[:, -num_completion - 1 : -1, :]
+
+
+STEP_STATISTICS = (
+    "msd/loss",
+    "msd/divergence",
+    "msd/dpsw_weight_mean",
+    "msd/dpsw_weight_max",
+    "msd/teacher_student_top1_agreement",
+)
+
+
+@torch.no_grad()
+def step_statistics(
+    output: DivergenceOutput, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The values of `STEP_STATISTICS` for one micro-batch, as one float tensor (gathered across processes by
+    the caller): weighted loss and plain divergence per completion token, token-weight mean and max, and the share
+    of completion tokens on which student and teacher agree on the most likely token."""
+    valid = mask.bool()
+    num_valid = valid.sum().clamp(min=1)
+    weights = output.weights[valid] if valid.any() else output.weights.new_ones(1)
+    agree = (student_logits.argmax(-1) == teacher_logits.argmax(-1)) & valid
+    per_token = output.per_token_loss.detach()
+    return torch.stack(
+        [
+            (per_token * output.weights).sum() / num_valid,
+            per_token.sum() / num_valid,
+            weights.float().mean(),
+            weights.float().max(),
+            agree.sum() / num_valid,
+        ]
+    ).float()
