@@ -1,22 +1,20 @@
-"""The evaluation itself: jobs (student, teacher, utility) -> answers -> verdicts -> a report; the CLI runner."""
+"""The evaluation: `evaluate` (jobs -> answers -> verdicts -> records -> a report) and `run_evaluation`, what
+`msd-trl evaluate` runs (data, split, model and adapter loading, report files).
+
+Each step is its own module with pure, separately tested functions: `jobs` (rows, budgets, conversations),
+`answers` (resumable batched generation), `judges`, `scoring` (records and rates), `report` (files).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
-import re
-import statistics
-import unicodedata
 import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..answer_language import identify_language, is_degenerate
-from ..generation import _with_system_prompt, generate_responses, repair_partial_last_line
 from ..presets import (
     DEFAULT_TEACHER_PRESET,
     QUERY_TEMPLATE,
@@ -24,127 +22,18 @@ from ..presets import (
     get_teacher_preset,
     validate_teacher_template,
 )
-from ..rendering import (
-    message_text,
-    render_teacher_messages,
-)
-from ..stats import rate_entry
+from ..rendering import message_text
+from .answers import answer_jobs
+from .answers import read_partial_responses as _read_partial_responses  # noqa: F401  (kept importable)
+from .jobs import Selected, build_jobs, generation_budgets, language_budgets, select_set
 from .judges import Judge, KeywordRefusalJudge, get_judge
 from .phrases import REFUSAL_PHRASES
 from .report import write_report
+from .scoring import extract_number, rate_sections, score_records, summary
 
 logger = logging.getLogger(__name__)
 
-_REQUIRED_COLUMNS = ("id", "language", "prompt")
-
-
-def _columns(dataset: Any, name: str, extra: Sequence[str] = ()) -> dict[str, list]:
-    names = list(getattr(dataset, "column_names", []))
-    missing = [column for column in (*_REQUIRED_COLUMNS, *extra) if column not in names]
-    if missing:
-        raise ValueError(f"{name} dataset is missing columns {missing}; it has {names}")
-    return {column: list(dataset[column]) for column in (*_REQUIRED_COLUMNS, *extra)}
-
-
-def _select_rows(
-    columns: dict[str, list], languages: Sequence[str] | None, limit: int | None, name: str
-) -> tuple[list[str], list[int]]:
-    """Row indices for the requested languages; with ``limit``, only the first ``limit`` query ids present in every
-    requested language, so each language is measured on the same queries."""
-    present = list(dict.fromkeys(columns["language"]))
-    languages = present if languages is None else list(dict.fromkeys(languages))
-    absent = [language for language in languages if language not in present]
-    if absent:
-        raise ValueError(f"{name} dataset has no rows for languages {absent}; it has {present}")
-    wanted = set(languages)
-    rows = [index for index, language in enumerate(columns["language"]) if language in wanted]
-    if limit is not None:
-        ids_per_language: dict[str, set] = {language: set() for language in languages}
-        for index in rows:
-            ids_per_language[columns["language"][index]].add(columns["id"][index])
-        common = set.intersection(*ids_per_language.values())
-        ordered_ids = dict.fromkeys(columns["id"][index] for index in rows)  # first appearance order
-        kept_ids = set([query_id for query_id in ordered_ids if query_id in common][:limit])
-        dropped = len({columns["id"][index] for index in rows}) - len(kept_ids)
-        if dropped:
-            logger.info("%s: limit=%d keeps %d query ids, drops %d", name, limit, len(kept_ids), dropped)
-        rows = [index for index in rows if columns["id"][index] in kept_ids]
-    return languages, rows
-
-
-def _rate(verdicts: list[bool]) -> float:
-    return sum(verdicts) / len(verdicts) if verdicts else 0.0
-
-
-def language_budgets(
-    tokenizer: Any,
-    columns: Mapping[str, Sequence[Any]],
-    rows: Sequence[int],
-    *,
-    english_tokens: int,
-    max_tokens: int,
-) -> dict[str, int]:
-    """Per-language generation budget: `english_tokens` scaled by how many more tokens the language needs for the
-    same text, measured on the rows themselves (median of tokens(prompt) / tokens(teacher_prompt) over the
-    language's rows, at least 1), capped at `max_tokens`. SmolLM2's tokenizer, for example, spends about 8x the
-    English tokens on the same Bengali or Thai question, so 24 tokens are a sentence in English and ~12 characters
-    of Bengali. Rows without `teacher_prompt` (or an English row) get `english_tokens`."""
-    ratios: dict[str, list[float]] = {}
-    for index in rows:
-        language = columns["language"][index]
-        english = columns["teacher_prompt"][index] if "teacher_prompt" in columns else None
-        if english is None or language == "en":
-            ratios.setdefault(language, [])
-            continue
-        n_target = len(tokenizer(message_text(columns["prompt"][index]), add_special_tokens=False)["input_ids"])
-        n_english = len(tokenizer(message_text(english), add_special_tokens=False)["input_ids"])
-        ratios.setdefault(language, []).append(n_target / max(1, n_english))
-    budgets = {}
-    for language, values in ratios.items():
-        ratio = max(1.0, statistics.median(values)) if values else 1.0
-        budgets[language] = min(max_tokens, max(english_tokens, math.ceil(english_tokens * ratio)))
-    return budgets
-
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def _job_key(job: dict[str, Any]) -> str:
-    """Identifies one answer: what was asked (the full conversation), of whom, with which budget."""
-    content = json.dumps([job["kind"], job["set"], job["id"], job["language"], job["messages"], job["budget"],
-                          job["max_chars"]], ensure_ascii=False, sort_keys=True)  # fmt: skip
-    return hashlib.sha1(content.encode("utf-8")).hexdigest()
-
-
-def _read_partial_responses(path: str | Path) -> dict[str, str]:
-    """Answers saved by an interrupted evaluation; a half-written last line (a killed run) is cut off first, so
-    later appends stay valid JSON lines."""
-    path = Path(path)
-    done: dict[str, str] = {}
-    if not path.exists():
-        return done
-    repair_partial_last_line(path)
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-                done[record["key"]] = record["response"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return done
-
-
-def extract_number(text: str) -> str | None:
-    """The last number in `text` (thousands separators removed, a trailing ".0" dropped), or None: MGSM's
-    numeric exact match, as in the MGSM paper."""
-    text = unicodedata.normalize("NFKC", text)  # full-width and other digit forms -> ASCII where NFKC maps them
-    numbers = _NUMBER.findall(text)
-    if not numbers:
-        return None
-    value = numbers[-1].replace(",", "").rstrip(".")
-    if "." in value:
-        value = value.rstrip("0").rstrip(".")
-    return value
+__all__ = ["evaluate", "extract_number", "language_budgets", "run_evaluation"]
 
 
 def evaluate(
@@ -227,237 +116,49 @@ def evaluate(
         raise ValueError(f"utility_max_new_tokens must be >= 1 or None, got {utility_max_new_tokens!r}")
     validate_teacher_template(teacher_prompt_template, field="teacher_prompt_template")
     judge = get_judge(judge)
-    harmful_columns = _columns(harmful, "harmful", extra=("teacher_prompt",))
-    languages, harmful_rows = _select_rows(harmful_columns, languages, limit, "harmful")
+    harmful_set = select_set(harmful, "harmful", languages, limit, extra=("teacher_prompt",))
+    languages = harmful_set[1]
     benign_sets: dict[str, Any] = {}
     if benign is not None:
         benign_sets = dict(benign) if isinstance(benign, Mapping) else {"benign": benign}
-    selected_benign: dict[str, tuple[dict[str, list], list[str], list[int]]] = {}
+    selected_benign: dict[str, Selected] = {}
     for set_name, rows in benign_sets.items():
         wanted = benign_languages.get(set_name) if isinstance(benign_languages, Mapping) else benign_languages
-        columns = _columns(rows, set_name, extra=[c for c in ("teacher_prompt", "answer") if c in rows.column_names])
-        set_languages, set_rows = _select_rows(columns, wanted, limit, set_name)
-        selected_benign[set_name] = (columns, set_languages, set_rows)
-
-    budgets: dict[tuple[str, str], int] = {}
-    for set_name, (columns, _, rows) in [("harmful", (harmful_columns, languages, harmful_rows)),
-                                        *selected_benign.items()]:  # fmt: skip
-        per_language = (
-            language_budgets(tokenizer, columns, rows, english_tokens=max_new_tokens, max_tokens=max_budget_tokens)
-            if budget_per_language
-            else {}
-        )
-        for language in dict.fromkeys(columns["language"][i] for i in rows):
-            budgets[(set_name, language)] = per_language.get(language, max_new_tokens)
-
-    # One job per prompt with its final conversation; all go through one generate call so length grouping spans
-    # every kind. Teacher conversations come from rendering.render_teacher_messages, exactly as in training.
-    jobs: list[dict[str, Any]] = []
-
-    def teacher_jobs(kind: str, set_name: str, columns: dict[str, list], rows: list[int], set_languages: list[str]):
-        by_id: dict[Any, dict[str, int]] = {}
-        for index in rows:
-            by_id.setdefault(columns["id"][index], {})[columns["language"][index]] = index
-        for position, (query_id, per_language) in enumerate(by_id.items()):
-            language = set_languages[position % len(set_languages)]
-            index = per_language.get(language, next(iter(per_language.values())))
-            row = {key: columns[key][index] for key in ("prompt", "teacher_prompt", "language") if key in columns}
-            jobs.append(
-                {
-                    "kind": kind,
-                    "set": set_name,
-                    "id": query_id,
-                    "language": columns["language"][index],
-                    "harmful": kind == "teacher",
-                    "messages": render_teacher_messages(
-                        row, template=teacher_prompt_template, system_prompt=teacher_system_prompt
-                    ),
-                    # A teacher told to reply in the target language needs that language's budget.
-                    "budget": budgets.get((set_name, columns["language"][index]), max_new_tokens),
-                    "max_chars": max_chars,
-                }
-            )
-
-    def student_jobs(kind: str, set_name: str, columns: dict[str, list], rows: list[int]):
-        if not include_student:
-            return
-        for index in rows:
-            jobs.append(
-                {
-                    "kind": kind,
-                    "set": set_name,
-                    "id": columns["id"][index],
-                    "language": columns["language"][index],
-                    "harmful": kind == "harmful",
-                    "messages": _with_system_prompt(columns["prompt"][index], student_system_prompt),
-                    "budget": budgets[(set_name, columns["language"][index])],
-                    "max_chars": max_chars,
-                    "answer": columns["answer"][index] if "answer" in columns else None,
-                }
-            )
-
-    student_jobs("harmful", "harmful", harmful_columns, harmful_rows)
-    teacher_jobs("teacher", "harmful", harmful_columns, harmful_rows, languages)
-    for set_name, (columns, set_languages, rows) in selected_benign.items():
-        student_jobs("benign", set_name, columns, rows)
-        if teacher_benign and "teacher_prompt" in columns:
-            teacher_jobs("teacher_benign", set_name, columns, rows, set_languages)
-        if utility_max_new_tokens is not None and "answer" in columns:
-            start = len(jobs)
-            student_jobs("utility", set_name, columns, rows)
-            for job in jobs[start:]:
-                job.update(budget=utility_max_new_tokens, max_chars=None)
-
-    responses: list[str] = [""] * len(jobs)
-    keys = [_job_key(job) for job in jobs]
-    done = _read_partial_responses(partial_path) if partial_path is not None else {}
-    for position, key in enumerate(keys):
-        if key in done:
-            responses[position] = done[key]
-    if done:
-        logger.info("resuming: %d of %d answers already in %s", sum(k in done for k in keys), len(jobs), partial_path)
-    sink = None
-    if partial_path is not None:
-        Path(partial_path).parent.mkdir(parents=True, exist_ok=True)
-        sink = open(partial_path, "a", encoding="utf-8")
-    try:
-        for chars in dict.fromkeys(job["max_chars"] for job in jobs):  # one generate call per character cap
-            positions = [i for i, job in enumerate(jobs) if job["max_chars"] == chars and keys[i] not in done]
-            if not positions:
-                continue
-
-            def save(indices: list[int], texts: list[str], positions=positions) -> None:
-                if sink is not None:
-                    for index, text in zip(indices, texts):
-                        sink.write(json.dumps({"key": keys[positions[index]], "response": text}, ensure_ascii=False))
-                        sink.write("\n")
-                    sink.flush()
-
-            generated = generate_responses(
-                model,
-                tokenizer,
-                [jobs[i]["messages"] for i in positions],
-                max_new_tokens=[jobs[i]["budget"] for i in positions],
-                max_chars=chars,
-                batch_size=batch_size,
-                do_sample=do_sample,
-                temperature=temperature,
-                progress=progress,
-                on_batch=save,
-            )
-            for position, response in zip(positions, generated):
-                responses[position] = response
-    finally:
-        if sink is not None:
-            sink.close()
-    prompt_texts = [message_text(job["messages"]) for job in jobs]
-    verdicts = judge(prompt_texts, responses)
-    records = []
-    for job, text, response, verdict in zip(jobs, prompt_texts, responses, verdicts):
-        system = [m["content"] for m in job["messages"] if m.get("role") == "system"]
-        # The query text itself (not the teacher's template around it) is what an echo would repeat.
-        echo_of = text
-        detected = identify_language(response, prompt=echo_of) if answer_language else None
-        record = {
-            "kind": job["kind"],
-            "set": job["set"],
-            "id": job["id"],
-            "language": job["language"],
-            "harmful": job["harmful"],
-            "refusal": verdict,
-            "system_prompt": system[0] if system else None,
-            "prompt": text,
-            "response": response,
-            "answer_language": detected,
-            "in_query_language": None if detected is None else detected == job["language"],
-            "degenerate": is_degenerate(response),
-            "max_new_tokens": job["budget"],
-        }
-        if job["kind"] == "utility":
-            predicted = extract_number(response)
-            record["correct"] = predicted is not None and predicted == str(job["answer"])
-        records.append(record)
-
-    def select(kind: str, set_name: str | None = None, language: str | None = None) -> list[dict[str, Any]]:
-        return [
-            r
-            for r in records
-            if r["kind"] == kind
-            and (set_name is None or r["set"] == set_name)
-            and (language is None or r["language"] == language)
-        ]
-
-    def language_entry(chosen: list[dict[str, Any]], rate_name: str) -> dict[str, Any]:
-        entry: dict[str, Any] = {"n": len(chosen), **rate_entry([r["refusal"] for r in chosen], rate_name)}
-        if answer_language:
-            entry.update(rate_entry([bool(r["in_query_language"]) for r in chosen], "language_fidelity"))
-            entry.update(rate_entry([r["degenerate"] for r in chosen], "degenerate_rate"))
-            refusals = [r for r in chosen if r["refusal"]]
-            entry["refusals_in_english"] = (
-                sum(r["answer_language"] == "en" for r in refusals) / len(refusals) if refusals else None
-            )
-            entry["refusals_in_query_language"] = (
-                sum(bool(r["in_query_language"]) for r in refusals) / len(refusals) if refusals else None
-            )
-        return entry
-
-    language_report = {}
-    for language in languages:
-        entry = language_entry(select("harmful", language=language), "refusal_rate")
-        entry["attack_success_rate"] = None if entry["refusal_rate"] is None else 1.0 - entry["refusal_rate"]
-        language_report[language] = entry
-    sets_report = {
-        set_name: {
-            language: language_entry(select("benign", set_name, language), "over_refusal_rate")
-            for language in set_languages
-        }
-        for set_name, (_, set_languages, _) in selected_benign.items()
-    }
-    utility_report = {}
-    for set_name, (columns, set_languages, _) in selected_benign.items():
-        if utility_max_new_tokens is not None and "answer" in columns:
-            utility_report[set_name] = {
-                language: {
-                    "n": len(select("utility", set_name, language)),
-                    **rate_entry([r["correct"] for r in select("utility", set_name, language)], "accuracy"),
-                }
-                for language in set_languages
-            }
-    teacher = language_entry(select("teacher"), "refusal_rate")
-    teacher_benign_records = select("teacher_benign")
-    if teacher_benign_records:
-        teacher["benign"] = {
-            set_name: language_entry(select("teacher_benign", set_name), "over_refusal_rate")
-            for set_name in dict.fromkeys(r["set"] for r in teacher_benign_records)
-        }
-
-    refusal_rates = [e["refusal_rate"] for e in language_report.values() if e["refusal_rate"] is not None]
-    first_set = next(iter(sets_report.values()), {})
-    over_refusal_rates = [e["over_refusal_rate"] for e in first_set.values() if e["over_refusal_rate"] is not None]
-    mean_refusal = sum(refusal_rates) / len(refusal_rates) if refusal_rates else None
+        extra = [c for c in ("teacher_prompt", "answer") if c in rows.column_names]
+        selected_benign[set_name] = select_set(rows, set_name, wanted, limit, extra=extra)
+    budgets = generation_budgets(
+        tokenizer, {"harmful": harmful_set, **selected_benign}, max_new_tokens=max_new_tokens,
+        max_budget_tokens=max_budget_tokens, per_language=budget_per_language,
+    )  # fmt: skip
+    # All jobs go through one generate pass, so length grouping spans every kind.
+    jobs = build_jobs(
+        harmful_set, selected_benign, budgets, teacher_prompt_template=teacher_prompt_template,
+        teacher_system_prompt=teacher_system_prompt, student_system_prompt=student_system_prompt,
+        max_new_tokens=max_new_tokens, max_chars=max_chars, include_student=include_student,
+        teacher_benign=teacher_benign, utility_max_new_tokens=utility_max_new_tokens,
+    )  # fmt: skip
+    responses = answer_jobs(
+        model, tokenizer, jobs, batch_size=batch_size, do_sample=do_sample, temperature=temperature,
+        progress=progress, partial_path=partial_path,
+    )  # fmt: skip
+    verdicts = judge([message_text(job["messages"]) for job in jobs], responses)
+    records = score_records(jobs, responses, verdicts, answer_language=answer_language)
+    utility_sets = [name for name, (columns, _, _) in selected_benign.items() if "answer" in columns]
+    sections = rate_sections(
+        records, languages, {name: chosen[1] for name, chosen in selected_benign.items()},
+        answer_language=answer_language, utility_sets=utility_sets if utility_max_new_tokens is not None else (),
+    )  # fmt: skip
+    sets_report = sections["benign_sets"]
     report = {
         "model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
         "adapter": adapter,
         "judge": judge.name,
-        "languages": language_report,
-        "benign": first_set,
+        "languages": sections["languages"],
+        "benign": next(iter(sets_report.values()), {}),
         "benign_sets": sets_report,
-        "teacher": teacher,
-        "utility": utility_report,
-        "summary": {
-            "mean_refusal_rate": mean_refusal,
-            "min_refusal_rate": min(refusal_rates) if refusal_rates else None,
-            "gap_to_teacher": teacher["refusal_rate"] - mean_refusal
-            if mean_refusal is not None and teacher["refusal_rate"] is not None
-            else None,
-            "mean_over_refusal_rate": sum(over_refusal_rates) / len(over_refusal_rates)
-            if over_refusal_rates
-            else None,
-            **{
-                f"mean_over_refusal_rate/{name}": _mean([e["over_refusal_rate"] for e in entries.values()])
-                for name, entries in sets_report.items()
-            },
-        },
+        "teacher": sections["teacher"],
+        "utility": sections["utility"],
+        "summary": summary(sections),
         "settings": {
             "max_new_tokens": max_new_tokens,
             "budget_per_language": budget_per_language,
@@ -478,11 +179,6 @@ def evaluate(
         },
     }
     return report, records
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 def _user_evaluation_data(harmful_dataset, benign_dataset, languages):
