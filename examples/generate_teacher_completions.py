@@ -16,7 +16,7 @@ from datasets import Dataset
 from trl import ModelConfig, TrlParser
 
 from msd_trl import MSDConfig, generate_teacher_completions
-from msd_trl.cli import TEACHER_COMPLETIONS_FILE, DataArguments
+from msd_trl.arguments import TEACHER_COMPLETIONS_FILE, DataArguments
 from msd_trl.models import load_model, load_tokenizer
 
 

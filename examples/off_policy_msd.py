@@ -20,7 +20,7 @@ from pathlib import Path
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from msd_trl import MSDConfig, OffPolicyMSDTrainer, generate_teacher_completions
-from msd_trl.cli import TEACHER_COMPLETIONS_FILE, DataArguments
+from msd_trl.arguments import TEACHER_COMPLETIONS_FILE, DataArguments
 from msd_trl.models import load_model, load_tokenizer
 
 

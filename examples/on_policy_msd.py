@@ -4,7 +4,7 @@ Launch (CPU, the embedded SmolLM2-135M-Instruct, ../shared/data or the Hub):
 
     python examples/on_policy_msd.py --config examples/configs/on_policy.yaml
 
-Any `MSDConfig` / `TrainingArguments` flag, TRL `ModelConfig` flag or `msd_trl.cli.DataArguments` field can be
+Any `MSDConfig` / `TrainingArguments` flag, TRL `ModelConfig` flag or `msd_trl.arguments.DataArguments` field can be
 given on the command line or in the YAML; flags win over the YAML. A Hub model with QLoRA, for users with network:
 
     python examples/on_policy_msd.py --config examples/configs/on_policy.yaml \
@@ -23,7 +23,7 @@ without the run summary files.
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from msd_trl import MSDConfig, OnPolicyMSDTrainer
-from msd_trl.cli import DataArguments
+from msd_trl.arguments import DataArguments
 from msd_trl.models import load_model, load_tokenizer
 
 

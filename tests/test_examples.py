@@ -14,7 +14,7 @@ import pytest
 from trl import ModelConfig, TrlParser
 
 from msd_trl import MSDConfig
-from msd_trl.cli import DataArguments
+from msd_trl.arguments import DataArguments
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
