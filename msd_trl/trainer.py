@@ -17,6 +17,13 @@ with token weights -> loss.
   *after* generation: accumulation 4 x 1 equals 1 x 4 (exactly so for unnormalised token weights).
 * Prompts are left-padded, completions right-padded; the student and the teacher score the same completion ids,
   and logits are computed only on completion positions (`logits_to_keep` where the model takes it).
+* A variant is one hook: subclass `MSDTrainer`, implement `use_fixed_completion(inputs)`, and
+  `@register_trainer("name")` makes it `msd-trl train --trainer name` (see docs/code_layout.md).
+
+Layout: the pure pieces live beside this file and are tested there (`completions`: masks, the scoring batch,
+completion logits, step statistics; `row_checks`; `teacher_cache`; `rendering`: the collator). What stays here is
+one cohesive thing, the Trainer overrides that must sit on the class (set-up and the self-teacher, rollouts inside
+`get_batch_samples`, resume order of the RNG, the loss and its metrics): about 450 lines, plus the two variants.
 """
 
 from __future__ import annotations
