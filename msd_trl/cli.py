@@ -200,8 +200,10 @@ def _evaluate_before_after(data_args, config, model_args, output_dir: Path) -> t
 def before_after_table(report: dict[str, Any], baseline: dict[str, Any] | None) -> str:
     """A short console table: refusal per language (harmful) and over-refusal (benign), before -> after."""
 
+    from .stats import format_percent
+
     def pct(value: Any) -> str:
-        return "  –  " if value is None else f"{value:5.0%}"
+        return format_percent(value, "5.0%", missing="  –  ")
 
     lines = ["", "language | refusal (harmful) before -> after | over-refusal (MultiQ) before -> after"]
     multiq = report.get("benign_sets", {}).get("multiq", {})

@@ -35,8 +35,7 @@ def hub_id_of(model_name: str | None) -> str:
 
 
 def _evaluation_table(report: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> list[str]:
-    def pct(value: Any) -> str:
-        return "–" if value is None else f"{value:.0%}"
+    from .stats import format_percent as pct
 
     lines = [
         "| set | language | n | after | before |",

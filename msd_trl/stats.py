@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["mean_and_spread", "rate_entry", "wilson_interval"]
+__all__ = ["format_percent", "mean_and_spread", "rate_entry", "wilson_interval"]
 
 
 def wilson_interval(successes: int, n: int, *, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -40,3 +40,8 @@ def mean_and_spread(values: Sequence[float | None]) -> dict[str, float | int | N
     mean = sum(present) / len(present)
     std = math.sqrt(sum((v - mean) ** 2 for v in present) / (len(present) - 1)) if len(present) > 1 else 0.0
     return {"mean": mean, "std": std, "min": min(present), "max": max(present), "n": len(present)}
+
+
+def format_percent(value: float | None, spec: str = ".0%", missing: str = "–") -> str:
+    """A rate for a table: `format(value, spec)`, or `missing` when there is none (no rows)."""
+    return missing if value is None else format(value, spec)

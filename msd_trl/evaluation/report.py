@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..stats import format_percent
+
 logger = logging.getLogger(__name__)
 
 RECORD_FIELDS = (
@@ -45,7 +47,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1%}"
+    return format_percent(value, ".1%")
 
 
 def _markdown(report: dict[str, Any], baseline: dict[str, Any] | None) -> str:
