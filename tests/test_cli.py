@@ -253,14 +253,6 @@ def test_train_leaves_a_model_card_and_eval_after_shows_before_and_after(model_d
     assert "refusal (harmful) before -> after" in printed and "teacher refusal (the base model" in printed
 
 
-def test_model_card_names_the_hub_model_of_the_embedded_default():
-    from msd_trl.model_card import EMBEDDED_HUB_ID, hub_id_of
-    from msd_trl.models import EMBEDDED_MODEL
-
-    assert hub_id_of(None) == hub_id_of(EMBEDDED_MODEL) == EMBEDDED_HUB_ID == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert hub_id_of("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
-
-
 def test_quickstart_config_parses_and_evaluates_after_training(tmp_path):
     config = Path(__file__).resolve().parents[1] / "examples" / "configs" / "quickstart.yaml"
     data_args, training_args, _ = build_train_parser().parse_args_and_config(
