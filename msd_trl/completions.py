@@ -18,6 +18,8 @@ from .divergences import DivergenceOutput
 
 __all__ = [
     "STEP_STATISTICS",
+    "merge_left_padded",
+    "pad_right",
     "build_scoring_batch",
     "completion_logits",
     "completion_mask",
@@ -39,6 +41,26 @@ def completion_mask(completion_ids: torch.Tensor, stop_ids: Sequence[int]) -> to
     )  # [B]
     positions = torch.arange(length, device=completion_ids.device).unsqueeze(0)  # [1, Lc]
     return (positions <= first_stop.unsqueeze(1)).long()  # [B, Lc]
+
+
+def merge_left_padded(
+    ids: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack left-padded `[b_i, L_i]` prompt batches into one `[sum b_i, max L_i]` batch, padding on the left."""
+    width = max(t.size(1) for t in ids)
+    merged = [torch.nn.functional.pad(t, (width - t.size(1), 0), value=pad_token_id) for t in ids]
+    merged_masks = [torch.nn.functional.pad(m, (width - m.size(1), 0), value=0) for m in masks]
+    return torch.cat(merged), torch.cat(merged_masks)
+
+
+def pad_right(
+    ids: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack right-padded `[b_i, L_i]` completion batches into one `[sum b_i, max L_i]` batch."""
+    width = max(t.size(1) for t in ids)
+    padded = [torch.nn.functional.pad(t, (0, width - t.size(1)), value=pad_token_id) for t in ids]
+    padded_masks = [torch.nn.functional.pad(m, (0, width - m.size(1)), value=0) for m in masks]
+    return torch.cat(padded), torch.cat(padded_masks)
 
 
 def ends_with_stop(completion_ids: torch.Tensor, mask: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:

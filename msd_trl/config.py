@@ -108,6 +108,11 @@ class MSDConfig(GKDConfig):
         Top-k sampling for rollouts (`0` disables it), explicit so a model's own generation config never
         changes the sampling distribution behind your back.
 
+    rollout_batch_size (`int` or `None`, defaults to `None`):
+        Rows per on-policy generate call. `None`: every rollout of an optimizer step (all gradient-accumulation
+        micro-batches) in one call, which amortises the per-token decode cost; a number caps the call's memory
+        (rows are grouped by prompt length). Exactly on-policy either way: the weights do not change inside an
+        accumulation window.
     teacher_cache_top_k (`int` or `None`, defaults to `None`):
         Off-policy only: score the fixed teacher text once before training and keep the teacher's top-K log-probs
         (leftover mass spread evenly over the other tokens), so steps run only the student. Exact at K = V; DPSW
@@ -180,6 +185,13 @@ class MSDConfig(GKDConfig):
     top_k: int = field(
         default=0,
         metadata={"help": "Top-k sampling for rollouts and teacher completions; 0 disables it."},
+    )
+    rollout_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Rows per on-policy generate call; default: every rollout of an optimizer step (all accumulation "
+            "micro-batches) in one call. Set it to cap generation memory."
+        },
     )
     teacher_cache_top_k: int | None = field(
         default=None,
@@ -270,6 +282,11 @@ class MSDConfig(GKDConfig):
             bad("top_k", "must be >= 0 (0 disables top-k sampling).")
         if self.max_new_tokens < 1:
             bad("max_new_tokens", "must be >= 1.")
+        if self.rollout_batch_size is not None and (
+            isinstance(self.rollout_batch_size, bool) or not isinstance(self.rollout_batch_size, int)
+            or self.rollout_batch_size < 1
+        ):  # fmt: skip
+            bad("rollout_batch_size", "must be an integer >= 1, or None for one call per optimizer step.")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             bad("max_prompt_length", "must be >= 1 or None.")
         if self.teacher_cache_top_k is not None:

@@ -53,6 +53,8 @@ from .completions import (
     completion_logits,
     completion_mask,
     ends_with_stop,
+    merge_left_padded,
+    pad_right,
     step_statistics,
 )
 from .config import (
@@ -327,25 +329,69 @@ class MSDTrainer(SFTTrainer):
         """Collated rows -> a scored-ready batch (student and teacher sequences sharing the completion ids)."""
         if "completion_ids" in inputs:
             return inputs
-        if self.self_teacher:
-            check_privileged_context(inputs)
-        if self.use_fixed_completion(inputs):
-            completion_ids, completion_mask = inputs["fixed_completion_ids"], inputs["fixed_completion_mask"]
-            self._metrics_append("completions/on_policy_ratio", 0.0)
-        else:
-            completion_ids, completion_mask = self.generate_completions(
-                model, inputs["prompt_ids"], inputs["prompt_mask"]
-            )
-            self._metrics_append("completions/on_policy_ratio", 1.0)
-        batch = build_scoring_batch(
-            inputs, completion_ids, completion_mask, pad_token_id=self._tokenizer.pad_token_id,
-            carry=(TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS) if self._use_teacher_cache else (),
-        )  # fmt: skip
-        lengths = batch["completion_mask"].sum(1)
-        clipped = ~ends_with_stop(batch["completion_ids"], batch["completion_mask"], self.stop_ids)
-        self._metrics_append("completions/mean_length", self.accelerator.gather(lengths.float()).mean().item())
-        self._metrics_append("completions/clipped_ratio", self.accelerator.gather(clipped.float()).mean().item())
-        return batch
+        return self.prepare_batches(model, [inputs])[0]
+
+    def prepare_batches(self, model, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The collated micro-batches of one optimizer step -> scoring batches.
+
+        Each micro-batch asks `use_fixed_completion` once; the rollouts of all that sample the student come from one
+        generate call (`rollout_batch_size` rows per call when set), so the per-token decode cost is paid once per
+        optimizer step, not once per micro-batch. Still exactly on-policy: the weights do not change inside an
+        accumulation window.
+        """
+        fixed = []
+        for inputs in batches:
+            if self.self_teacher:
+                check_privileged_context(inputs)
+            fixed.append(self.use_fixed_completion(inputs))
+        rollouts = iter(self._rollouts(model, [b for b, use_fixed in zip(batches, fixed) if not use_fixed]))
+        scored = []
+        for inputs, use_fixed in zip(batches, fixed):
+            if use_fixed:
+                completion_ids, completion_mask = inputs["fixed_completion_ids"], inputs["fixed_completion_mask"]
+            else:
+                completion_ids, completion_mask = next(rollouts)
+            self._metrics_append("completions/on_policy_ratio", 0.0 if use_fixed else 1.0)
+            batch = build_scoring_batch(
+                inputs, completion_ids, completion_mask, pad_token_id=self._tokenizer.pad_token_id,
+                carry=(TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS) if self._use_teacher_cache else (),
+            )  # fmt: skip
+            lengths = batch["completion_mask"].sum(1)
+            clipped = ~ends_with_stop(batch["completion_ids"], batch["completion_mask"], self.stop_ids)
+            self._metrics_append("completions/mean_length", self.accelerator.gather(lengths.float()).mean().item())
+            self._metrics_append("completions/clipped_ratio", self.accelerator.gather(clipped.float()).mean().item())
+            scored.append(batch)
+        return scored
+
+    def _rollouts(self, model, batches: list[dict[str, Any]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Student completions `(ids, mask)` for each micro-batch, from as few generate calls as
+        `rollout_batch_size` allows (rows grouped by prompt length when there is more than one call)."""
+        if not batches:
+            return []
+        pad = self._tokenizer.pad_token_id
+        prompt_ids, prompt_mask = merge_left_padded(
+            [b["prompt_ids"] for b in batches], [b["prompt_mask"] for b in batches], pad
+        )  # [N, Lp]
+        rows = prompt_ids.size(0)
+        chunk = self.args.rollout_batch_size or rows
+        order = torch.arange(rows)
+        if chunk < rows:  # group by prompt length so each call pads little
+            order = torch.argsort(prompt_mask.sum(1).cpu(), stable=True)
+        pieces_ids, pieces_mask = [], []
+        for start in range(0, rows, chunk):
+            index = order[start : start + chunk].to(prompt_ids.device)
+            ids, mask = prompt_ids[index], prompt_mask[index]
+            keep = int(mask.sum(0).ne(0).nonzero()[0]) if mask.any() else 0  # drop all-padding left columns
+            completion_ids, completion_mask = self.generate_completions(model, ids[:, keep:], mask[:, keep:])
+            pieces_ids.append(completion_ids)
+            pieces_mask.append(completion_mask)
+        completion_ids, completion_mask = pad_right(pieces_ids, pieces_mask, pad)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(rows)
+        inverse = inverse.to(completion_ids.device)
+        completion_ids, completion_mask = completion_ids[inverse], completion_mask[inverse]
+        sizes = [b["prompt_ids"].size(0) for b in batches]
+        return list(zip(completion_ids.split(sizes), completion_mask.split(sizes)))
 
     # ------------------------------------------------------------------ resume
 
@@ -385,7 +431,7 @@ class MSDTrainer(SFTTrainer):
             super()._load_rng_state(checkpoint)
             self._rng_loaded_early = checkpoint
         self.model.train()  # generation happens before training_step sets the mode; metrics go to "train"
-        batches = [self.prepare_batch(self.model_wrapped, self._prepare_inputs(b)) for b in raw_batches]
+        batches = self.prepare_batches(self.model_wrapped, [self._prepare_inputs(b) for b in raw_batches])
         if not batches:
             return batches, None
         num_items = sum(b["completion_mask"].sum() for b in batches).to(device)

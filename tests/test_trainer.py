@@ -674,3 +674,70 @@ def test_a_trainer_variant_is_one_hook_and_one_registration(tmp_path, tiny_token
     with pytest.raises(NotImplementedError, match="MSDTrainer must implement use_fixed_completion"):
         MSDTrainer(model=make_model(tiny_tokenizer), args=make_args(tmp_path, max_steps=1), train_dataset=msd_rows,
                    processing_class=tiny_tokenizer).train()  # fmt: skip
+
+
+# ------------------------------------------------------------------ rollouts per optimizer step
+
+
+def test_on_policy_accumulation_4x1_equals_1x4_with_one_generate_call_per_step(tmp_path, tiny_tokenizer, msd_rows):
+    dataset = msd_rows.select(range(4))
+    final, calls = {}, {}
+    for name, (batch_size, accumulation) in {"1x4": (4, 1), "4x1": (1, 4)}.items():
+        trainer = OnPolicyMSDTrainer(
+            model=make_model(tiny_tokenizer),
+            args=make_args(tmp_path / name, per_device_train_batch_size=batch_size,
+                           gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd", learning_rate=1.0,
+                           lr_scheduler_type="constant", max_grad_norm=0.0, dpsw_normalize=False),
+            train_dataset=dataset,
+            processing_class=tiny_tokenizer,
+            peft_config=lora(),
+        )  # fmt: skip
+        trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(dataset)
+        original, calls[name] = trainer.generate_completions, []
+
+        def counting(model, ids, mask, original=original, name=name):
+            calls[name].append(ids.size(0))
+            return original(model, ids, mask)
+
+        trainer.generate_completions = counting
+        trainer.train()
+        final[name] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if "lora_" in k}
+    # One generate call for the whole optimizer step in both shapes: the same prompts, padding and draws, so the
+    # same rollouts and the same update (before, 4x1 sampled four times, one row each).
+    assert calls == {"1x4": [4], "4x1": [4]}
+    assert any(final["1x4"][k].abs().sum() > 0 for k in final["1x4"] if "lora_B" in k)
+    for key in final["1x4"]:
+        torch.testing.assert_close(final["4x1"][key], final["1x4"][key], rtol=1e-4, atol=1e-6)
+
+
+def test_rollout_batch_size_chunks_by_length_and_keeps_each_row_with_its_completion(
+    tmp_path, tiny_tokenizer, msd_rows
+):
+    trainer = OnPolicyMSDTrainer(
+        model=make_model(tiny_tokenizer),
+        args=make_args(tmp_path, per_device_train_batch_size=2, rollout_batch_size=2),
+        train_dataset=msd_rows,
+        processing_class=tiny_tokenizer,
+        peft_config=lora(),
+    )
+    eos = trainer.stop_ids[0]
+    calls = []
+
+    def echo_last_prompt_token(model, ids, mask):  # a deterministic "rollout" that names its row
+        calls.append(mask.sum(1).tolist())
+        return torch.stack([ids[:, -1], ids[:, -1], torch.full_like(ids[:, -1], eos)], 1), torch.ones(
+            ids.size(0), 3, dtype=torch.long
+        )
+
+    trainer.generate_completions = echo_last_prompt_token
+    batches = [trainer.data_collator([msd_rows[i], msd_rows[j]]) for i, j in ((0, 1), (2, 3), (4, 5))]
+    scored = trainer.prepare_batches(trainer.model, batches)
+    assert len(calls) == 3 and all(len(c) == 2 for c in calls)
+    lengths = [n for c in calls for n in c]
+    assert lengths == sorted(lengths)  # grouped by prompt length
+    for inputs, batch in zip(batches, scored):
+        last = inputs["prompt_ids"][:, -1]
+        assert batch["completion_ids"][:, 0].tolist() == last.tolist()  # every row got its own completion back
+        assert torch.equal(batch["input_ids"][:, : inputs["prompt_ids"].size(1)], inputs["prompt_ids"])
+    with pytest.raises(ValueError, match="rollout_batch_size=0 is invalid"):
+        make_args(tmp_path, rollout_batch_size=0)
