@@ -127,15 +127,22 @@ STEP_STATISTICS = (
 
 @torch.no_grad()
 def step_statistics(
-    output: DivergenceOutput, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor
+    output: DivergenceOutput,
+    student_logits: torch.Tensor | None,
+    teacher_logits: torch.Tensor | None,
+    mask: torch.Tensor,
 ) -> torch.Tensor:
     """The values of `STEP_STATISTICS` for one micro-batch, as one float tensor (gathered across processes by
     the caller): weighted loss and plain divergence per completion token, token-weight mean and max, and the share
-    of completion tokens on which student and teacher agree on the most likely token."""
+    of completion tokens on which student and teacher agree on the most likely token (from the logits, or from
+    `output.agreement` when the chunked loss never kept them)."""
     valid = mask.bool()
     num_valid = valid.sum().clamp(min=1)
     weights = output.weights[valid] if valid.any() else output.weights.new_ones(1)
-    agree = (student_logits.argmax(-1) == teacher_logits.argmax(-1)) & valid
+    agreement = getattr(output, "agreement", None)
+    if agreement is None:
+        agreement = student_logits.argmax(-1) == teacher_logits.argmax(-1)
+    agree = agreement & valid
     per_token = output.per_token_loss.detach()
     return torch.stack(
         [

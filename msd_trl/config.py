@@ -100,6 +100,11 @@ class MSDConfig(GKDConfig):
         Both logit sets are divided by it inside the divergence (GKD's loss also uses 1.0; `temperature` is the
         sampling temperature).
 
+    loss_chunk_size (`int` or `None`, defaults to `None`):
+        Compute the loss over chunks of this many completion positions from the models' last hidden states, with
+        backward recomputing each chunk's logits: never more than `[B, chunk, V]` logits at once. For large
+        vocabularies (Qwen2.5: 151,936); equal to the plain loss (to float rounding). `None`: the plain path.
+
     > Generation (on-policy rollouts and teacher text)
 
     top_p (`float`, defaults to `1.0`):
@@ -176,6 +181,13 @@ class MSDConfig(GKDConfig):
     divergence_temperature: float = field(
         default=1.0,
         metadata={"help": "Temperature applied to both logit sets inside the divergence (GKD uses 1.0)."},
+    )
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Loss over chunks of this many completion positions (from hidden states, recomputed in "
+            "backward): never more than [batch, chunk, vocab] logits at once. For large vocabularies; default off."
+        },
     )
     # --- generation ---
     top_p: float = field(
@@ -282,6 +294,11 @@ class MSDConfig(GKDConfig):
             bad("top_k", "must be >= 0 (0 disables top-k sampling).")
         if self.max_new_tokens < 1:
             bad("max_new_tokens", "must be >= 1.")
+        if self.loss_chunk_size is not None and (
+            isinstance(self.loss_chunk_size, bool) or not isinstance(self.loss_chunk_size, int)
+            or self.loss_chunk_size < 1
+        ):  # fmt: skip
+            bad("loss_chunk_size", "must be an integer >= 1, or None for the plain loss.")
         if self.rollout_batch_size is not None and (
             isinstance(self.rollout_batch_size, bool) or not isinstance(self.rollout_batch_size, int)
             or self.rollout_batch_size < 1

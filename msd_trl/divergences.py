@@ -232,6 +232,22 @@ class Divergence:
     ) -> torch.Tensor:
         return torch.ones(completion_ids.shape, dtype=student_logits.dtype, device=student_logits.device)
 
+    def local_token_weights(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Token weights from each position alone: what the chunked loss (`msd_trl.chunked_loss`) computes per chunk
+        of positions. The base returns `token_weights`, so a custom weighting that looks across positions must
+        override this and `weight_normaliser` to be used with `MSDConfig.loss_chunk_size`."""
+        return self.token_weights(student_logits, teacher_logits, completion_ids, completion_mask)
+
+    def weight_normaliser(self, weight_sum: torch.Tensor, num_valid: torch.Tensor) -> torch.Tensor | None:
+        """The scalar the local weights are divided by, from their sum over the valid tokens (`None`: none)."""
+        return None
+
     def compute(
         self,
         student_logits: torch.Tensor,
@@ -388,19 +404,23 @@ class DPSW(Divergence):
     def per_token(self, student_logits, teacher_logits, completion_ids):
         return self.base.per_token(student_logits, teacher_logits, completion_ids)
 
-    def token_weights(self, student_logits, teacher_logits, completion_ids, completion_mask):
+    def local_token_weights(self, student_logits, teacher_logits, completion_ids, completion_mask):
         with torch.no_grad():
             w_teacher = self.teacher_view(student_logits, teacher_logits, completion_ids)  # [B, T]
             w_student = self.student_view(student_logits, teacher_logits, completion_ids)  # [B, T]
-            weights = self.min_weight + (1.0 - self.min_weight) * w_teacher * w_student  # [B, T]
-            if self.normalize:
-                mask = completion_mask.to(weights.dtype)
-                num_valid = mask.sum()
-                if num_valid > 0:
-                    mean_weight = (weights * mask).sum() / num_valid
-                    # mean_weight >= min_weight > 0 unless min_weight == 0 and every product is 0.
-                    weights = weights / mean_weight.clamp(min=torch.finfo(weights.dtype).tiny)
-        return weights.detach()
+            return (self.min_weight + (1.0 - self.min_weight) * w_teacher * w_student).detach()  # [B, T]
+
+    def weight_normaliser(self, weight_sum, num_valid):
+        if not self.normalize or num_valid <= 0:
+            return None
+        # The mean weight over valid tokens: >= min_weight > 0 unless min_weight == 0 and every product is 0.
+        return (weight_sum / num_valid).clamp(min=torch.finfo(weight_sum.dtype).tiny)
+
+    def token_weights(self, student_logits, teacher_logits, completion_ids, completion_mask):
+        weights = self.local_token_weights(student_logits, teacher_logits, completion_ids, completion_mask)
+        mask = completion_mask.to(weights.dtype)
+        normaliser = self.weight_normaliser((weights * mask).sum(), mask.sum())
+        return weights if normaliser is None else weights / normaliser
 
     def __repr__(self) -> str:
         return (

@@ -28,6 +28,7 @@ one cohesive thing, the Trainer overrides that must sit on the class (set-up and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -47,6 +48,7 @@ from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.sft_trainer import SFTTrainer
 from trl.trainer.utils import disable_dropout_in_model, use_adapter
 
+from .chunked_loss import ChunkedOutput, chunked_divergence
 from .completions import (
     STEP_STATISTICS,
     build_scoring_batch,
@@ -226,6 +228,8 @@ class MSDTrainer(SFTTrainer):
             eos_token_id=self.stop_ids,
         )
         self._model_kwarg_keys = set(self._forward_signature(self.model))
+        if args.loss_chunk_size is not None:
+            self._check_chunked_head()
 
     # ------------------------------------------------------------------ set-up
 
@@ -457,25 +461,95 @@ class MSDTrainer(SFTTrainer):
         """
         if TEACHER_CACHE_LOGPROBS in inputs:
             return dense_from_topk(inputs[TEACHER_CACHE_IDS], inputs[TEACHER_CACHE_LOGPROBS], vocab_size)
-        with torch.no_grad():
-            if self.teacher_model is None:
-                unwrapped = self.accelerator.unwrap_model(self.model)
-                was_training = unwrapped.training
-                # The initial model is scored without dropout. With disable_dropout the base has none and the
-                # (disabled) adapter's dropout is not applied, so skip the eval/train walk over every module.
+        return self._teacher_forward(inputs, num_completion, self._completion_logits)
+
+    @torch.no_grad()
+    def _teacher_forward(self, inputs: dict[str, Any], num_completion: int, score: Callable) -> torch.Tensor:
+        """`score(model, teacher_input_ids, teacher_attention_mask, num_completion)` on the teacher, without grad, in
+        eval mode: the adapter-disabled student for the self-teacher under PEFT, else the teacher model."""
+        ids, mask = inputs["teacher_input_ids"], inputs["teacher_attention_mask"]
+        if self.teacher_model is None:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            was_training = unwrapped.training
+            # The initial model is scored without dropout. With disable_dropout the base has none and the
+            # (disabled) adapter's dropout is not applied, so skip the eval/train walk over every module.
+            if not self.args.disable_dropout:
+                unwrapped.eval()
+            try:
+                with use_adapter(unwrapped, adapter_name=None):
+                    return score(unwrapped, ids, mask, num_completion)
+            finally:
                 if not self.args.disable_dropout:
-                    unwrapped.eval()
-                try:
-                    with use_adapter(unwrapped, adapter_name=None):
-                        return self._completion_logits(
-                            unwrapped, inputs["teacher_input_ids"], inputs["teacher_attention_mask"], num_completion
-                        )
-                finally:
-                    if not self.args.disable_dropout:
-                        unwrapped.train(was_training)
-            self.teacher_model.eval()
-            return self._completion_logits(
-                self.teacher_model, inputs["teacher_input_ids"], inputs["teacher_attention_mask"], num_completion
+                    unwrapped.train(was_training)
+        self.teacher_model.eval()
+        return score(self.teacher_model, ids, mask, num_completion)
+
+    def _completion_hidden(self, model, input_ids, attention_mask, num_completion: int) -> torch.Tensor:
+        """Last hidden states that predict the last `num_completion` tokens: `[B, Lc, H]` (the LM head runs on one
+        position only; `loss_chunk_size` projects the rest chunk by chunk)."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False,
+                  "output_hidden_states": True}  # fmt: skip
+        if "logits_to_keep" in self._model_kwarg_keys:
+            kwargs["logits_to_keep"] = 1
+        return model(**kwargs).hidden_states[-1][:, -num_completion - 1 : -1, :]
+
+    def _chunked_loss(self, model, inputs: dict[str, Any], num_items_in_batch) -> ChunkedOutput:
+        """The loss of `loss_chunk_size`: hidden states in, never more than a chunk of `[B, c, V]` logits."""
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        num_completion = completion_ids.size(1)
+        student_hidden = self._completion_hidden(model, inputs["input_ids"], inputs["attention_mask"], num_completion)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        head = unwrapped.get_output_embeddings()
+        if TEACHER_CACHE_LOGPROBS in inputs:
+            vocab_size = unwrapped.config.get_text_config().vocab_size
+            ids, logprobs = inputs[TEACHER_CACHE_IDS], inputs[TEACHER_CACHE_LOGPROBS]
+
+            def project_teacher(positions: slice) -> torch.Tensor:
+                return dense_from_topk(ids[:, positions], logprobs[:, positions], vocab_size)
+        else:
+            teacher_hidden = self._teacher_forward(inputs, num_completion, self._completion_hidden)
+            teacher_head = (
+                head
+                if self.teacher_model is None
+                else self.accelerator.unwrap_model(self.teacher_model).get_output_embeddings()
+            )
+            # A LoRA on the head itself must be off for the self-teacher (the default targets leave the head alone).
+            adapter_off = self.teacher_model is None and hasattr(teacher_head, "lora_A")
+
+            def project_teacher(positions: slice) -> torch.Tensor:
+                with use_adapter(unwrapped, adapter_name=None) if adapter_off else contextlib.nullcontext():
+                    return teacher_head(teacher_hidden[:, positions])
+
+        return chunked_divergence(
+            self.divergence, student_hidden, head, project_teacher, completion_ids, completion_mask,
+            chunk_size=self.args.loss_chunk_size, num_items_in_batch=num_items_in_batch,
+        )  # fmt: skip
+
+    def _check_chunked_head(self) -> None:
+        """`loss_chunk_size` projects the last hidden state through the output head itself, so the model's logits
+        must be exactly that (no soft-capping or scaling after the head): checked once on a few tokens."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        head = unwrapped.get_output_embeddings()
+        if head is None:
+            raise ValueError(
+                f"MSDConfig.loss_chunk_size={self.args.loss_chunk_size} needs a model with an output head "
+                f"(get_output_embeddings()); {type(unwrapped).__name__} has none. Unset loss_chunk_size."
+            )
+        vocab_size = unwrapped.config.get_text_config().vocab_size
+        ids = torch.arange(min(8, vocab_size), device=head.weight.device).unsqueeze(0)
+        was_training = unwrapped.training
+        unwrapped.eval()
+        try:
+            with torch.no_grad():
+                out = unwrapped(input_ids=ids, use_cache=False, output_hidden_states=True)
+                projected = head(out.hidden_states[-1])
+        finally:
+            unwrapped.train(was_training)
+        if not torch.allclose(projected.float(), out.logits.float(), rtol=1e-3, atol=1e-3):
+            raise ValueError(
+                f"MSDConfig.loss_chunk_size={self.args.loss_chunk_size}: {type(unwrapped).__name__}'s logits are not "
+                "its output head applied to its last hidden state (logit soft-capping or scaling?), so the chunked "
+                "loss would train on different logits. Unset loss_chunk_size for this model."
             )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -486,13 +560,17 @@ class MSDTrainer(SFTTrainer):
             # Every completion is empty: a finite zero that still touches the graph.
             loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
             return (loss, None) if return_outputs else loss
-        student_logits = self._completion_logits(
-            model, inputs["input_ids"], inputs["attention_mask"], num_completion
-        )  # [B, Lc, V]
-        teacher_logits = self.teacher_logits(inputs, num_completion, student_logits.size(-1))  # [B, Lc, V]
-        output = self.divergence.compute(
-            student_logits, teacher_logits, completion_ids, completion_mask, num_items_in_batch=num_items_in_batch
-        )
+        if self.args.loss_chunk_size is not None:
+            student_logits = teacher_logits = None  # never materialised: chunk by chunk inside the loss
+            output = self._chunked_loss(model, inputs, num_items_in_batch)
+        else:
+            student_logits = self._completion_logits(
+                model, inputs["input_ids"], inputs["attention_mask"], num_completion
+            )  # [B, Lc, V]
+            teacher_logits = self.teacher_logits(inputs, num_completion, student_logits.size(-1))  # [B, Lc, V]
+            output = self.divergence.compute(
+                student_logits, teacher_logits, completion_ids, completion_mask, num_items_in_batch=num_items_in_batch
+            )
         if not torch.isfinite(output.loss):
             # HF's logging filters NaN losses, so a step on one would silently turn every trainable weight into NaN.
             raise FloatingPointError(

@@ -741,3 +741,46 @@ def test_rollout_batch_size_chunks_by_length_and_keeps_each_row_with_its_complet
         assert torch.equal(batch["input_ids"][:, : inputs["prompt_ids"].size(1)], inputs["prompt_ids"])
     with pytest.raises(ValueError, match="rollout_batch_size=0 is invalid"):
         make_args(tmp_path, rollout_batch_size=0)
+
+
+# ------------------------------------------------------------------ large-vocabulary loss
+
+
+@pytest.mark.parametrize("trainer_name", ["on-policy", "off-policy-cached", "separate-teacher"])
+def test_chunked_loss_trains_like_the_plain_loss(tmp_path, tiny_tokenizer, msd_rows, trainer_name):
+    final, losses = {}, {}
+    for chunk in (None, 2):
+        extra = {"teacher_cache_top_k": 400} if trainer_name == "off-policy-cached" else {}  # K >= V (320): exact
+        args = make_args(tmp_path / str(chunk), max_steps=2, optim="sgd", learning_rate=0.5, loss_chunk_size=chunk,
+                         lr_scheduler_type="constant", **extra)  # fmt: skip
+        kwargs = dict(model=make_model(tiny_tokenizer), args=args, processing_class=tiny_tokenizer, peft_config=lora())
+        if trainer_name == "off-policy-cached":
+            trainer = OffPolicyMSDTrainer(train_dataset=with_completions(msd_rows), **kwargs)
+        else:
+            teacher = make_model(tiny_tokenizer, seed=1) if trainer_name == "separate-teacher" else None
+            trainer = OnPolicyMSDTrainer(train_dataset=msd_rows, teacher_model=teacher, **kwargs)
+        if chunk is not None:  # the chunked path never asks for full [B, T, V] logits
+            trainer._completion_logits = lambda *a, **k: pytest.fail("the chunked loss materialised full logits")
+        trainer.train()
+        losses[chunk] = [e["msd/loss"] for e in trainer.state.log_history if "msd/loss" in e]
+        final[chunk] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if "lora_" in k}
+    assert losses[None] == pytest.approx(losses[2], rel=1e-4, abs=1e-6)
+    for key in final[None]:
+        torch.testing.assert_close(final[2][key], final[None][key], rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_loss_refuses_a_model_whose_logits_are_not_its_head_output(tmp_path, tiny_tokenizer, msd_rows):
+    model = make_model(tiny_tokenizer)
+    original = model.forward
+
+    def soft_capped(*args, **kwargs):  # as Gemma 2 does after its head
+        output = original(*args, **kwargs)
+        output.logits = 30.0 * torch.tanh(output.logits / 30.0)
+        return output
+
+    model.forward = soft_capped
+    with pytest.raises(ValueError, match="loss_chunk_size=4: .*not its output head applied"):
+        OnPolicyMSDTrainer(model=model, args=make_args(tmp_path, loss_chunk_size=4), train_dataset=msd_rows,
+                           processing_class=tiny_tokenizer)  # fmt: skip
+    with pytest.raises(ValueError, match="loss_chunk_size=0 is invalid"):
+        make_args(tmp_path, loss_chunk_size=0)
