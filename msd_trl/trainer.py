@@ -32,6 +32,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import os
 import random
 import warnings
 from collections.abc import Callable
@@ -77,6 +78,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "TRAINERS",
+    "check_scale_out",
     "MSDDataCollator",
     "MSDTrainer",
     "OffPolicyMSDTrainer",
@@ -228,6 +230,13 @@ class MSDTrainer(SFTTrainer):
             eos_token_id=self.stop_ids,
         )
         self._model_kwarg_keys = set(self._forward_signature(self.model))
+        deepspeed_plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        check_scale_out(
+            distributed_type=self.accelerator.distributed_type.value,
+            zero_stage=getattr(deepspeed_plugin, "zero_stage", None) if self.is_deepspeed_enabled else None,
+            self_teacher=self.self_teacher, peft=is_peft_model(self.model), loss_chunk_size=args.loss_chunk_size,
+            fsdp_requested=os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true",
+        )  # fmt: skip
         if args.loss_chunk_size is not None:
             self._check_chunked_head()
 
@@ -606,6 +615,44 @@ class MSDTrainer(SFTTrainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+
+def check_scale_out(
+    *,
+    distributed_type: str,
+    zero_stage: int | None,
+    self_teacher: bool,
+    peft: bool,
+    loss_chunk_size: int | None,
+    fsdp_requested: bool = False,
+) -> None:
+    """Refuse, at construction, the multi-process set-ups that are known to break or are untested, naming the fix.
+
+    * DeepSpeed ZeRO-3 with the self-teacher under PEFT: the teacher is the adapter-disabled student, and disabling
+      an adapter on ZeRO-3-partitioned weights is where TRL's own trainers broke (TRL issue #6237). Use FSDP2
+      (`accelerate launch --use_fsdp --fsdp_version 2`) or ZeRO-2.
+    * `loss_chunk_size` under FSDP or ZeRO-3: the chunked loss calls the output head outside the model's forward,
+      where sharded weights are not gathered; unset it there.
+    * FSDP asked for on CPU: accelerate runs it as plain data parallelism (a full copy per process), said once.
+    """
+    sharded = distributed_type == "FSDP" or zero_stage == 3
+    if zero_stage == 3 and self_teacher and peft:
+        raise ValueError(
+            "DeepSpeed ZeRO-3 with the self-teacher (teacher_model=None) under PEFT is not supported: the teacher is "
+            "the student with its adapter disabled, which breaks on ZeRO-3-partitioned weights (TRL issue #6237). "
+            "Use FSDP2 (accelerate launch --use_fsdp --fsdp_version 2, examples/accelerate/fsdp2.yaml) or ZeRO-2."
+        )
+    if sharded and loss_chunk_size is not None:
+        raise ValueError(
+            f"MSDConfig.loss_chunk_size={loss_chunk_size} is not supported with sharded weights "
+            f"({'FSDP' if distributed_type == 'FSDP' else 'ZeRO-3'}): the chunked loss calls the output head outside "
+            "the model's forward. Unset loss_chunk_size."
+        )
+    if fsdp_requested and distributed_type == "MULTI_CPU":
+        logger.warning(
+            "FSDP was requested (ACCELERATE_USE_FSDP), but accelerate runs multi-process CPU training as plain data "
+            "parallelism: every process holds a full copy of the model. FSDP sharding needs GPUs."
+        )
 
 
 # The base's name before it was public.
