@@ -118,7 +118,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--chunk_sizes", default="0,64", help="comma-separated; 0 = the plain loss")
     parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--completion_tokens", type=int, default=128)
+    parser.add_argument(
+        "--completion_tokens", type=int, default=128,
+        help="completion length in words of teacher text (the tokens are counted and reported: 128 words = 192)",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--layers", type=int, default=None, help="fewer layers (same vocabulary) for a quick look")
     parser.add_argument("--_variant", type=int, default=None, help=argparse.SUPPRESS)
