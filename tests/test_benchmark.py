@@ -71,14 +71,15 @@ def test_quick_run_on_a_tiny_model_writes_the_report_schema(bench, tmp_path, tin
         assert math.isfinite(result["final_loss"]), name
         trainable.add(result["trainable_params"])
     assert len(trainable) == 1  # the same LoRA adapter in every run
-    for name in ("msd_on_policy", "gkd_on_policy", "sdft"):
+    for name in ("msd_on_policy", "gkd_on_policy", "sdft", "distillation"):
         assert saved["results"][name]["breakdown_s"]["generation"] > 0, name
     for name in bench.OFF_POLICY:
         assert saved["results"][name]["breakdown_s"]["generation"] == 0.0, name
     assert saved["results"]["msd_on_policy"]["breakdown_s"]["metrics"] > 0
 
     ratios = saved["ratios"]
-    for key in ("on_policy_vs_gkd_step", "on_policy_vs_sdft_step", "on_policy_vs_gkd_mem", "off_policy_vs_gkd_step"):
+    for key in ("on_policy_vs_gkd_step", "on_policy_vs_sdft_step", "on_policy_vs_distillation_step",
+                "on_policy_vs_gkd_mem", "off_policy_vs_gkd_step"):  # fmt: skip
         assert isinstance(ratios[key], float) and ratios[key] > 0, key
     assert ratios["on_policy_vs_gkd_step"] == pytest.approx(
         saved["results"]["msd_on_policy"]["step_s_median"] / saved["results"]["gkd_on_policy"]["step_s_median"]

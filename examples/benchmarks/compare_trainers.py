@@ -2,7 +2,7 @@
 
 Design
 ------
-Five runs, one after another, each on the same model, the same MultiJail rows (in the same order), batch size,
+Seven runs, one after another, each on the same model, the same MultiJail rows (in the same order), batch size,
 new-token budget, seed and LoRA adapter (r=16, alpha=32, every linear layer, dropout 0), all in float32 with bf16
 and gradient checkpointing off, dropout disabled, sampling at temperature 1.0 (top-p 1, top-k off):
 
@@ -12,6 +12,8 @@ and gradient checkpointing off, dropout disabled, sampling at temperature 1.0 (t
   KL); its teacher is a second copy of the same weights, as GKD needs one.
 * ``sdft``: TRL ``SDFTTrainer`` with ``teacher_model_kind="base"`` (adapter disabled, like MSD),
   ``distillation_mode="full_logits"``, ``distillation_alpha=1`` (reverse KL), ``num_generations=1``.
+* ``distillation``: TRL ``DistillationTrainer`` (the trainer TRL recommends for on-policy distillation) with
+  ``beta=1`` (reverse KL) and its chunked loss on hidden states; its teacher is a second copy of the weights.
 * ``msd_off_policy``: ``OffPolicyMSDTrainer`` on fixed teacher text.
 * ``msd_off_policy_cached``: the same with ``teacher_cache_top_k=20`` (teacher scored once, before the steps).
 * ``gkd_off_policy``: ``GKDTrainer`` with ``lmbda=0`` on the same fixed text (a ``messages`` dataset).

@@ -228,5 +228,16 @@ def instrument(trainer, name: str, profiler: StepProfiler) -> None:
                 yield
 
         trainer._get_teacher_context_for_self_distillation = teacher_context
+    elif name == "distillation":
+        import trl.trainer.distillation_trainer as distillation_module
+
+        profiler.wrap(trainer, "_generate", "generation")
+        # Its loss calls the backbones directly (hidden states, then chunked lm_head projections): hook those.
+        teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
+        profiler.hook_forward(teacher.base_model, "teacher_forward")
+        student = trainer.accelerator.unwrap_model(trainer.model)
+        student = student.base_model.model if hasattr(student, "peft_config") else student
+        profiler.hook_forward(student.base_model, "student_forward", skip_inside=("generation", "teacher_forward"))
+        profiler.wrap(distillation_module, "_chunked_divergence_loss", "loss")
     else:
         raise ValueError(f"unknown trainer name={name!r}; choose from {list(TRAINERS)}.")

@@ -33,6 +33,7 @@ def compute_ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None
     return {
         "on_policy_vs_gkd_step": _ratio(results, "msd_on_policy", "gkd_on_policy", "step_s_median"),
         "on_policy_vs_sdft_step": _ratio(results, "msd_on_policy", "sdft", "step_s_median"),
+        "on_policy_vs_distillation_step": _ratio(results, "msd_on_policy", "distillation", "step_s_median"),
         "on_policy_vs_gkd_mem": _ratio(results, "msd_on_policy", "gkd_on_policy", "peak_mem_mb"),
         "off_policy_vs_gkd_step": _ratio(results, "msd_off_policy", "gkd_off_policy", "step_s_median"),
         "off_policy_cached_vs_gkd_step": _ratio(results, "msd_off_policy_cached", "gkd_off_policy", "step_s_median"),

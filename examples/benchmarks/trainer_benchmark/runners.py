@@ -195,6 +195,28 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
             callbacks=callbacks,
             peft_config=peft_config,
         )
+    if name == "distillation":
+        from trl import DistillationConfig, DistillationTrainer
+
+        args = DistillationConfig(
+            **common,
+            max_completion_length=settings.max_new_tokens,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            beta=1.0,
+            shuffle_dataset=False,
+        )
+        dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": row["prompt"]}]} for row in rows])
+        teacher = load_model(settings.model_path, dtype=settings.dtype)
+        return DistillationTrainer(
+            model=model,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            peft_config=peft_config,
+        )
     raise ValueError(f"unknown trainer name={name!r}; choose from {list(TRAINERS)}.")
 
 

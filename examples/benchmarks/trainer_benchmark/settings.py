@@ -10,7 +10,15 @@ from typing import Any
 logger = logging.getLogger("compare_trainers")
 
 
-TRAINERS = ("msd_on_policy", "gkd_on_policy", "sdft", "msd_off_policy", "msd_off_policy_cached", "gkd_off_policy")
+TRAINERS = (
+    "msd_on_policy",
+    "gkd_on_policy",
+    "sdft",
+    "distillation",
+    "msd_off_policy",
+    "msd_off_policy_cached",
+    "gkd_off_policy",
+)
 OFF_POLICY = ("msd_off_policy", "msd_off_policy_cached", "gkd_off_policy")
 TEACHER_CACHE_TOP_K = 20  # = DPSW's top_k, so the cached run's token weights are exact
 LANGUAGES = ("jv", "sw", "bn")
@@ -28,6 +36,8 @@ TRAINER_DESCRIPTIONS = {
     "msd_on_policy": "OnPolicyMSDTrainer: self-teacher (adapter disabled), DPSW-weighted reverse KL",
     "gkd_on_policy": "GKDTrainer lmbda=1, beta=1 (reverse KL), teacher = separate copy of the weights",
     "sdft": "SDFTTrainer teacher_model_kind=base, full_logits, distillation_alpha=1 (reverse KL)",
+    "distillation": "trl.DistillationTrainer (TRL's recommended on-policy distillation), beta=1 (reverse KL), chunked "
+    "loss on hidden states, teacher = separate copy of the weights",
     "msd_off_policy": "OffPolicyMSDTrainer on the fixed teacher text, DPSW-weighted reverse KL",
     "msd_off_policy_cached": "the same with teacher_cache_top_k=20: the teacher's top-20 log-probs computed once "
     "before training (time reported as teacher_cache_s, outside the steps), so steps run only the student",
@@ -38,13 +48,15 @@ BREAKDOWN_KEYS = {
     "data": "fetching and collating the batch (Trainer.get_batch_samples; for SDFT also _prepare_training_batch): "
     "tokenising prompts, padding, completion bookkeeping, outside the sections below",
     "generation": "sampling student completions: MSD generate_completions, GKD generate_on_policy_outputs, SDFT "
-    "_generate (0 for off-policy runs)",
+    "and DistillationTrainer _generate (0 for off-policy runs)",
     "student_forward": "the student's forward on prompt + completion (forward hooks on the trained model, outside "
     "generation and teacher scoring)",
     "teacher_forward": "the teacher's no-grad forward: MSD teacher_logits (adapter disabled), GKD teacher_model "
-    "forward (a separate copy), SDFT the forward under _get_teacher_context_for_self_distillation",
+    "forward (a separate copy), SDFT the forward under _get_teacher_context_for_self_distillation, "
+    "DistillationTrainer the teacher backbone's forward",
     "loss": "the divergence on the logits: MSD divergence.compute (DPSW weights + reverse KL), GKD "
-    "generalized_jsd_loss, SDFT _compute_self_distillation_loss (includes its metric gather)",
+    "generalized_jsd_loss, SDFT _compute_self_distillation_loss (includes its metric gather), DistillationTrainer "
+    "_chunked_divergence_loss (its lm_head projections included)",
     "metrics": "MSD _log_step_metrics (argmax agreement, weight stats, gather); GKD and SDFT have no separate call",
     "backward": "accelerator.backward(loss)",
     "optimizer": "optimizer.step(), between on_pre_optimizer_step and on_optimizer_step",
