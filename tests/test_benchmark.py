@@ -69,6 +69,8 @@ def test_quick_run_on_a_tiny_model_writes_the_report_schema(bench, tmp_path, tin
         assert breakdown["student_forward"] > 0 and breakdown["backward"] > 0 and breakdown["loss"] > 0, name
         assert breakdown["teacher_forward"] > 0 and breakdown["optimizer"] > 0, name
         assert math.isfinite(result["final_loss"]), name
+        assert result["settings"] == {"model": str(model_dir), "batch_size": 2, "gradient_accumulation": 1,
+                                      "label": "2x1"}, name  # fmt: skip
         trainable.add(result["trainable_params"])
     assert len(trainable) == 1  # the same LoRA adapter in every run
     for name in ("msd_on_policy", "gkd_on_policy", "sdft", "distillation"):
@@ -84,7 +86,14 @@ def test_quick_run_on_a_tiny_model_writes_the_report_schema(bench, tmp_path, tin
     assert ratios["on_policy_vs_gkd_step"] == pytest.approx(
         saved["results"]["msd_on_policy"]["step_s_median"] / saved["results"]["gkd_on_policy"]["step_s_median"]
     )
-    assert {v["status"] for v in saved["targets"].values()} <= {"PASS", "MISS"}
+    # The bandwidth floor: weight bytes per decode step over copy bandwidth, against the measured decode step.
+    assert (
+        saved["settings"]["memory_bandwidth_gb_s"] > 0
+        and saved["results"]["msd_on_policy"]["decode_steps_per_step"] > 0
+    )
+    assert 0 < ratios["generation_floor_ratio"] < 10
+    assert ratios["large_vocab_mem_vs_gkd"] is None and ratios["large_vocab_mem_vs_best_anchor"] is None  # small vocab
+    assert {v["status"] for v in saved["targets"].values()} <= {"PASS", "MISS", "n/a"}
 
     rows = json.loads((out / "work" / "rows.json").read_text())
     assert len(rows) == 2 and all(isinstance(row["teacher_completion"], str) for row in rows)
@@ -123,6 +132,39 @@ def test_ratios_and_verdicts_by_hand(bench):
     assert verdicts["on_policy_vs_gkd_mem"]["status"] == "PASS"  # 0.6 <= 0.65
     assert verdicts["off_policy_vs_gkd_step"]["status"] == "PASS"  # 0.5 <= 0.7
     assert verdicts["on_policy_other_share"]["status"] == "MISS"  # 0.12 > 0.10
+
+
+def test_large_vocabulary_and_bandwidth_floor_ratios_by_hand(bench):
+    msd = {**_result(step=3.0, mem=600.0), "breakdown_s": {"generation": 2.0}, "decode_steps_per_step": 40,
+           "weight_bytes": 500_000_000}  # fmt: skip
+    results = {"msd_on_policy": msd, "gkd_on_policy": _result(5.0, 1000.0), "sdft": _result(3.0, 700.0),
+               "distillation": _result(2.5, 800.0)}  # fmt: skip
+    ratios = bench.compute_ratios(results, bandwidth_gb_s=20.0, large_vocab=True)
+    assert ratios["large_vocab_mem_vs_gkd"] == pytest.approx(0.6)  # 600 / 1000
+    assert ratios["large_vocab_mem_vs_best_anchor"] == pytest.approx(600 / 700)  # SDFT is the leanest anchor
+    assert ratios["on_policy_vs_distillation_step"] == pytest.approx(3.0 / 2.5)
+    # Floor: 0.5 GB / 20 GB/s = 25 ms per decode step; measured 2.0 s / 40 = 50 ms -> 0.5 of the floor.
+    assert ratios["generation_floor_ratio"] == pytest.approx(0.5)
+    verdicts = bench.evaluate_targets(ratios)
+    assert verdicts["generation_floor_ratio"]["status"] == "PASS"  # at least 0.5
+    assert verdicts["large_vocab_mem_vs_best_anchor"]["status"] == "PASS"  # 0.857 <= 0.9
+    assert bench.compute_ratios(results)["large_vocab_mem_vs_gkd"] is None  # a small vocabulary reports none
+
+
+def test_accumulation_setting_runs_every_on_policy_trainer(bench, tmp_path, tiny_model_dir):
+    report = bench.main(
+        [
+            "--quick", "--steps", "1", "--warmup", "0", "--max_new_tokens", "4", "--batch_size", "1",
+            "--gradient_accumulation", "2", "--max_prompt_tokens", "128", "--no-isolate",
+            "--only", "msd_on_policy,sdft,distillation", "--model", str(tiny_model_dir),
+            "--output_dir", str(tmp_path / "bench"),
+        ]
+    )  # fmt: skip
+    for name, result in report["results"].items():
+        assert "error" not in result, name
+        assert result["settings"]["label"] == "1x2", name
+        assert result["completion_tokens_per_step"] > 0, name
+    assert report["results"]["msd_on_policy"]["decode_steps_per_step"] > 0
 
 
 def test_missing_or_failed_runs_give_no_ratio(bench):

@@ -84,15 +84,27 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the trainer_benchmark package beside this script
-from trainer_benchmark.profiling import PeakRSSSampler, StepProfiler, instrument  # noqa: E402, F401
+from trainer_benchmark.profiling import (  # noqa: E402, F401
+    PeakRSSSampler,
+    StepProfiler,
+    instrument,
+    measure_memory_bandwidth,
+)
 from trainer_benchmark.report import _device_description, compute_ratios, evaluate_targets, render_markdown  # noqa: E402, F401
-from trainer_benchmark.runners import add_fixed_completions, build_trainer, prepare_rows, run_trainer  # noqa: E402, F401
+from trainer_benchmark.runners import (  # noqa: E402, F401
+    add_fixed_completions,
+    build_qwen_shaped_checkpoint,
+    build_trainer,
+    prepare_rows,
+    run_trainer,
+)
 from trainer_benchmark.settings import (  # noqa: E402, F401
     BREAKDOWN_KEYS,
     DEFAULTS,
     EXTRA_TARGETS,
     OFF_POLICY,
     QUICK_DEFAULTS,
+    QWEN_SHAPED,
     TARGETS,
     TRAINER_DESCRIPTIONS,
     TRAINERS,
@@ -103,9 +115,17 @@ from trainer_benchmark.settings import (  # noqa: E402, F401
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", required=False, help="where benchmark.json, benchmark.md and work/ go")
-    parser.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2-135M)")
+    parser.add_argument(
+        "--model", default=None,
+        help=f"model name or path (default: the embedded SmolLM2-135M); {QWEN_SHAPED!r}: Qwen2.5-0.5B's architecture "
+        "with random weights, built once under OUTPUT_DIR/work",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="3 measured steps, 1 warm-up, 16 new tokens")
     parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument(
+        "--gradient_accumulation", type=int, default=None,
+        help="micro-batches per optimizer step (default 4: the 4 x 4 headline; --quick: 1)",
+    )  # fmt: skip
     parser.add_argument("--max_new_tokens", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="measured steps")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps, excluded from every statistic")
@@ -133,7 +153,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for key, default in DEFAULTS.items():
         given = getattr(args, key)
         values[key] = given if given is not None else QUICK_DEFAULTS.get(key, default) if args.quick else default
-    for key in ("batch_size", "max_new_tokens", "steps", "max_prompt_tokens"):
+    for key in ("batch_size", "gradient_accumulation", "max_new_tokens", "steps", "max_prompt_tokens"):
         if values[key] < 1:
             raise ValueError(f"--{key} must be >= 1, got {values[key]!r}.")
     if values["warmup"] < 0:
@@ -145,9 +165,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if unknown or not trainers:
             raise ValueError(f"--only={args.only!r} names unknown trainers {unknown}; choose from {list(TRAINERS)}.")
     model = args.model or EMBEDDED_MODEL
+    if model == QWEN_SHAPED:
+        model_path = build_qwen_shaped_checkpoint(Path(args.output_dir) / "work" / QWEN_SHAPED)
+    else:
+        model_path = resolve_model_name_or_path(model)
     return Settings(
         model=model,
-        model_path=resolve_model_name_or_path(model),
+        model_path=model_path,
         seed=args.seed,
         isolate=args.isolate,
         quick=args.quick,
@@ -222,13 +246,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 flush=True,
             )
 
-    ratios = compute_ratios(results)
+    bandwidth = measure_memory_bandwidth()
+    vocab_size = json.loads((Path(settings.model_path) / "config.json").read_text()).get("vocab_size", 0)
+    ratios = compute_ratios(results, bandwidth_gb_s=bandwidth, large_vocab=vocab_size > 100_000)
     report = {
         "device": _device_description(),
         "model": settings.model,
         "settings": {
             **asdict(settings),
             "num_rows": settings.num_rows,
+            "label": settings.label,
+            "memory_bandwidth_gb_s": bandwidth,
+            "vocab_size": vocab_size,
             "fixed_completions_s": fixed_s,
             "omp_wait_policy": _omp_wait_policy(settings),
             "torch_threads": torch.get_num_threads(),

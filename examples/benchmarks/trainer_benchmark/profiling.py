@@ -176,6 +176,24 @@ class _ProfilerCallback(TrainerCallback):
         )
 
 
+def measure_memory_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Copy bandwidth in GB/s (STREAM "copy": read one buffer, write another; best of `repeats`). The floor of a
+    decode step is the bytes of weights it must read divided by this."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    source = torch.ones(megabytes * 2**20 // 4, device=device)
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        target.copy_(source)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * source.numel() * source.element_size() / best / 1e9
+
+
 def _count_completion_tokens(inputs: dict[str, Any]) -> int:
     """Completion tokens the loss scores: MSD and SDFT carry `completion_mask`, GKD `labels` (-100 = ignored)."""
     if "completion_mask" in inputs:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .settings import (
+    AT_LEAST_TARGETS,
     BREAKDOWN_KEYS,
     EXTRA_TARGETS,
     TARGETS,
@@ -26,10 +27,24 @@ def _ratio(results: dict[str, Any], a: str, b: str, key: str) -> float | None:
     return results[a][key] / denominator if denominator else None
 
 
-def compute_ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    """The ratios the targets are stated in (None where a run is missing or failed)."""
+def generation_floor_ratio(result: dict[str, Any], bandwidth_gb_s: float | None) -> float | None:
+    """Bandwidth floor of a decode step (weight bytes / copy bandwidth) over the measured time per decode step."""
+    if not bandwidth_gb_s or "error" in result or not result.get("decode_steps_per_step"):
+        return None
+    measured = result["breakdown_s"]["generation"] / result["decode_steps_per_step"]
+    floor = result["weight_bytes"] / (bandwidth_gb_s * 1e9)
+    return floor / measured if measured > 0 else None
+
+
+def compute_ratios(
+    results: dict[str, dict[str, Any]], bandwidth_gb_s: float | None = None, large_vocab: bool = False
+) -> dict[str, float | None]:
+    """The ratios the targets are stated in (None where a run is missing or failed). The `large_vocab_*` ratios
+    are the on-policy memory ratios, reported under those names when the model has a large vocabulary."""
     msd = results.get("msd_on_policy", {})
     msd_off = results.get("msd_off_policy", {})
+    anchors = [n for n in ("gkd_on_policy", "sdft", "distillation") if n in results and "error" not in results[n]]
+    leanest = min(anchors, key=lambda n: results[n]["peak_mem_mb"]) if anchors else None
     return {
         "on_policy_vs_gkd_step": _ratio(results, "msd_on_policy", "gkd_on_policy", "step_s_median"),
         "on_policy_vs_sdft_step": _ratio(results, "msd_on_policy", "sdft", "step_s_median"),
@@ -38,6 +53,13 @@ def compute_ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None
         "off_policy_vs_gkd_step": _ratio(results, "msd_off_policy", "gkd_off_policy", "step_s_median"),
         "off_policy_cached_vs_gkd_step": _ratio(results, "msd_off_policy_cached", "gkd_off_policy", "step_s_median"),
         "on_policy_vs_gkd_mem_delta": _ratio(results, "msd_on_policy", "gkd_on_policy", "peak_mem_delta_mb"),
+        "large_vocab_mem_vs_gkd": _ratio(results, "msd_on_policy", "gkd_on_policy", "peak_mem_mb")
+        if large_vocab
+        else None,
+        "large_vocab_mem_vs_best_anchor": _ratio(results, "msd_on_policy", leanest, "peak_mem_mb")
+        if large_vocab and leanest
+        else None,
+        "generation_floor_ratio": generation_floor_ratio(msd, bandwidth_gb_s) if msd else None,
         "on_policy_other_share": msd.get("other_share") if "error" not in msd else None,
         "off_policy_other_share": msd_off.get("other_share") if "error" not in msd_off else None,
     }
@@ -50,6 +72,11 @@ def evaluate_targets(ratios: dict[str, float | None]) -> dict[str, dict[str, Any
         value = ratios.get(key)
         status = "n/a" if value is None else ("PASS" if value <= threshold else "MISS")
         verdicts[key] = {"value": value, "threshold": threshold, "status": status, "target": description}
+    for key, threshold, description in AT_LEAST_TARGETS:
+        value = ratios.get(key)
+        status = "n/a" if value is None else ("PASS" if value >= threshold else "MISS")
+        verdicts[key] = {"value": value, "threshold": threshold, "status": status, "target": description,
+                         "direction": "at least"}  # fmt: skip
     return verdicts
 
 
@@ -64,9 +91,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     settings = report["settings"]
     lines = [
-        "# MSD vs GKD vs SDFT: step time, memory, throughput",
+        "# MSD vs GKD vs SDFT vs DistillationTrainer: step time, memory, throughput",
         "",
-        f"Device: {report['device']}. Model: `{report['model']}`. Batch {settings['batch_size']}, "
+        f"Device: {report['device']}. Model: `{report['model']}` (vocabulary {settings.get('vocab_size')}). "
+        f"Batch {settings['batch_size']} x gradient accumulation {settings.get('gradient_accumulation', 1)} "
+        f"(times are per optimizer step), copy bandwidth {_fmt(settings.get('memory_bandwidth_gb_s'), 1)} GB/s, "
         f"{settings['max_new_tokens']} new tokens, {settings['steps']} measured steps after {settings['warmup']} "
         f"warm-up, prompts <= {settings['max_prompt_tokens']} tokens, float32, LoRA r={settings['lora']['r']} "
         f"alpha={settings['lora']['lora_alpha']} all-linear, temperature {settings['temperature']}, "

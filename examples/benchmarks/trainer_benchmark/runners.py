@@ -38,7 +38,8 @@ def prepare_rows(settings: Settings) -> list[dict[str, Any]]:
     if len(dataset) < settings.num_rows:
         raise ValueError(
             f"max_prompt_tokens={settings.max_prompt_tokens} leaves {len(dataset)} MultiJail rows, fewer than the "
-            f"{settings.num_rows} needed (batch_size x (warmup + steps)); raise --max_prompt_tokens."
+            f"{settings.num_rows} needed (batch_size x gradient_accumulation x (warmup + steps)); raise "
+            "--max_prompt_tokens."
         )
     dataset = dataset.select(range(settings.num_rows))
     return [{key: row[key] for key in ("id", "language", "prompt", "teacher_prompt")} for row in dataset]
@@ -73,7 +74,7 @@ def _common_args(settings: Settings, output_dir: Path) -> dict[str, Any]:
     return {
         "output_dir": str(output_dir),
         "per_device_train_batch_size": settings.batch_size,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": settings.gradient_accumulation,
         "max_steps": settings.warmup + settings.steps,
         "learning_rate": settings.learning_rate,
         "bf16": settings.bf16,
@@ -173,6 +174,8 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
             **common,
             max_completion_length=settings.max_new_tokens,
             num_generations=1,
+            # SDFT at its best: one generation for every micro-batch of an optimizer step, as MSD does.
+            steps_per_generation=settings.gradient_accumulation,
             top_p=settings.top_p,
             top_k=settings.top_k,
             teacher_model_kind="base",
@@ -242,6 +245,35 @@ def _summarise_steps(steps: list[dict[str, Any]], warmup: int) -> dict[str, Any]
     }
 
 
+def _count_decode_steps(trainer) -> list[int]:
+    """Record the decode steps of every generate call (its completion length) of an MSD trainer."""
+    steps: list[int] = []
+    original = trainer.generate_completions
+
+    def counted(*args, **kwargs):
+        completion_ids, completion_mask = original(*args, **kwargs)
+        steps.append(completion_ids.size(1))
+        return completion_ids, completion_mask
+
+    trainer.generate_completions = counted
+    return steps
+
+
+def build_qwen_shaped_checkpoint(directory: Path) -> str:
+    """A randomly initialised Qwen2.5-0.5B-shaped checkpoint with the embedded tokenizer, built once."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from msd_trl import load_tokenizer
+
+    from .settings import QWEN25_05B_CONFIG
+
+    if not (directory / "config.json").exists():
+        torch.manual_seed(0)
+        Qwen2ForCausalLM(Qwen2Config(**QWEN25_05B_CONFIG)).save_pretrained(directory)
+        load_tokenizer().save_pretrained(directory)
+    return str(directory)
+
+
 def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_dir: Path) -> dict[str, Any]:
     """Build, instrument and train one trainer; returns its measurements."""
     import gc
@@ -259,11 +291,19 @@ def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_
         build_s = time.perf_counter() - start
         trainer.remove_callback(PrinterCallback)  # its per-step log dicts would drown the progress lines
         instrument(trainer, name, profiler)
+        decode_steps = _count_decode_steps(trainer) if name == "msd_on_policy" else None
+        weight_bytes = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
         trainer.train()
     wall_s = time.perf_counter() - start
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     result: dict[str, Any] = {
         "trainer": type(trainer).__name__,
+        "settings": {
+            "model": settings.model,
+            "batch_size": settings.batch_size,
+            "gradient_accumulation": settings.gradient_accumulation,
+            "label": settings.label,
+        },  # fmt: skip
         "description": TRAINER_DESCRIPTIONS[name],
         **_summarise_steps(profiler.steps, settings.warmup),
         "peak_rss_mb": rss.peak_mb,
@@ -273,7 +313,11 @@ def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_
         "final_loss": losses[-1] if losses else None,
         "build_s": build_s,
         "wall_s": wall_s,
+        "weight_bytes": weight_bytes,
     }
+    if decode_steps is not None:
+        # Decode steps per optimizer step (the longest completion of each generate call, summed over the calls).
+        result["decode_steps_per_step"] = sum(decode_steps) / max(1, total)
     if on_gpu:
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
         result["peak_mem_source"] = "torch.cuda.max_memory_allocated"
