@@ -193,3 +193,17 @@ def test_bad_arguments_name_the_value(bench):
         bench.settings_from_args(bench.parse_args(["--output_dir", "x", "--steps", "0", "--model", "m"]))
     quick = bench.settings_from_args(bench.parse_args(["--output_dir", "x", "--quick", "--model", "m"]))
     assert (quick.steps, quick.warmup, quick.max_new_tokens, quick.batch_size) == (3, 1, 16, 4)
+
+
+def test_large_vocab_memory_script_reports_each_variant(tmp_path):
+    """The script behind docs/performance.md's large-vocabulary table, at its smallest (1 layer, 1 step)."""
+    spec = importlib.util.spec_from_file_location("large_vocab_memory", SCRIPT.parent / "large_vocab_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(["--output_dir", str(tmp_path), "--layers", "1", "--steps", "1", "--batch_size", "1",
+                          "--completion_tokens", "8", "--chunk_sizes", "0,4"])  # fmt: skip
+    assert [r["loss_chunk_size"] for r in report["results"]] == [None, 4]
+    for result in report["results"]:
+        assert result["peak_mb"] >= result["peak_above_model_mb"] > 0 and result["completion_tokens_per_row"] > 0
+    assert report["results"][0]["above_model_vs_plain"] == 1.0
+    assert json.loads((tmp_path / "large_vocab_memory.json").read_text())["config"]["vocab_size"] == 151936
