@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .divergences import Divergence, DivergenceOutput, _finite_logits
 
-__all__ = ["ChunkedOutput", "chunked_divergence"]
+__all__ = ["ChunkedOutput", "check_output_head", "chunked_divergence"]
 
 
 @dataclass
@@ -107,3 +107,30 @@ def chunked_divergence(
         num_tokens=num_tokens.detach(),
         agreement=torch.cat(agree_parts, dim=1) if agree_parts else mask.bool(),
     )
+
+
+def check_output_head(model: torch.nn.Module, setting: str = "loss_chunk_size") -> None:
+    """The chunked loss projects the last hidden state through the output head itself, so the model's logits must be
+    exactly that (no soft-capping or scaling after the head): checked once, on a few tokens, in eval mode."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(
+            f"MSDConfig.{setting} needs a model with an output head (get_output_embeddings()); "
+            f"{type(model).__name__} has none. Unset loss_chunk_size."
+        )
+    vocab_size = model.config.get_text_config().vocab_size
+    ids = torch.arange(min(8, vocab_size), device=head.weight.device).unsqueeze(0)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, use_cache=False, output_hidden_states=True)
+            projected = head(out.hidden_states[-1])
+    finally:
+        model.train(was_training)
+    if not torch.allclose(projected.float(), out.logits.float(), rtol=1e-3, atol=1e-3):
+        raise ValueError(
+            f"MSDConfig.{setting}: {type(model).__name__}'s logits are not its output head applied to its last "
+            "hidden state (logit soft-capping or scaling?), so the chunked loss would train on different logits. "
+            "Unset loss_chunk_size for this model."
+        )

@@ -9,7 +9,7 @@ piece is tested on small tensors (tests/test_completions.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ __all__ = [
     "completion_logits",
     "completion_mask",
     "ends_with_stop",
+    "generate_grouped",
     "step_statistics",
 ]
 
@@ -61,6 +62,44 @@ def pad_right(
     padded = [torch.nn.functional.pad(t, (0, width - t.size(1)), value=pad_token_id) for t in ids]
     padded_masks = [torch.nn.functional.pad(m, (0, width - m.size(1)), value=0) for m in masks]
     return torch.cat(padded), torch.cat(padded_masks)
+
+
+def generate_grouped(
+    generate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    prompts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    pad_token_id: int,
+    rows_per_call: int | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Completions for several left-padded prompt batches from as few `generate(ids, mask)` calls as possible.
+
+    The batches are re-padded into one; `rows_per_call` (None: all rows in one call) splits it, rows sorted by
+    prompt length so each call pads little, all-padding left columns dropped per call. Results come back per batch,
+    in row order, right-padded to the longest completion.
+    """
+    if not prompts:
+        return []
+    prompt_ids, prompt_mask = merge_left_padded([p[0] for p in prompts], [p[1] for p in prompts], pad_token_id)
+    rows = prompt_ids.size(0)
+    chunk = rows_per_call or rows
+    order = torch.arange(rows)
+    if chunk < rows:  # group by prompt length
+        order = torch.argsort(prompt_mask.sum(1).cpu(), stable=True)
+    pieces_ids, pieces_mask = [], []
+    for start in range(0, rows, chunk):
+        index = order[start : start + chunk].to(prompt_ids.device)
+        ids, mask = prompt_ids[index], prompt_mask[index]
+        keep = int(mask.sum(0).ne(0).nonzero()[0]) if mask.any() else 0  # first column with a real token
+        completion_ids, completion_mask = generate(ids[:, keep:], mask[:, keep:])
+        pieces_ids.append(completion_ids)
+        pieces_mask.append(completion_mask)
+    completion_ids, completion_mask = pad_right(pieces_ids, pieces_mask, pad_token_id)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(rows)
+    inverse = inverse.to(completion_ids.device)
+    completion_ids, completion_mask = completion_ids[inverse], completion_mask[inverse]
+    sizes = [p[0].size(0) for p in prompts]
+    return list(zip(completion_ids.split(sizes), completion_mask.split(sizes)))
 
 
 def ends_with_stop(completion_ids: torch.Tensor, mask: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:

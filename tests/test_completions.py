@@ -11,6 +11,7 @@ from msd_trl.completions import (
     completion_logits,
     completion_mask,
     ends_with_stop,
+    generate_grouped,
     step_statistics,
 )
 from msd_trl.divergences import DPSW, ReverseKL
@@ -101,3 +102,24 @@ def test_step_statistics_hand_computed():
     kept = weighted.weights[0, :2]
     assert stats["msd/dpsw_weight_max"] == pytest.approx(kept.max().item())
     assert stats["msd/loss"] == pytest.approx((weighted.per_token_loss[0, :2] * kept).sum().item() / 2)
+
+
+def test_generate_grouped_splits_sorts_and_returns_each_row_its_own_completion():
+    calls = []
+
+    def generate(ids, mask):  # the "completion" is the prompt's last token, then a stop
+        calls.append((ids.size(0), ids.size(1)))
+        return torch.stack([ids[:, -1], torch.full_like(ids[:, -1], EOS)], 1), torch.ones(
+            ids.size(0), 2, dtype=torch.long
+        )
+
+    first = (torch.tensor([[PAD, PAD, 11], [12, 13, 14]]), torch.tensor([[0, 0, 1], [1, 1, 1]]))
+    second = (torch.tensor([[PAD, 15]]), torch.tensor([[0, 1]]))
+    results = generate_grouped(generate, [first, second], pad_token_id=PAD)
+    assert calls == [(3, 3)]  # one call for both batches, re-padded on the left to the longest prompt
+    assert [r[0][:, 0].tolist() for r in results] == [[11, 14], [15]]
+    calls.clear()
+    results = generate_grouped(generate, [first, second], pad_token_id=PAD, rows_per_call=2)
+    assert calls == [(2, 1), (1, 3)]  # the two one-token prompts together, padding columns dropped
+    assert [r[0][:, 0].tolist() for r in results] == [[11, 14], [15]]
+    assert generate_grouped(generate, [], pad_token_id=PAD) == []

@@ -1,4 +1,4 @@
-"""MSD trainers: the shared core and `OnPolicyMSDTrainer` / `OffPolicyMSDTrainer`.
+"""The shared MSD core: `MSDTrainer`, the trainer registry, and how a variant plugs in.
 
 Design
 ------
@@ -23,7 +23,8 @@ with token weights -> loss.
 Layout: the pure pieces live beside this file and are tested there (`completions`: masks, the scoring batch,
 completion logits, step statistics; `row_checks`; `teacher_cache`; `rendering`: the collator). What stays here is
 one cohesive thing, the Trainer overrides that must sit on the class (set-up and the self-teacher, rollouts inside
-`get_batch_samples`, resume order of the RNG, the loss and its metrics): about 450 lines, plus the two variants.
+`get_batch_samples`, resume order of the RNG, the plain and chunked loss, metrics): about 550 lines. The variants
+live in `on_policy.py` and `off_policy.py`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import copy
 import inspect
 import logging
 import os
-import random
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -42,54 +42,40 @@ import torch
 import torch.nn as nn
 from accelerate.utils import is_peft_model
 from datasets import Dataset
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.sft_trainer import SFTTrainer
 from trl.trainer.utils import disable_dropout_in_model, use_adapter
 
-from .chunked_loss import ChunkedOutput, chunked_divergence
-from .completions import (
+from ..chunked_loss import ChunkedOutput, check_output_head, chunked_divergence
+from ..completions import (
     STEP_STATISTICS,
     build_scoring_batch,
     completion_logits,
     completion_mask,
     ends_with_stop,
-    merge_left_padded,
-    pad_right,
+    generate_grouped,
     step_statistics,
 )
-from .config import (
+from ..config import (
     GKDConfig,  # imported there without TRL's experimental-API warning
     MSDConfig,
     build_divergence,
     upgrade_config,
 )
-from .divergences import DPSW
-from .generation import teacher_fingerprint
-from .models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
-from .names import TEACHER_COMPLETION_COLUMN
-from .rendering import TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS, MSDDataCollator, stop_token_ids
-from .row_checks import check_columns, check_privileged_context, named_datasets, validate_rows
-from .teacher_cache import add_topk_columns, check_topk_cache, dense_from_topk, topk_columns
+from ..divergences import DPSW
+from ..models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
+from ..names import TEACHER_COMPLETION_COLUMN
+from ..rendering import TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS, MSDDataCollator, stop_token_ids
+from ..row_checks import check_columns, check_privileged_context, named_datasets, validate_rows
+from ..scale_out import check_scale_out
+from ..teacher_cache import dense_from_topk
 
-logger = logging.getLogger(__name__)
+# The trainers' logs keep the name users filter on.
+logger = logging.getLogger("msd_trl.trainer")
 
-__all__ = [
-    "TRAINERS",
-    "check_scale_out",
-    "MSDDataCollator",
-    "MSDTrainer",
-    "OffPolicyMSDTrainer",
-    "OnPolicyMSDTrainer",
-    "build_divergence",
-    "dense_from_topk",
-    "register_trainer",
-]
-
-# Kept importable from here (they lived in this module before the split).
-_upgrade_config = upgrade_config
+__all__ = ["TRAINERS", "MSDTrainer", "register_trainer"]
 
 
 _TRAINER_ARGS_DOC = """
@@ -238,7 +224,7 @@ class MSDTrainer(SFTTrainer):
             fsdp_requested=os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true",
         )  # fmt: skip
         if args.loss_chunk_size is not None:
-            self._check_chunked_head()
+            check_output_head(self.accelerator.unwrap_model(self.model), f"loss_chunk_size={args.loss_chunk_size}")
 
     # ------------------------------------------------------------------ set-up
 
@@ -377,34 +363,14 @@ class MSDTrainer(SFTTrainer):
         return scored
 
     def _rollouts(self, model, batches: list[dict[str, Any]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Student completions `(ids, mask)` for each micro-batch, from as few generate calls as
-        `rollout_batch_size` allows (rows grouped by prompt length when there is more than one call)."""
-        if not batches:
-            return []
-        pad = self._tokenizer.pad_token_id
-        prompt_ids, prompt_mask = merge_left_padded(
-            [b["prompt_ids"] for b in batches], [b["prompt_mask"] for b in batches], pad
-        )  # [N, Lp]
-        rows = prompt_ids.size(0)
-        chunk = self.args.rollout_batch_size or rows
-        order = torch.arange(rows)
-        if chunk < rows:  # group by prompt length so each call pads little
-            order = torch.argsort(prompt_mask.sum(1).cpu(), stable=True)
-        pieces_ids, pieces_mask = [], []
-        for start in range(0, rows, chunk):
-            index = order[start : start + chunk].to(prompt_ids.device)
-            ids, mask = prompt_ids[index], prompt_mask[index]
-            keep = int(mask.sum(0).ne(0).nonzero()[0]) if mask.any() else 0  # drop all-padding left columns
-            completion_ids, completion_mask = self.generate_completions(model, ids[:, keep:], mask[:, keep:])
-            pieces_ids.append(completion_ids)
-            pieces_mask.append(completion_mask)
-        completion_ids, completion_mask = pad_right(pieces_ids, pieces_mask, pad)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(rows)
-        inverse = inverse.to(completion_ids.device)
-        completion_ids, completion_mask = completion_ids[inverse], completion_mask[inverse]
-        sizes = [b["prompt_ids"].size(0) for b in batches]
-        return list(zip(completion_ids.split(sizes), completion_mask.split(sizes)))
+        """Student completions `(ids, mask)` per micro-batch, from as few generate calls as `rollout_batch_size`
+        allows (see `completions.generate_grouped`)."""
+        return generate_grouped(
+            lambda ids, mask: self.generate_completions(model, ids, mask),
+            [(b["prompt_ids"], b["prompt_mask"]) for b in batches],
+            pad_token_id=self._tokenizer.pad_token_id,
+            rows_per_call=self.args.rollout_batch_size,
+        )
 
     # ------------------------------------------------------------------ resume
 
@@ -534,33 +500,6 @@ class MSDTrainer(SFTTrainer):
             chunk_size=self.args.loss_chunk_size, num_items_in_batch=num_items_in_batch,
         )  # fmt: skip
 
-    def _check_chunked_head(self) -> None:
-        """`loss_chunk_size` projects the last hidden state through the output head itself, so the model's logits
-        must be exactly that (no soft-capping or scaling after the head): checked once on a few tokens."""
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        head = unwrapped.get_output_embeddings()
-        if head is None:
-            raise ValueError(
-                f"MSDConfig.loss_chunk_size={self.args.loss_chunk_size} needs a model with an output head "
-                f"(get_output_embeddings()); {type(unwrapped).__name__} has none. Unset loss_chunk_size."
-            )
-        vocab_size = unwrapped.config.get_text_config().vocab_size
-        ids = torch.arange(min(8, vocab_size), device=head.weight.device).unsqueeze(0)
-        was_training = unwrapped.training
-        unwrapped.eval()
-        try:
-            with torch.no_grad():
-                out = unwrapped(input_ids=ids, use_cache=False, output_hidden_states=True)
-                projected = head(out.hidden_states[-1])
-        finally:
-            unwrapped.train(was_training)
-        if not torch.allclose(projected.float(), out.logits.float(), rtol=1e-3, atol=1e-3):
-            raise ValueError(
-                f"MSDConfig.loss_chunk_size={self.args.loss_chunk_size}: {type(unwrapped).__name__}'s logits are not "
-                "its output head applied to its last hidden state (logit soft-capping or scaling?), so the chunked "
-                "loss would train on different logits. Unset loss_chunk_size for this model."
-            )
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = self.prepare_batch(model, inputs)
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
@@ -617,44 +556,6 @@ class MSDTrainer(SFTTrainer):
         return loss.detach(), None, None
 
 
-def check_scale_out(
-    *,
-    distributed_type: str,
-    zero_stage: int | None,
-    self_teacher: bool,
-    peft: bool,
-    loss_chunk_size: int | None,
-    fsdp_requested: bool = False,
-) -> None:
-    """Refuse, at construction, the multi-process set-ups that are known to break or are untested, naming the fix.
-
-    * DeepSpeed ZeRO-3 with the self-teacher under PEFT: the teacher is the adapter-disabled student, and disabling
-      an adapter on ZeRO-3-partitioned weights is where TRL's own trainers broke (TRL issue #6237). Use FSDP2
-      (`accelerate launch --use_fsdp --fsdp_version 2`) or ZeRO-2.
-    * `loss_chunk_size` under FSDP or ZeRO-3: the chunked loss calls the output head outside the model's forward,
-      where sharded weights are not gathered; unset it there.
-    * FSDP asked for on CPU: accelerate runs it as plain data parallelism (a full copy per process), said once.
-    """
-    sharded = distributed_type == "FSDP" or zero_stage == 3
-    if zero_stage == 3 and self_teacher and peft:
-        raise ValueError(
-            "DeepSpeed ZeRO-3 with the self-teacher (teacher_model=None) under PEFT is not supported: the teacher is "
-            "the student with its adapter disabled, which breaks on ZeRO-3-partitioned weights (TRL issue #6237). "
-            "Use FSDP2 (accelerate launch --use_fsdp --fsdp_version 2, examples/accelerate/fsdp2.yaml) or ZeRO-2."
-        )
-    if sharded and loss_chunk_size is not None:
-        raise ValueError(
-            f"MSDConfig.loss_chunk_size={loss_chunk_size} is not supported with sharded weights "
-            f"({'FSDP' if distributed_type == 'FSDP' else 'ZeRO-3'}): the chunked loss calls the output head outside "
-            "the model's forward. Unset loss_chunk_size."
-        )
-    if fsdp_requested and distributed_type == "MULTI_CPU":
-        logger.warning(
-            "FSDP was requested (ACCELERATE_USE_FSDP), but accelerate runs multi-process CPU training as plain data "
-            "parallelism: every process holds a full copy of the model. FSDP sharding needs GPUs."
-        )
-
-
 # The base's name before it was public.
 _MSDTrainerBase = MSDTrainer
 
@@ -678,92 +579,3 @@ class _PendingCollator:
 
     def __call__(self, rows):  # pragma: no cover - replaced before any batch is built
         raise RuntimeError("MSD data collator used before the trainer finished initialising.")
-
-
-@register_trainer("on-policy")
-@_document_arguments
-class OnPolicyMSDTrainer(MSDTrainer):
-    """On-policy MSD: the student samples a response to its target-language prompt, the teacher scores it.
-
-    With probability `args.lmbda` a micro-batch is on-policy; otherwise it scores the rows' fixed completion
-    (`teacher_completion`, or the last turn of `messages`) when every row has one, and samples when not.
-    The arguments are `trl.experimental.gkd.GKDTrainer`'s, in the same order (a drop-in replacement).
-    """
-
-    _name = "On-policy MSD"
-
-    def use_fixed_completion(self, inputs):
-        if "fixed_completion_ids" not in inputs:
-            return False
-        return random.random() > self.args.lmbda
-
-
-@register_trainer("off-policy")
-@_document_arguments
-class OffPolicyMSDTrainer(MSDTrainer):
-    """Off-policy MSD: student and teacher both score fixed teacher text (`teacher_completion`).
-
-    Create the column once with `generate_teacher_completions`. A GKD `messages` dataset works too (its last
-    turn is the fixed completion). `args.lmbda` is ignored: no step samples the student. With
-    `args.teacher_cache_top_k` the teacher scores the text once before training (see `cache_teacher_topk`).
-    The arguments are `trl.experimental.gkd.GKDTrainer`'s, in the same order.
-    """
-
-    _name = "Off-policy MSD"
-    requires_fixed_completions = True
-    _use_teacher_cache = True
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        top_k = self.args.teacher_cache_top_k
-        columns = set(getattr(self.train_dataset, "column_names", None) or [])
-        if TEACHER_CACHE_IDS in columns:
-            self._check_topk_cache(self.train_dataset)
-        elif top_k is not None and self.train_dataset is not None:
-            self.train_dataset = self.cache_teacher_topk(self.train_dataset, top_k=top_k)
-
-    def _topk_fingerprint(self, top_k: int) -> dict[str, Any]:
-        return teacher_fingerprint(
-            self.model, self._tokenizer, template=self.args.teacher_prompt_template,
-            system_prompt=self.args.teacher_system_prompt or None, top_k=top_k,
-        )  # fmt: skip
-
-    def _check_topk_cache(self, dataset: Dataset) -> None:
-        """Use cached teacher top-K columns only when they were made by this teacher setting, and asked for."""
-        top_k = self.args.teacher_cache_top_k
-        check_topk_cache(
-            dataset, top_k=top_k, self_teacher=self.self_teacher,
-            expected=self._topk_fingerprint(top_k) if top_k is not None else {},
-        )  # fmt: skip
-
-    @torch.no_grad()
-    def cache_teacher_topk(self, dataset: Dataset, *, top_k: int, batch_size: int | None = None) -> Dataset:
-        """Score the fixed teacher text once and store the teacher's top-K log-probs per completion token.
-
-        Adds `teacher_topk_ids` and `teacher_topk_logprobs` (`[completion length, K]` per row) and the setting's
-        fingerprint; training steps on such rows run only the student. The teacher's distribution is approximated
-        by `dense_from_topk` (see `msd_trl.teacher_cache`).
-        """
-        batch_size = batch_size or self.args.per_device_eval_batch_size
-        all_ids, all_logprobs = [], []
-        for start in tqdm(range(0, len(dataset), batch_size), desc="caching teacher top-K", unit="batch"):
-            rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            inputs = self._prepare_inputs(self.data_collator(rows))
-            completion_ids, mask = inputs["fixed_completion_ids"], inputs["fixed_completion_mask"]
-            batch = {
-                "teacher_input_ids": torch.cat([inputs["teacher_prompt_ids"], completion_ids], dim=1),
-                "teacher_attention_mask": torch.cat([inputs["teacher_prompt_mask"], mask], dim=1),
-            }
-            ids, logprobs = topk_columns(self.teacher_logits(batch, completion_ids.size(1)), mask, top_k)
-            all_ids += ids
-            all_logprobs += logprobs
-        logger.info("Cached the teacher's top-%d log-probs for %d rows.", top_k, len(dataset))
-        return add_topk_columns(dataset, all_ids, all_logprobs, self._topk_fingerprint(top_k))
-
-    def use_fixed_completion(self, inputs):
-        if "fixed_completion_ids" not in inputs:
-            raise ValueError(
-                "OffPolicyMSDTrainer needs a fixed completion in every row ('teacher_completion', or the last turn "
-                f"of 'messages'); rows {inputs.get('row_ids')} lack it. Run generate_teacher_completions first."
-            )
-        return True
