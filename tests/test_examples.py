@@ -116,3 +116,14 @@ def test_reproduce_mini_writes_the_results_schema_and_resumes(model_dir, tmp_pat
     assert set(partial["cells"]) == {"base", "on_dpsw_english"} and not (out / "on_rkl_english").exists()
     with pytest.raises(ValueError, match="unknown cell"):
         script.main([*argv, "--cells", "on_dpsw_english,bogus"])
+
+
+def test_refusal_probability_scores_harmful_and_benign_per_language(model_dir):
+    script = _load_script("refusal_probability")
+    assert script.auc([0.9, 0.8], [0.1, 0.2]) == 1.0 and script.auc([0.1], [0.9]) == 0.0
+    assert script.auc([0.5], [0.5]) == 0.5 and script.auc([], [0.1]) is None
+    results = script.main(["--adapters", "base=", "--model", str(model_dir), "--limit", "2"])
+    languages = results["adapters"]["base"]["languages"]
+    assert list(languages) == ["jv", "sw", "bn", "th", "ko", "ar", "vi"]
+    for entry in languages.values():
+        assert entry["n"] == [2, 2] and 0 <= entry["harmful_mean_p"] <= 1 and 0 <= entry["auc"] <= 1
