@@ -13,7 +13,9 @@ Usage::
     python examples/refusal_probability.py --adapters base=,seed0=outputs/reproduce_mini/on_dpsw_english/seed0 \
         --output_json outputs/refusal_probability.json
 
-`base=` (empty path) is the model without an adapter. Prints a Markdown table per adapter.
+`base=` (empty path) is the model without an adapter. `--teacher_preset english_refusal` adds a row for the teacher
+itself: the base model shown each query's teacher conversation (the English query under the preset), the ceiling of
+what a student can learn to tell apart. Prints a Markdown table per adapter.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ def auc(positives: list[float], negatives: list[float]) -> float | None:
     return wins / (len(positives) * len(negatives))
 
 
-def opening_logprobs(model, tokenizer, prompts: list[str], opening: str, batch_size: int = 8) -> list[float]:
-    """log P(`opening` as the first tokens of the answer | the chat prompt), one per prompt."""
+def opening_logprobs(model, tokenizer, prompts: list, opening: str, batch_size: int = 8) -> list[float]:
+    """log P(`opening` as the first tokens of the answer | the conversation), one per prompt (a string is one user
+    turn; a list is a conversation)."""
     import torch
 
     from msd_trl.rendering import tokenize_messages
@@ -45,7 +48,7 @@ def opening_logprobs(model, tokenizer, prompts: list[str], opening: str, batch_s
     scores = []
     for start in range(0, len(prompts), batch_size):
         rows = [
-            tokenize_messages(tokenizer, [{"role": "user", "content": p}]) + target
+            tokenize_messages(tokenizer, p if isinstance(p, list) else [{"role": "user", "content": p}]) + target
             for p in prompts[start : start + batch_size]
         ]
         width = max(len(r) for r in rows)
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=20, help="held-out query ids per language")
     parser.add_argument("--split_seed", type=int, default=0)
     parser.add_argument("--opening", default=REFUSAL_OPENING)
+    parser.add_argument("--teacher_preset", default=None, help="also score the teacher (base model) under this preset")
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
 
@@ -77,14 +81,26 @@ def main(argv: list[str] | None = None) -> dict:
     harmful = split_by_id(load_multijail(languages=languages), test_size=0.2, seed=args.split_seed)["test"]
     benign = split_by_id_parity(load_multiq(languages=languages))["test"]
 
-    def first_ids(dataset, language):
-        rows = [r for r in dataset if r["language"] == language]
-        return [r["prompt"] for r in rows[: args.limit]]
+    teacher = None
+    if args.teacher_preset:
+        from msd_trl.presets import get_teacher_preset
+        from msd_trl.rendering import render_teacher_messages
+
+        preset = get_teacher_preset(args.teacher_preset)
+        teacher = (preset.template, preset.system_prompt)
+
+    def first_ids(dataset, language, as_teacher=False):
+        rows = [r for r in dataset if r["language"] == language][: args.limit]
+        if as_teacher:
+            return [render_teacher_messages(r, template=teacher[0], system_prompt=teacher[1]) for r in rows]
+        return [r["prompt"] for r in rows]
 
     tokenizer = load_tokenizer(args.model)
     results = {"opening": args.opening, "limit": args.limit, "adapters": {}}
-    for item in args.adapters.split(","):
-        name, _, path = item.partition("=")
+    items = [item.partition("=")[::2] for item in args.adapters.split(",")]
+    if teacher is not None:
+        items.append((f"teacher:{args.teacher_preset}", None))
+    for name, path in items:
         model = load_model(args.model)
         if path:
             from peft import PeftModel
@@ -93,8 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
         model.eval()
         per_language = {}
         for language in languages:
-            harmful_scores = opening_logprobs(model, tokenizer, first_ids(harmful, language), args.opening)
-            benign_scores = opening_logprobs(model, tokenizer, first_ids(benign, language), args.opening)
+            as_teacher = path is None
+            harmful_scores = opening_logprobs(model, tokenizer, first_ids(harmful, language, as_teacher), args.opening)
+            benign_scores = opening_logprobs(model, tokenizer, first_ids(benign, language, as_teacher), args.opening)
             per_language[language] = {
                 "harmful_mean_p": sum(math.exp(s) for s in harmful_scores) / len(harmful_scores),
                 "benign_mean_p": sum(math.exp(s) for s in benign_scores) / len(benign_scores),

@@ -122,7 +122,9 @@ def test_refusal_probability_scores_harmful_and_benign_per_language(model_dir):
     script = _load_script("refusal_probability")
     assert script.auc([0.9, 0.8], [0.1, 0.2]) == 1.0 and script.auc([0.1], [0.9]) == 0.0
     assert script.auc([0.5], [0.5]) == 0.5 and script.auc([], [0.1]) is None
-    results = script.main(["--adapters", "base=", "--model", str(model_dir), "--limit", "2"])
+    results = script.main(["--adapters", "base=", "--model", str(model_dir), "--limit", "2",
+                           "--teacher_preset", "english_refusal"])  # fmt: skip
+    assert list(results["adapters"]) == ["base", "teacher:english_refusal"]
     languages = results["adapters"]["base"]["languages"]
     assert list(languages) == ["jv", "sw", "bn", "th", "ko", "ar", "vi"]
     for entry in languages.values():
