@@ -18,8 +18,7 @@ from .divergences import DivergenceOutput
 
 __all__ = [
     "STEP_STATISTICS",
-    "merge_left_padded",
-    "pad_right",
+    "concat_padded",
     "build_scoring_batch",
     "completion_logits",
     "completion_mask",
@@ -44,24 +43,18 @@ def completion_mask(completion_ids: torch.Tensor, stop_ids: Sequence[int]) -> to
     return (positions <= first_stop.unsqueeze(1)).long()  # [B, Lc]
 
 
-def merge_left_padded(
-    ids: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], pad_token_id: int
+def concat_padded(
+    ids: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], pad_token_id: int, *, side: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack left-padded `[b_i, L_i]` prompt batches into one `[sum b_i, max L_i]` batch, padding on the left."""
+    """Stack `[b_i, L_i]` batches padded on `side` ("left": prompts, "right": completions) into one
+    `[sum b_i, max L_i]` batch, padding ids with `pad_token_id` and masks with 0 on the same side."""
     width = max(t.size(1) for t in ids)
-    merged = [torch.nn.functional.pad(t, (width - t.size(1), 0), value=pad_token_id) for t in ids]
-    merged_masks = [torch.nn.functional.pad(m, (width - m.size(1), 0), value=0) for m in masks]
-    return torch.cat(merged), torch.cat(merged_masks)
 
+    def widen(t: torch.Tensor, value: int) -> torch.Tensor:
+        extra = width - t.size(1)
+        return torch.nn.functional.pad(t, (extra, 0) if side == "left" else (0, extra), value=value)
 
-def pad_right(
-    ids: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], pad_token_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack right-padded `[b_i, L_i]` completion batches into one `[sum b_i, max L_i]` batch."""
-    width = max(t.size(1) for t in ids)
-    padded = [torch.nn.functional.pad(t, (0, width - t.size(1)), value=pad_token_id) for t in ids]
-    padded_masks = [torch.nn.functional.pad(m, (0, width - m.size(1)), value=0) for m in masks]
-    return torch.cat(padded), torch.cat(padded_masks)
+    return torch.cat([widen(t, pad_token_id) for t in ids]), torch.cat([widen(m, 0) for m in masks])
 
 
 def generate_grouped(
@@ -79,7 +72,9 @@ def generate_grouped(
     """
     if not prompts:
         return []
-    prompt_ids, prompt_mask = merge_left_padded([p[0] for p in prompts], [p[1] for p in prompts], pad_token_id)
+    prompt_ids, prompt_mask = concat_padded(
+        [p[0] for p in prompts], [p[1] for p in prompts], pad_token_id, side="left"
+    )
     rows = prompt_ids.size(0)
     chunk = rows_per_call or rows
     order = torch.arange(rows)
@@ -93,7 +88,7 @@ def generate_grouped(
         completion_ids, completion_mask = generate(ids[:, keep:], mask[:, keep:])
         pieces_ids.append(completion_ids)
         pieces_mask.append(completion_mask)
-    completion_ids, completion_mask = pad_right(pieces_ids, pieces_mask, pad_token_id)
+    completion_ids, completion_mask = concat_padded(pieces_ids, pieces_mask, pad_token_id, side="right")
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(rows)
     inverse = inverse.to(completion_ids.device)
