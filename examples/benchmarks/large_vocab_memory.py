@@ -23,34 +23,45 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-QWEN25_05B = {
-    "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-    "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 32768,
-    "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-}  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the trainer_benchmark package beside this script
+from trainer_benchmark.settings import QWEN25_05B_CONFIG as QWEN25_05B  # noqa: E402
 
 
-def _rss_mb() -> float:
-    import psutil
+def _train(model, rows: list[dict], tokenizer, chunk_size: int, args: argparse.Namespace) -> float:
+    """Train one variant off-policy on the rows; returns the seconds of `trainer.train()`."""
+    from datasets import Dataset
+    from peft import LoraConfig
 
-    return psutil.Process().memory_info().rss / 2**20
+    from msd_trl import MSDConfig, OffPolicyMSDTrainer
+
+    trainer = OffPolicyMSDTrainer(
+        model=model,
+        args=MSDConfig(
+            output_dir=str(Path(args.output_dir) / "work" / f"chunk{chunk_size}"), per_device_train_batch_size=args.batch_size,
+            max_steps=args.steps, learning_rate=1e-4, report_to="none", save_strategy="no", logging_steps=1,
+            loss_chunk_size=chunk_size or None, teacher_preset="english_refusal", max_new_tokens=args.completion_tokens,
+            dataloader_drop_last=True,
+        ),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"),
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
 
 
 def run_variant(chunk_size: int, args: argparse.Namespace) -> dict:
     """One variant in this process: build the model, train, return peak memory."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from msd_trl import MSDConfig, OffPolicyMSDTrainer
     from msd_trl.models import load_tokenizer
 
     torch.manual_seed(0)
@@ -66,47 +77,21 @@ def run_variant(chunk_size: int, args: argparse.Namespace) -> dict:
          "teacher_prompt": f"Question number {i}: how?", "teacher_completion": " ".join(words[: args.completion_tokens])}
         for i in range(args.batch_size * args.steps)
     ]  # fmt: skip
+    from trainer_benchmark.profiling import PeakRSSSampler
+
     cuda = torch.cuda.is_available()
     if cuda:
         model = model.cuda()
         torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mb()
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_mb())
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    if not cuda:
-        sampler.start()
-    trainer = OffPolicyMSDTrainer(
-        model=model,
-        args=MSDConfig(
-            output_dir=str(Path(args.output_dir) / "work" / f"chunk{chunk_size}"), per_device_train_batch_size=args.batch_size,
-            max_steps=args.steps, learning_rate=1e-4, report_to="none", save_strategy="no", logging_steps=1,
-            loss_chunk_size=chunk_size or None, teacher_preset="english_refusal", max_new_tokens=args.completion_tokens,
-            dataloader_drop_last=True,
-        ),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"),
-    )  # fmt: skip
-    start = time.perf_counter()
-    trainer.train()
-    elapsed = time.perf_counter() - start
-    stop.set()
-    if cuda:
-        peak[0] = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        sampler.join()
+    with PeakRSSSampler() as sampler:  # RSS from here on, the model already built
+        base = torch.cuda.memory_allocated() / 2**20 if cuda else sampler.start_mb
+        elapsed = _train(model, rows, tokenizer, chunk_size, args)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else sampler.peak_mb
     completion = [len(tokenizer(r["teacher_completion"], add_special_tokens=False)["input_ids"]) for r in rows]
     return {
         "loss_chunk_size": chunk_size or None,
-        "peak_mb": round(peak[0], 1),
-        "peak_above_model_mb": round(peak[0] - base, 1),
+        "peak_mb": round(peak, 1),
+        "peak_above_model_mb": round(peak - base, 1),
         "train_s": round(elapsed, 1),
         "completion_tokens_per_row": max(completion),
         "device": "cuda" if cuda else "cpu",
