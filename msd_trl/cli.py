@@ -263,6 +263,10 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument(
+        "--generation_threads", type=int, default=None,
+        help="Torch threads while generating (CPU); 1 decodes fastest on a small CPU. Default: torch's setting.",
+    )  # fmt: skip
+    parser.add_argument(
         "--judge",
         default="keyword",
         help="'keyword' (default) or 'classifier:NAME_OR_PATH' (e.g. a Llama Guard model).",
@@ -304,6 +308,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         max_chars=a.max_chars,
         utility_max_new_tokens=a.utility_max_new_tokens,
         batch_size=a.batch_size,
+        generation_threads=a.generation_threads,
         judge=a.judge,
         teacher_preset=a.teacher_preset,
         harmful_dataset=a.harmful_dataset,

@@ -205,6 +205,20 @@ class MSDConfig(GKDConfig):
             "micro-batches) in one call. Set it to cap generation memory."
         },
     )
+    generation_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU only: torch threads while sampling rollouts (1 decodes fastest on a small CPU under "
+            "OMP_WAIT_POLICY=PASSIVE; forward and backward keep every thread). Default: torch's setting."
+        },
+    )
+    merge_adapter_for_generation: bool = field(
+        default=False,
+        metadata={
+            "help": "Merge the LoRA adapter into the base weights for each rollout generate call and unmerge it "
+            "after (faster decoding). Needs a float32, unquantized PEFT model."
+        },
+    )
     teacher_cache_top_k: int | None = field(
         default=None,
         metadata={
@@ -304,6 +318,11 @@ class MSDConfig(GKDConfig):
             or self.rollout_batch_size < 1
         ):  # fmt: skip
             bad("rollout_batch_size", "must be an integer >= 1, or None for one call per optimizer step.")
+        if self.generation_threads is not None and (
+            isinstance(self.generation_threads, bool) or not isinstance(self.generation_threads, int)
+            or self.generation_threads < 1
+        ):  # fmt: skip
+            bad("generation_threads", "must be an integer >= 1, or None for torch's setting.")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             bad("max_prompt_length", "must be >= 1 or None.")
         if self.teacher_cache_top_k is not None:

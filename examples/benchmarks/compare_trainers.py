@@ -138,6 +138,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="run each trainer in a fresh subprocess so its peak RSS is its own (default on)",
     )
+    parser.add_argument(
+        "--msd_fast_decoding", action=argparse.BooleanOptionalAction, default=True,
+        help="on a CPU in float32: MSD rollouts on one torch thread with the adapter merged (MSDConfig."
+        "generation_threads=1, merge_adapter_for_generation=True), as the project's CPU configs run; default on",
+    )  # fmt: skip
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_work_dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -169,9 +174,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         model_path = build_qwen_shaped_checkpoint(Path(args.output_dir) / "work" / QWEN_SHAPED)
     else:
         model_path = resolve_model_name_or_path(model)
+    fast = args.msd_fast_decoding and not torch.cuda.is_available() and Settings.dtype == "float32"
     return Settings(
         model=model,
         model_path=model_path,
+        msd_generation_threads=1 if fast else None,
+        msd_merge_adapter_for_generation=fast,
         seed=args.seed,
         isolate=args.isolate,
         quick=args.quick,

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..decoding import torch_threads
 from ..presets import (
     DEFAULT_TEACHER_PRESET,
     QUERY_TEMPLATE,
@@ -249,6 +250,7 @@ def run_evaluation(
     include_student: bool = True,
     harmful_dataset: str | Path | None = None,
     benign_dataset: str | Path | None = None,
+    generation_threads: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model (optionally with a PEFT adapter) and write the report; what ``msd-trl evaluate`` runs.
 
@@ -277,6 +279,10 @@ def run_evaluation(
       for before/after tables and plots.
     - ``data_dir=None``: the data loaders' default source; otherwise a folder holding ``multijail/MultiJail.csv``
       and ``mgsm/mgsm_<lang>.tsv``.
+    - ``adapter``: merged into the base weights for the evaluation (one merge, no training: the same model, faster
+      decoding) unless the base is quantized, where it stays a separate layer.
+    - ``generation_threads=None``: torch's thread count; on a small CPU ``1`` decodes faster (see
+      ``MSDConfig.generation_threads``).
 
     Returns the report (also written to ``output_dir/report.json``).
     """
@@ -338,30 +344,33 @@ def run_evaluation(
         with warnings.catch_warnings():  # transformers' deprecation notice from inside PEFT, not about this run
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = PeftModel.from_pretrained(model, str(adapter))
+        if not load_in_4bit:
+            model = model.merge_and_unload()  # inference only: the adapter's extra products cost decode time
 
-    report, records = evaluate(
-        model,
-        tokenizer,
-        harmful=harmful,
-        benign=benign or None,
-        languages=languages,
-        benign_languages=benign_by_set,
-        judge=judge,
-        teacher_system_prompt=teacher_system_prompt,
-        teacher_prompt_template=teacher_prompt_template,
-        max_new_tokens=max_new_tokens,
-        budget_per_language=budget_per_language,
-        max_budget_tokens=max_budget_tokens,
-        max_chars=max_chars,
-        utility_max_new_tokens=utility_max_new_tokens,
-        include_student=include_student,
-        partial_path=Path(output_dir) / "responses.partial.jsonl",
-        batch_size=batch_size,
-        limit=limit,
-        model_name=str(model_name_or_path) if model_name_or_path is not None else EMBEDDED_MODEL,
-        adapter=str(adapter) if adapter is not None else None,
-        progress=progress,
-    )
+    with torch_threads(generation_threads):
+        report, records = evaluate(
+            model,
+            tokenizer,
+            harmful=harmful,
+            benign=benign or None,
+            languages=languages,
+            benign_languages=benign_by_set,
+            judge=judge,
+            teacher_system_prompt=teacher_system_prompt,
+            teacher_prompt_template=teacher_prompt_template,
+            max_new_tokens=max_new_tokens,
+            budget_per_language=budget_per_language,
+            max_budget_tokens=max_budget_tokens,
+            max_chars=max_chars,
+            utility_max_new_tokens=utility_max_new_tokens,
+            include_student=include_student,
+            partial_path=Path(output_dir) / "responses.partial.jsonl",
+            batch_size=batch_size,
+            limit=limit,
+            model_name=str(model_name_or_path) if model_name_or_path is not None else EMBEDDED_MODEL,
+            adapter=str(adapter) if adapter is not None else None,
+            progress=progress,
+        )
     report["settings"].update(
         split=split,
         test_size=test_size,
@@ -369,6 +378,8 @@ def run_evaluation(
         data_dir=str(data_dir) if data_dir else None,
         teacher_preset=teacher_preset,
         multiq_split="odd ids (fixed)" if "multiq" in benign else None,
+        adapter_merged=adapter is not None and not load_in_4bit,
+        generation_threads=generation_threads,
     )
     paths = write_report(report, records, output_dir, baseline=baseline)
     (Path(output_dir) / "responses.partial.jsonl").unlink(missing_ok=True)  # responses.csv now holds every answer

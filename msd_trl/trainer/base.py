@@ -64,6 +64,7 @@ from ..config import (
     build_divergence,
     upgrade_config,
 )
+from ..decoding import check_adapter_mergeable, merged_adapter, torch_threads
 from ..divergences import DPSW
 from ..models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
 from ..names import TEACHER_COMPLETION_COLUMN
@@ -225,6 +226,8 @@ class MSDTrainer(SFTTrainer):
         )  # fmt: skip
         if args.loss_chunk_size is not None:
             check_output_head(self.accelerator.unwrap_model(self.model), f"loss_chunk_size={args.loss_chunk_size}")
+        if args.merge_adapter_for_generation:
+            check_adapter_mergeable(self.accelerator.unwrap_model(self.model))
 
     # ------------------------------------------------------------------ set-up
 
@@ -313,10 +316,16 @@ class MSDTrainer(SFTTrainer):
         ) as unwrapped:
             was_training = unwrapped.training
             unwrapped.eval()
-            sequences = unwrapped.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.generation_config
-            )
-            unwrapped.train(was_training)
+            try:
+                with (
+                    torch_threads(self.args.generation_threads),
+                    merged_adapter(unwrapped, enabled=self.args.merge_adapter_for_generation),
+                ):
+                    sequences = unwrapped.generate(
+                        input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.generation_config
+                    )
+            finally:
+                unwrapped.train(was_training)
         completion_ids = sequences[:, prompt_ids.size(1) :]  # [B, Lc]
         return completion_ids, self.completion_mask_from_ids(completion_ids)
 

@@ -122,6 +122,8 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
             lmbda=1.0,
             teacher_prompt_template=settings.msd_teacher_prompt_template,
             train_sampling_strategy="sequential",
+            generation_threads=settings.msd_generation_threads,
+            merge_adapter_for_generation=settings.msd_merge_adapter_for_generation and name == "msd_on_policy",
         )
         columns = ("id", "language", "prompt", "teacher_prompt")
         if name != "msd_on_policy":
@@ -303,6 +305,14 @@ def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_
             "batch_size": settings.batch_size,
             "gradient_accumulation": settings.gradient_accumulation,
             "label": settings.label,
+            **(
+                {
+                    "generation_threads": settings.msd_generation_threads,
+                    "merge_adapter_for_generation": settings.msd_merge_adapter_for_generation,
+                }
+                if name == "msd_on_policy"
+                else {}
+            ),
         },  # fmt: skip
         "description": TRAINER_DESCRIPTIONS[name],
         **_summarise_steps(profiler.steps, settings.warmup),

@@ -125,6 +125,10 @@ class Settings:
     msd_teacher_prompt_template: str = MSD_TEACHER_TEMPLATE
     sdft_teacher_prompt_template: str = SDFT_TEACHER_TEMPLATE
     fixed_completions: str = "greedy, base model (no adapter) under MSD's teacher context, max_new_tokens"
+    # MSD's rollout decoding options (MSDConfig.generation_threads / merge_adapter_for_generation): on by default on
+    # a CPU in float32, as the project's CPU configs use them; TRL's trainers have no such options.
+    msd_generation_threads: int | None = None
+    msd_merge_adapter_for_generation: bool = False
 
     @property
     def num_rows(self) -> int:

@@ -1,0 +1,87 @@
+"""Faster decoding for rollouts: fewer threads on a CPU, and the LoRA adapter merged for the generate call.
+
+Why (measured with `examples/benchmarks/decode_speed.py`, docs/performance.md): a decode step of a small model
+runs ~1,500 small operators per token. On a CPU each parallel region wakes OpenMP's worker threads; under
+`OMP_WAIT_POLICY=PASSIVE` (what a shared machine needs) that costs ~0.2 ms per matrix product, more than the
+product itself, so one thread decodes faster than two. An unmerged LoRA adapter adds two small products per
+adapted layer per token; merging it into the base weights for the generate call removes them.
+
+Pure helpers: the trainer (`MSDConfig.generation_threads`, `MSDConfig.merge_adapter_for_generation`) and
+`generation.generate_responses(num_threads=...)` use them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+__all__ = ["check_adapter_mergeable", "merged_adapter", "torch_threads"]
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the block on `num_threads` torch intra-op threads (CPU kernels), restoring the previous count after.
+    `None` changes nothing."""
+    if num_threads is None:
+        yield
+        return
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads must be an integer >= 1 or None, got {num_threads!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _quantized_modules(model: torch.nn.Module) -> list[str]:
+    names = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        kind = type(weight).__name__ if weight is not None else ""
+        if kind in ("Params4bit", "Int8Params") or getattr(module, "quant_state", None) is not None:
+            names.append(name)
+    return names
+
+
+def check_adapter_mergeable(model: Any, *, field: str = "merge_adapter_for_generation") -> None:
+    """Raise ValueError (naming `field`) unless merging the PEFT adapter into the base weights and unmerging it
+    after generation gives back the same weights to float32 rounding: a PEFT model with a LoRA-style adapter,
+    float32 base weights, nothing quantized. In bfloat16 or float16 each merge/unmerge round trip rounds the base
+    weights (the self-teacher's weights), and the error accumulates over training; a quantized base is
+    re-quantized by the merge."""
+    if not hasattr(model, "merge_adapter") or not hasattr(model, "unmerge_adapter"):
+        raise ValueError(f"{field}=True needs a PEFT model (pass a peft_config); got {type(model).__name__}.")
+    quantized = _quantized_modules(model)
+    if quantized:
+        raise ValueError(
+            f"{field}=True cannot be used with a quantized base model (e.g. QLoRA): merging re-quantizes the base "
+            f"weights every step ({len(quantized)} quantized modules, first {quantized[0]!r}). Set {field}=False."
+        )
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()}
+    if frozen - {torch.float32, torch.float64}:
+        raise ValueError(
+            f"{field}=True needs float32 base weights, found {sorted(str(d) for d in frozen)}: in lower precision "
+            f"every merge/unmerge round trip rounds the base (self-teacher) weights and the error accumulates. Set "
+            f"{field}=False, or load the model in float32."
+        )
+
+
+@contextlib.contextmanager
+def merged_adapter(model: Any, enabled: bool = True) -> Iterator[None]:
+    """Merge the active PEFT adapter into the base weights for the block and unmerge it after (also on error), so
+    the block runs the plain base layers. Check `check_adapter_mergeable` first. `enabled=False` changes nothing."""
+    if not enabled:
+        yield
+        return
+    with torch.no_grad():
+        model.merge_adapter()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            model.unmerge_adapter()

@@ -1,0 +1,122 @@
+"""msd_trl.decoding: thread count and merged adapter for rollouts, and the trainer options that use them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_model
+from peft import get_peft_model
+from test_trainer import base_state, lora, make_args
+
+from msd_trl import OnPolicyMSDTrainer
+from msd_trl.decoding import check_adapter_mergeable, merged_adapter, torch_threads
+
+
+def peft_model(tokenizer, dtype=torch.float32):
+    model = get_peft_model(make_model(tokenizer).to(dtype), lora())
+    with torch.no_grad():  # a non-zero adapter, so merging changes the weights
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.3)
+    return model
+
+
+def test_torch_threads_sets_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="num_threads must be an integer >= 1"), torch_threads(bad):
+            pass
+
+
+def test_merged_adapter_generates_what_the_unmerged_adapter_does_and_restores_the_weights(tiny_tokenizer):
+    model = peft_model(tiny_tokenizer).eval()
+    before = base_state(model)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        plain_logits = model(ids).logits
+        plain = model.generate(input_ids=ids, **kwargs)
+        with merged_adapter(model):
+            merged_logits = model(ids).logits
+            merged = model.generate(input_ids=ids, **kwargs)
+    torch.testing.assert_close(merged_logits, plain_logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(merged, plain)
+    for _ in range(200):  # round trips do not drift the base (self-teacher) weights in float32
+        with merged_adapter(model):
+            pass
+    after = base_state(model)
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-6)
+    with pytest.raises(RuntimeError), merged_adapter(model):
+        raise RuntimeError("inside")
+    assert not any(getattr(module, "merged", False) for module in model.modules())  # unmerged after an error too
+    with merged_adapter(model, enabled=False):
+        assert not any(getattr(module, "merged", False) for module in model.modules())
+
+
+def test_check_adapter_mergeable_names_the_field_and_the_reason(tiny_tokenizer):
+    check_adapter_mergeable(peft_model(tiny_tokenizer))  # float32 LoRA: fine
+    with pytest.raises(ValueError, match="merge_adapter_for_generation=True needs a PEFT model"):
+        check_adapter_mergeable(make_model(tiny_tokenizer))
+    with pytest.raises(ValueError, match=r"needs float32 base weights, found \['torch.bfloat16'\]"):
+        check_adapter_mergeable(peft_model(tiny_tokenizer, torch.bfloat16))
+
+    class Params4bit(torch.nn.Parameter):  # what bitsandbytes' 4-bit layers hold
+        pass
+
+    quantized = peft_model(tiny_tokenizer)
+    layer = quantized.base_model.model.model.layers[0].mlp.down_proj.base_layer
+    layer.weight = Params4bit(layer.weight.data, requires_grad=False)
+    with pytest.raises(ValueError, match="cannot be used with a quantized base model .*down_proj"):
+        check_adapter_mergeable(quantized)
+
+
+def test_generation_options_train_like_the_default_and_keep_the_self_teacher(tmp_path, tiny_tokenizer, msd_rows):
+    runs = {}
+    for name, options in {
+        "default": {},
+        "fast": {"generation_threads": 1, "merge_adapter_for_generation": True},
+    }.items():
+        model = make_model(tiny_tokenizer)
+        trainer = OnPolicyMSDTrainer(
+            model=model, args=make_args(tmp_path / name, max_steps=2, **options), train_dataset=msd_rows,
+            processing_class=tiny_tokenizer, peft_config=lora(),
+        )  # fmt: skip
+        initial = base_state(trainer.model)
+        threads = []
+        original_generate = trainer.accelerator.unwrap_model(trainer.model).generate
+
+        def spy(*args, original_generate=original_generate, threads=threads, model=trainer.model, **kwargs):
+            merged = [m.merged for m in model.modules() if hasattr(m, "merged")]
+            threads.append((torch.get_num_threads(), all(merged) and bool(merged)))
+            return original_generate(*args, **kwargs)
+
+        trainer.accelerator.unwrap_model(trainer.model).generate = spy
+        trainer.train()
+        runs[name] = [e["msd/loss"] for e in trainer.state.log_history if "msd/loss" in e]
+        if options:
+            assert threads and all(t == (1, True) for t in threads)  # 1 thread, adapter merged, during generate
+        else:
+            assert threads and not any(merged for _, merged in threads)
+        final = base_state(trainer.model)  # unmerged after every call: the self-teacher's weights are unchanged
+        for key in initial:
+            torch.testing.assert_close(final[key], initial[key], rtol=0, atol=1e-6)
+    assert runs["fast"] == pytest.approx(runs["default"], rel=1e-4, abs=1e-6)
+
+
+def test_generation_options_are_validated_at_start(tmp_path, tiny_tokenizer, msd_rows):
+    with pytest.raises(ValueError, match="generation_threads=0 is invalid"):
+        make_args(tmp_path, generation_threads=0)
+    with pytest.raises(ValueError, match="merge_adapter_for_generation=True needs a PEFT model"):
+        OnPolicyMSDTrainer(
+            model=make_model(tiny_tokenizer), args=make_args(tmp_path, merge_adapter_for_generation=True),
+            train_dataset=msd_rows, processing_class=tiny_tokenizer,
+        )  # fmt: skip
