@@ -208,8 +208,8 @@ class MSDConfig(GKDConfig):
     generation_threads: int | None = field(
         default=None,
         metadata={
-            "help": "CPU only: torch threads while sampling rollouts (1 decodes fastest on a small CPU under "
-            "OMP_WAIT_POLICY=PASSIVE; forward and backward keep every thread). Default: torch's setting."
+            "help": "CPU only: torch threads for the decode steps of rollouts (1 decodes fastest on a small CPU under "
+            "OMP_WAIT_POLICY=PASSIVE; prefill, forward and backward keep every thread). Default: torch's setting."
         },
     )
     merge_adapter_for_generation: bool = field(

@@ -1,13 +1,14 @@
 """Faster decoding for rollouts: fewer threads on a CPU, and the LoRA adapter merged for the generate call.
 
 Why (measured with `examples/benchmarks/decode_speed.py`, docs/performance.md): a decode step of a small model
-runs ~1,500 small operators per token. On a CPU each parallel region wakes OpenMP's worker threads; under
-`OMP_WAIT_POLICY=PASSIVE` (what a shared machine needs) that costs ~0.2 ms per matrix product, more than the
-product itself, so one thread decodes faster than two. An unmerged LoRA adapter adds two small products per
-adapted layer per token; merging it into the base weights for the generate call removes them.
+runs ~600 small matrix products per token. On a CPU each parallel region wakes OpenMP's worker threads; under
+`OMP_WAIT_POLICY=PASSIVE` (what a shared machine needs) that costs ~0.2 ms per product, more than the product
+itself, so one thread decodes faster than two (the prompt's prefill, one large forward, still gains from every
+thread). An unmerged LoRA adapter adds two small products per adapted layer per token; merging it into the base
+weights for the generate call removes them.
 
 Pure helpers: the trainer (`MSDConfig.generation_threads`, `MSDConfig.merge_adapter_for_generation`) and
-`generation.generate_responses(num_threads=...)` use them.
+`evaluation.run_evaluation(generation_threads=...)` use them.
 """
 
 from __future__ import annotations
@@ -18,23 +19,46 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_adapter_mergeable", "merged_adapter", "torch_threads"]
+__all__ = ["check_adapter_mergeable", "decode_threads", "merged_adapter"]
+
+
+def _query_length(args: tuple, kwargs: dict) -> int | None:
+    for value in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *(args[:1])):
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            return value.shape[1]
+    return None
 
 
 @contextlib.contextmanager
-def torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Run the block on `num_threads` torch intra-op threads (CPU kernels), restoring the previous count after.
-    `None` changes nothing."""
+def decode_threads(model: torch.nn.Module, num_threads: int | None) -> Iterator[None]:
+    """Inside the block, every forward of `model` that processes one new token per row (a decode step) runs on
+    `num_threads` torch threads; longer forwards (the prompt's prefill, compute-bound) keep the current count.
+    Hooks the innermost model (`get_base_model()` for PEFT), which `generate` calls once per token. `None`
+    changes nothing."""
     if num_threads is None:
         yield
         return
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be an integer >= 1 or None, got {num_threads!r}")
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
     previous = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
+
+    def before(_module, args, kwargs):
+        if _query_length(args, kwargs) == 1:
+            torch.set_num_threads(num_threads)
+
+    def after(_module, _args, _kwargs, _output):
+        torch.set_num_threads(previous)
+
+    handles = [
+        target.register_forward_pre_hook(before, with_kwargs=True),
+        target.register_forward_hook(after, with_kwargs=True, always_call=True),
+    ]
     try:
         yield
     finally:
+        for handle in handles:
+            handle.remove()
         torch.set_num_threads(previous)
 
 

@@ -169,6 +169,26 @@ def test_accumulation_setting_runs_every_on_policy_trainer(bench, tmp_path, tiny
     assert report["results"]["msd_on_policy"]["decode_steps_per_step"] > 0
 
 
+def test_resume_keeps_measured_trainers_and_reruns_the_missing_one(bench, tmp_path, tiny_model_dir):
+    out = tmp_path / "bench"
+    argv = ["--quick", "--steps", "1", "--warmup", "0", "--max_new_tokens", "3", "--batch_size", "1",
+            "--max_prompt_tokens", "128", "--no-isolate", "--only", "msd_on_policy,msd_off_policy",
+            "--model", str(tiny_model_dir), "--output_dir", str(out)]  # fmt: skip
+    first = bench.main(argv)
+    results = out / "work" / "results"
+    assert sorted(p.name for p in results.glob("*.json")) == ["msd_off_policy.json", "msd_on_policy.json"]
+    kept = results / "msd_off_policy.json"
+    kept.write_text(json.dumps({**first["results"]["msd_off_policy"], "marker": "from the first run"}))
+    (results / "msd_on_policy.json").unlink()  # re-measure this one only
+    second = bench.main(argv + ["--resume"])
+    assert second["results"]["msd_off_policy"]["marker"] == "from the first run"  # kept, not re-run
+    assert "error" not in second["results"]["msd_on_policy"] and (results / "msd_on_policy.json").exists()
+    assert second["settings"]["fixed_completions_s"] == first["settings"]["fixed_completions_s"]
+    index = argv.index("--max_new_tokens") + 1
+    changed = bench.main([*argv[:index], "4", *argv[index + 1 :], "--resume"])  # other settings: all re-run
+    assert changed["settings"]["max_new_tokens"] == 4 and "marker" not in changed["results"]["msd_off_policy"]
+
+
 def test_missing_or_failed_runs_give_no_ratio(bench):
     ratios = bench.compute_ratios({"msd_on_policy": _result(3.0, 600.0), "gkd_on_policy": {"error": "boom"}})
     assert ratios["on_policy_vs_gkd_step"] is None and ratios["on_policy_vs_sdft_step"] is None
@@ -209,3 +229,32 @@ def test_large_vocab_memory_script_reports_each_variant(tmp_path):
         assert result["peak_mb"] >= result["peak_above_model_mb"] > 0 and result["completion_tokens_per_row"] > 0
     assert report["results"][0]["above_model_vs_plain"] == 1.0
     assert json.loads((tmp_path / "large_vocab_memory.json").read_text())["config"]["vocab_size"] == 151936
+
+
+def test_decode_speed_script_reports_each_cell_against_the_floor(tmp_path, tiny_model_dir):
+    """The script behind docs/performance.md's decoding table, on a tiny Llama: every (variant, threads, batch)
+    cell decodes exactly the requested tokens, and the floor ratio is the floor over the measured decode step."""
+    spec = importlib.util.spec_from_file_location("decode_speed", SCRIPT.parent / "decode_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(["--output_dir", str(tmp_path), "--model", str(tiny_model_dir), "--batch_sizes", "1,2",
+                          "--variants", "peft,merged+static", "--threads", "1", "--max_new_tokens", "3",
+                          "--repeats", "1", "--max_prompt_tokens", "128"])  # fmt: skip
+    cells = [(c["variant"], c["threads"], c["batch_size"]) for c in report["cells"]]
+    assert cells == [("peft", 1, 1), ("peft", 1, 2), ("merged+static", 1, 1), ("merged+static", 1, 2)]
+    for cell in report["cells"]:
+        assert cell["new_tokens"] == 3 and cell["generate_s"] > 0 and cell["prefill_s"] > 0
+        assert cell["tokens_per_s"] == pytest.approx(cell["batch_size"] * 3 / cell["generate_s"])
+        if cell["decode_step_s"] > 0:
+            assert cell["floor_ratio"] == pytest.approx(report["floor_decode_step_s"] / cell["decode_step_s"])
+            roofline = max(report["floor_decode_step_s"], cell["compute_floor_s"])
+            assert cell["roofline_ratio"] == pytest.approx(roofline / cell["decode_step_s"])
+        assert cell["compute_floor_s"] == pytest.approx(
+            2 * (report["weight_bytes"] // 4) * cell["batch_size"] / (report["matmul_gflops"]["1"] * 1e9)
+        )
+    assert report["floor_decode_step_s"] == pytest.approx(
+        report["weight_bytes"] / (report["memory_bandwidth_gb_s"] * 1e9)
+    )
+    assert json.loads((tmp_path / "decode_speed.json").read_text())["cells"] == report["cells"]
+    with pytest.raises(SystemExit):
+        module.parse_args(["--output_dir", str(tmp_path), "--variants", "merged+turbo"])

@@ -9,7 +9,7 @@ from peft import get_peft_model
 from test_trainer import base_state, lora, make_args
 
 from msd_trl import OnPolicyMSDTrainer
-from msd_trl.decoding import check_adapter_mergeable, merged_adapter, torch_threads
+from msd_trl.decoding import check_adapter_mergeable, decode_threads, merged_adapter
 
 
 def peft_model(tokenizer, dtype=torch.float32):
@@ -21,18 +21,31 @@ def peft_model(tokenizer, dtype=torch.float32):
     return model
 
 
-def test_torch_threads_sets_and_restores_the_thread_count():
+def test_decode_threads_apply_to_decode_steps_only_and_are_restored(tiny_tokenizer):
+    model = peft_model(tiny_tokenizer).eval()
     before = torch.get_num_threads()
-    with torch_threads(1):
-        assert torch.get_num_threads() == 1
+    seen = []
+    model.get_base_model().model.register_forward_pre_hook(  # inside the hooked model's forward
+        lambda module, args, kwargs: seen.append((kwargs["input_ids"].shape[1], torch.get_num_threads())),
+        with_kwargs=True,
+    )
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    with torch.no_grad(), decode_threads(model, 1):
+        model.generate(input_ids=ids, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+        assert torch.get_num_threads() == before
+    assert seen[0] == (4, before)  # the prefill keeps every thread
+    assert seen[1:] and all(entry == (1, 1) for entry in seen[1:])  # each decode step runs on one
     assert torch.get_num_threads() == before
-    with pytest.raises(RuntimeError), torch_threads(1):
+    with pytest.raises(RuntimeError), torch.no_grad(), decode_threads(model, 1):
+        model(torch.tensor([[5]]))
         raise RuntimeError("inside")
     assert torch.get_num_threads() == before
-    with torch_threads(None):
-        assert torch.get_num_threads() == before
+    seen.clear()
+    with torch.no_grad(), decode_threads(model, None):
+        model(torch.tensor([[5]]))
+    assert seen == [(1, before)]
     for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="num_threads must be an integer >= 1"), torch_threads(bad):
+        with pytest.raises(ValueError, match="num_threads must be an integer >= 1"), decode_threads(model, bad):
             pass
 
 
@@ -91,21 +104,26 @@ def test_generation_options_train_like_the_default_and_keep_the_self_teacher(tmp
             processing_class=tiny_tokenizer, peft_config=lora(),
         )  # fmt: skip
         initial = base_state(trainer.model)
-        threads = []
-        original_generate = trainer.accelerator.unwrap_model(trainer.model).generate
+        merged_at_generate, decode_step_threads = [], []
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        original_generate = unwrapped.generate
 
-        def spy(*args, original_generate=original_generate, threads=threads, model=trainer.model, **kwargs):
+        def spy(*args, original_generate=original_generate, log=merged_at_generate, model=unwrapped, **kwargs):
             merged = [m.merged for m in model.modules() if hasattr(m, "merged")]
-            threads.append((torch.get_num_threads(), all(merged) and bool(merged)))
+            log.append(bool(merged) and all(merged))
             return original_generate(*args, **kwargs)
 
-        trainer.accelerator.unwrap_model(trainer.model).generate = spy
+        unwrapped.generate = spy
+        unwrapped.get_base_model().model.register_forward_pre_hook(
+            lambda module, args, kwargs, log=decode_step_threads: log.append(torch.get_num_threads())
+            if kwargs.get("input_ids") is not None and kwargs["input_ids"].shape[1] == 1 else None,
+            with_kwargs=True,
+        )  # fmt: skip
         trainer.train()
         runs[name] = [e["msd/loss"] for e in trainer.state.log_history if "msd/loss" in e]
-        if options:
-            assert threads and all(t == (1, True) for t in threads)  # 1 thread, adapter merged, during generate
-        else:
-            assert threads and not any(merged for _, merged in threads)
+        assert merged_at_generate and all(merged == bool(options) for merged in merged_at_generate)
+        expected_threads = 1 if options else torch.get_num_threads()
+        assert decode_step_threads and set(decode_step_threads) == {expected_threads}
         final = base_state(trainer.model)  # unmerged after every call: the self-teacher's weights are unchanged
         for key in initial:
             torch.testing.assert_close(final[key], initial[key], rtol=0, atol=1e-6)

@@ -143,6 +143,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="on a CPU in float32: MSD rollouts on one torch thread with the adapter merged (MSDConfig."
         "generation_threads=1, merge_adapter_for_generation=True), as the project's CPU configs run; default on",
     )  # fmt: skip
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep DIR/work's rows, fixed teacher text and each trainer's result from an earlier run with the same "
+        "settings, and run only the trainers without a result (delete DIR/work/results/NAME.json to re-measure one)",
+    )
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_work_dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -189,7 +195,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def _run_worker(name: str, work_dir: Path) -> None:
-    settings = Settings(**json.loads((work_dir / "settings.json").read_text()))
+    saved = json.loads((work_dir / "settings.json").read_text())
+    saved.pop("fixed_completions_s", None)
+    settings = Settings(**saved)
     rows = json.loads((work_dir / "rows.json").read_text())
     result = run_trainer(name, settings, rows, work_dir)
     (work_dir / "results").mkdir(exist_ok=True)
@@ -225,29 +233,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     work_dir = output_dir / "work"
     (work_dir / "results").mkdir(parents=True, exist_ok=True)
-    for stale in (work_dir / "results").glob("*.json"):
-        stale.unlink()
+    resumed = args.resume and _same_settings(work_dir, settings)
+    if not resumed:
+        for stale in (work_dir / "results").glob("*.json"):
+            stale.unlink()
     start = time.perf_counter()
     print(f"Benchmark on {_device_description()}; model {settings.model}; trainers {settings.trainers}", flush=True)
 
-    rows = prepare_rows(settings)
-    print(f"  {len(rows)} MultiJail rows (prompts <= {settings.max_prompt_tokens} tokens)", flush=True)
     fixed_s = None
-    if any(name in OFF_POLICY for name in settings.trainers):
-        fixed_s = add_fixed_completions(rows, settings)
-        print(f"  fixed teacher completions for the off-policy runs: {fixed_s:.1f} s", flush=True)
-    (work_dir / "rows.json").write_text(json.dumps(rows, ensure_ascii=False, indent=1))
-    (work_dir / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
+    if resumed:
+        rows = json.loads((work_dir / "rows.json").read_text())
+        fixed_s = json.loads((work_dir / "settings.json").read_text()).get("fixed_completions_s")
+        if fixed_s is None and (output_dir / "benchmark.json").exists():  # written before settings.json kept it
+            fixed_s = json.loads((output_dir / "benchmark.json").read_text())["settings"].get("fixed_completions_s")
+        print(f"  resuming: {len(rows)} rows and the results in {work_dir / 'results'} kept", flush=True)
+    else:
+        rows = prepare_rows(settings)
+        print(f"  {len(rows)} MultiJail rows (prompts <= {settings.max_prompt_tokens} tokens)", flush=True)
+        if any(name in OFF_POLICY for name in settings.trainers):
+            fixed_s = add_fixed_completions(rows, settings)
+            print(f"  fixed teacher completions for the off-policy runs: {fixed_s:.1f} s", flush=True)
+        (work_dir / "rows.json").write_text(json.dumps(rows, ensure_ascii=False, indent=1))
+        (work_dir / "settings.json").write_text(
+            json.dumps({**asdict(settings), "fixed_completions_s": fixed_s}, indent=2)
+        )
 
     results: dict[str, dict[str, Any]] = {}
     for index, name in enumerate(settings.trainers, 1):
         print(f"[{index}/{len(settings.trainers)}] {name}: {TRAINER_DESCRIPTIONS[name]}", flush=True)
+        existing = work_dir / "results" / f"{name}.json"
+        if resumed and existing.exists():
+            results[name] = json.loads(existing.read_text())
+            print(f"    {name}: kept from the earlier run ({existing})", flush=True)
+            continue
         if settings.isolate:
             result = _run_isolated(name, work_dir)
         else:
             result = run_trainer(name, settings, rows, work_dir)
         results[name] = result
         if "error" not in result:
+            existing.write_text(json.dumps(result, indent=2))  # what --resume keeps
             print(
                 f"    {name}: median {result['step_s_median']:.3f} s/step, peak {result['peak_mem_mb']:.0f} MB, "
                 f"{result['tokens_per_s']:.1f} completion tok/s, other {100 * result['other_share']:.1f} %",
@@ -282,6 +307,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (output_dir / "benchmark.md").write_text(markdown)
     print(markdown, flush=True)
     return report
+
+
+def _same_settings(work_dir: Path, settings: Settings) -> bool:
+    """Whether DIR/work holds an earlier run's rows with the same settings (`--resume`); says why not."""
+    saved_path = work_dir / "settings.json"
+    if not saved_path.exists() or not (work_dir / "rows.json").exists():
+        print(f"  --resume: no earlier run in {work_dir}; starting afresh", flush=True)
+        return False
+    saved = json.loads(saved_path.read_text())
+    saved.pop("fixed_completions_s", None)
+    current = json.loads(json.dumps(asdict(settings)))
+    differing = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+    if differing:
+        print(
+            f"  --resume: settings differ from the earlier run ({', '.join(differing)}); starting afresh", flush=True
+        )
+        return False
+    return True
 
 
 def _omp_wait_policy(settings: Settings) -> str:

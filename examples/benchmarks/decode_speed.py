@@ -7,19 +7,25 @@ measures how close `generate` gets to it and what closes the gap. Each cell samp
 MultiJail prompts (jv, sw, bn, rendered with the chat template, at most `--max_prompt_tokens`), with the LoRA
 adapter a training run has (r=16 on every linear layer, freshly initialised: speed does not depend on values).
 
-Decode paths (`--variants`):
+Decode paths (`--variants`, each a ``+``-joined set of options, e.g. ``merged+static``):
 
-- ``peft``: what the trainer does today: the PEFT model generates with the adapter active (two extra small
+- ``peft``: the trainer's default: the PEFT model generates with the adapter active (two extra small
   matmuls per adapted layer per step);
 - ``merged``: the adapter merged into the base weights for the generate call and unmerged after (the
-  merge/unmerge time is counted in the cell);
-- ``static``: ``peft`` with a static KV cache (``cache_implementation="static"``);
+  merge/unmerge time is counted in the cell; `MSDConfig.merge_adapter_for_generation`);
+- ``static``: a static KV cache (``cache_implementation="static"``) instead of the dynamic one;
 - ``compiled``: ``static`` plus transformers' compiled decode step (``torch.compile`` through
-  ``generation_config.compile_config``; the first call's compile time is reported separately).
+  ``generation_config.compile_config``; the first call, with the compile, is reported as ``warmup_s``).
+
+Thread counts for the decode steps (`--threads`, `MSDConfig.generation_threads`) are a separate axis; the prefill
+(one forward over the prompts) always runs on torch's thread count, as in the trainer.
 
 Per cell: the prefill time (a 1-token generate), the time per decode step ((T(n) - T(1)) / (n - 1), best of
 `--repeats` after a warm-up), completion tokens/s, and the floor ratio (floor / measured decode step; 1.0 means
-generation reads the weights at copy bandwidth). The bandwidth is a STREAM-like copy (trainer_benchmark).
+generation reads the weights at copy bandwidth). The bandwidth is a STREAM-like copy (trainer_benchmark). A
+larger batch does more arithmetic per weight read, so each cell also reports a compute floor (2 x parameters x
+batch multiply-adds at the matrix-product rate this machine reaches on the cell's thread count, measured on one
+large float32 product) and `roofline_ratio`: max(bandwidth floor, compute floor) / measured decode step.
 
 Usage::
 
@@ -48,7 +54,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the trainer_benchmark package beside this script
 from trainer_benchmark.profiling import measure_memory_bandwidth  # noqa: E402
 
-VARIANTS = ("peft", "merged", "static", "compiled")
+VARIANTS = ("peft", "merged", "merged+static", "merged+compiled")
+OPTIONS = ("peft", "merged", "static", "compiled")
 LANGUAGES = ("jv", "sw", "bn")
 
 
@@ -73,9 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default_threads = torch.get_num_threads()
     args.threads = [int(t) for t in (args.threads or f"{default_threads},1").split(",") if t]
     args.threads = list(dict.fromkeys(args.threads))
-    unknown = sorted(set(args.variants) - set(VARIANTS))
+    unknown = sorted({option for v in args.variants for option in v.split("+")} - set(OPTIONS))
     if unknown:
-        parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+        parser.error(f"--variants: unknown options {unknown}; join any of {list(OPTIONS)} with '+'")
     if any(t < 1 for t in args.threads):
         parser.error(f"--threads must be positive, got {args.threads}")
     if any(b < 1 for b in args.batch_sizes):
@@ -117,9 +124,10 @@ def generation_kwargs(variant: str, new_tokens: int, pad_id: int) -> dict[str, A
         do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
         pad_token_id=pad_id,
     )  # fmt: skip
-    if variant in ("static", "compiled"):
+    options = set(variant.split("+"))
+    if options & {"static", "compiled"}:
         config.cache_implementation = "static"
-    if variant == "compiled":
+    if "compiled" in options:
         compile_config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
         compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told to
         config.compile_config = compile_config
@@ -129,20 +137,18 @@ def generation_kwargs(variant: str, new_tokens: int, pad_id: int) -> dict[str, A
 
 
 def timed_generate(model, ids, mask, variant: str, new_tokens: int, pad_id: int, threads: int) -> float:
-    """Seconds for one generate call of `new_tokens` tokens on the variant's decode path, on `threads` threads."""
+    """Seconds for one generate call of `new_tokens` tokens on the variant's decode path, its decode steps on
+    `threads` threads (the prefill keeps torch's count), as the trainer runs it (`msd_trl.decoding`)."""
+    from msd_trl.decoding import decode_threads, merged_adapter
+
     kwargs = generation_kwargs(variant, new_tokens, pad_id)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     start = time.perf_counter()
-    if variant == "merged":
-        model.merge_adapter()
-    try:
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-    finally:
-        if variant == "merged":
-            model.unmerge_adapter()
-        torch.set_num_threads(previous_threads)
+    with (
+        torch.no_grad(),
+        decode_threads(model, threads),
+        merged_adapter(model, enabled="merged" in variant.split("+")),
+    ):
+        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
     elapsed = time.perf_counter() - start
     if out.shape[1] - ids.shape[1] != new_tokens:
         raise RuntimeError(f"{variant}: generated {out.shape[1] - ids.shape[1]} tokens, expected {new_tokens}")
@@ -175,6 +181,23 @@ def measure_cell(
     }
 
 
+def measure_matmul_gflops(threads: int, size: int = 1024, repeats: int = 5) -> float:
+    """Float32 matrix-product rate (GFLOP/s) on `threads` threads: best of `repeats` `[size, size] @ [size, size]`."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * size**3 / best / 1e9
+
+
 def weight_bytes(model) -> int:
     """Bytes a decode step must read: every parameter once (tied embeddings counted once: the head reads them)."""
     seen: set[int] = set()
@@ -203,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prompts = load_prompts(tokenizer, max(args.batch_sizes), args.max_prompt_tokens, args.seed)
     bandwidth = measure_memory_bandwidth()
     floor_s = weight_bytes(model) / (bandwidth * 1e9)
+    gflops = {threads: measure_matmul_gflops(threads) for threads in args.threads}
+    parameters = weight_bytes(model) // 4  # float32
     cells = []
     for variant in args.variants:
         for threads in args.threads:
@@ -210,10 +235,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ids, mask = left_padded(prompts[:batch], pad_id)
                 cell = measure_cell(model, ids, mask, variant, threads, args, pad_id)
                 cell["floor_ratio"] = floor_s / cell["decode_step_s"] if cell["decode_step_s"] > 0 else None
+                cell["compute_floor_s"] = 2 * parameters * batch / (gflops[threads] * 1e9)
+                roofline = max(floor_s, cell["compute_floor_s"])
+                cell["roofline_ratio"] = roofline / cell["decode_step_s"] if cell["decode_step_s"] > 0 else None
                 cells.append(cell)
                 print(
-                    f"{variant:>9} threads {threads} batch {batch:>3}: decode step {cell['decode_step_s'] * 1e3:7.1f} ms "
-                    f"(floor {floor_s * 1e3:.1f} ms, ratio {cell['floor_ratio']:.2f}), prefill {cell['prefill_s']:.2f} s, "
+                    f"{variant:>15} threads {threads} batch {batch:>3}: decode step {cell['decode_step_s'] * 1e3:7.1f} ms "
+                    f"(floor {floor_s * 1e3:.1f} ms, ratio {cell['floor_ratio']:.2f}; roofline ratio "
+                    f"{cell['roofline_ratio']:.2f}), prefill {cell['prefill_s']:.2f} s, "
                     f"{cell['tokens_per_s']:.1f} tok/s, warm-up {cell['warmup_s']:.1f} s",
                     flush=True,
                 )
@@ -230,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "memory_bandwidth_gb_s": bandwidth,
         "weight_bytes": weight_bytes(model),
         "floor_decode_step_s": floor_s,
+        "matmul_gflops": {str(threads): rate for threads, rate in gflops.items()},
         "max_new_tokens": args.max_new_tokens,
         "max_prompt_tokens": args.max_prompt_tokens,
         "repeats": args.repeats,

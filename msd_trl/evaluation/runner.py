@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..decoding import torch_threads
+from ..decoding import decode_threads
 from ..presets import (
     DEFAULT_TEACHER_PRESET,
     QUERY_TEMPLATE,
@@ -347,7 +347,7 @@ def run_evaluation(
         if not load_in_4bit:
             model = model.merge_and_unload()  # inference only: the adapter's extra products cost decode time
 
-    with torch_threads(generation_threads):
+    with decode_threads(model, generation_threads):
         report, records = evaluate(
             model,
             tokenizer,

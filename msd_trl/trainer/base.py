@@ -64,7 +64,7 @@ from ..config import (
     build_divergence,
     upgrade_config,
 )
-from ..decoding import check_adapter_mergeable, merged_adapter, torch_threads
+from ..decoding import check_adapter_mergeable, decode_threads, merged_adapter
 from ..divergences import DPSW
 from ..models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
 from ..names import TEACHER_COMPLETION_COLUMN
@@ -318,7 +318,7 @@ class MSDTrainer(SFTTrainer):
             unwrapped.eval()
             try:
                 with (
-                    torch_threads(self.args.generation_threads),
+                    decode_threads(unwrapped, self.args.generation_threads),
                     merged_adapter(unwrapped, enabled=self.args.merge_adapter_for_generation),
                 ):
                     sequences = unwrapped.generate(
