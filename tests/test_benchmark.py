@@ -151,6 +151,13 @@ def test_large_vocabulary_and_bandwidth_floor_ratios_by_hand(bench):
     assert verdicts["generation_floor_ratio"]["status"] == "PASS"  # at least 0.5
     assert verdicts["large_vocab_mem_vs_best_anchor"]["status"] == "PASS"  # 0.857 <= 0.9
     assert bench.compute_ratios(results)["large_vocab_mem_vs_gkd"] is None  # a small vocabulary reports none
+    # With MSD's large-vocabulary row (loss_chunk_size), the large_vocab ratios are that row's; the others are not.
+    results["msd_on_policy_chunked"] = _result(step=3.2, mem=560.0)
+    ratios = bench.compute_ratios(results, bandwidth_gb_s=20.0, large_vocab=True)
+    assert ratios["large_vocab_mem_vs_gkd"] == pytest.approx(0.56) and ratios["on_policy_vs_gkd_mem"] == 0.6
+    assert ratios["large_vocab_mem_vs_best_anchor"] == pytest.approx(560 / 700)
+    results["msd_on_policy_chunked"] = {"error": "exit code 1"}  # a failed row falls back to msd_on_policy
+    assert bench.compute_ratios(results, large_vocab=True)["large_vocab_mem_vs_gkd"] == pytest.approx(0.6)
 
 
 def test_accumulation_setting_runs_every_on_policy_trainer(bench, tmp_path, tiny_model_dir):
@@ -180,7 +187,11 @@ def test_resume_keeps_measured_trainers_and_reruns_the_missing_one(bench, tmp_pa
     kept = results / "msd_off_policy.json"
     kept.write_text(json.dumps({**first["results"]["msd_off_policy"], "marker": "from the first run"}))
     (results / "msd_on_policy.json").unlink()  # re-measure this one only
+    only = argv.index("--only") + 1
+    argv[only] += ",msd_on_policy_chunked"  # another subset: resumable, the new opt-in row runs
     second = bench.main(argv + ["--resume"])
+    chunked = second["results"]["msd_on_policy_chunked"]
+    assert "error" not in chunked and chunked["settings"]["loss_chunk_size"] == bench.LOSS_CHUNK_SIZE
     assert second["results"]["msd_off_policy"]["marker"] == "from the first run"  # kept, not re-run
     assert "error" not in second["results"]["msd_on_policy"] and (results / "msd_on_policy.json").exists()
     assert second["settings"]["fixed_completions_s"] == first["settings"]["fixed_completions_s"]

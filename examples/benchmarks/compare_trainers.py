@@ -102,7 +102,9 @@ from trainer_benchmark.settings import (  # noqa: E402, F401
     BREAKDOWN_KEYS,
     DEFAULTS,
     EXTRA_TARGETS,
+    LOSS_CHUNK_SIZE,
     OFF_POLICY,
+    OPTIONAL_TRAINERS,
     QUICK_DEFAULTS,
     QWEN_SHAPED,
     TARGETS,
@@ -131,7 +133,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps, excluded from every statistic")
     parser.add_argument("--max_prompt_tokens", type=int, default=None, help="drop rows with longer prompts")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(TRAINERS)}")
+    parser.add_argument(
+        "--only", default=None,
+        help=f"comma-separated subset of {','.join(TRAINERS)} (default: all of them), or opt-in rows: "
+        f"{','.join(OPTIONAL_TRAINERS)}",
+    )  # fmt: skip
     parser.add_argument(
         "--isolate",
         action=argparse.BooleanOptionalAction,
@@ -172,9 +178,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     trainers = list(TRAINERS)
     if args.only:
         trainers = [name.strip() for name in args.only.split(",") if name.strip()]
-        unknown = [name for name in trainers if name not in TRAINERS]
+        unknown = [name for name in trainers if name not in TRAINERS + OPTIONAL_TRAINERS]
         if unknown or not trainers:
-            raise ValueError(f"--only={args.only!r} names unknown trainers {unknown}; choose from {list(TRAINERS)}.")
+            raise ValueError(
+                f"--only={args.only!r} names unknown trainers {unknown}; choose from {list(TRAINERS + OPTIONAL_TRAINERS)}."
+            )
     model = args.model or EMBEDDED_MODEL
     if model == QWEN_SHAPED:
         model_path = build_qwen_shaped_checkpoint(Path(args.output_dir) / "work" / QWEN_SHAPED)
@@ -317,7 +325,9 @@ def _same_settings(work_dir: Path, settings: Settings) -> bool:
         return False
     saved = json.loads(saved_path.read_text())
     saved.pop("fixed_completions_s", None)
+    saved.pop("trainers", None)  # another subset of trainers is fine: each result stands on its own
     current = json.loads(json.dumps(asdict(settings)))
+    current.pop("trainers")
     differing = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
     if differing:
         print(

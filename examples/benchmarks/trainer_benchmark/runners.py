@@ -14,6 +14,8 @@ from transformers.trainer_callback import PrinterCallback
 from .profiling import PeakRSSSampler, StepProfiler, _ProfilerCallback, instrument
 from .settings import (
     BREAKDOWN_KEYS,
+    LOSS_CHUNK_SIZE,
+    MSD_ON_POLICY,
     TEACHER_CACHE_TOP_K,
     TRAINER_DESCRIPTIONS,
     TRAINERS,
@@ -112,7 +114,7 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
     peft_config = default_lora_config(**settings.lora)  # a fresh one per run: trainers may edit it
     common = _common_args(settings, output_dir)
 
-    if name in ("msd_on_policy", "msd_off_policy", "msd_off_policy_cached"):
+    if name in (*MSD_ON_POLICY, "msd_off_policy", "msd_off_policy_cached"):
         args = MSDConfig(
             teacher_cache_top_k=TEACHER_CACHE_TOP_K if name == "msd_off_policy_cached" else None,
             **common,
@@ -123,13 +125,14 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
             teacher_prompt_template=settings.msd_teacher_prompt_template,
             train_sampling_strategy="sequential",
             generation_threads=settings.msd_generation_threads,
-            merge_adapter_for_generation=settings.msd_merge_adapter_for_generation and name == "msd_on_policy",
+            merge_adapter_for_generation=settings.msd_merge_adapter_for_generation and name in MSD_ON_POLICY,
+            loss_chunk_size=LOSS_CHUNK_SIZE if name == "msd_on_policy_chunked" else None,
         )
         columns = ("id", "language", "prompt", "teacher_prompt")
-        if name != "msd_on_policy":
+        if name not in MSD_ON_POLICY:
             columns += ("teacher_completion",)
         dataset = Dataset.from_list([{key: row[key] for key in columns} for row in rows])
-        trainer_cls = OnPolicyMSDTrainer if name == "msd_on_policy" else OffPolicyMSDTrainer
+        trainer_cls = OnPolicyMSDTrainer if name in MSD_ON_POLICY else OffPolicyMSDTrainer
         return trainer_cls(
             model=model,
             teacher_model=None,
@@ -293,7 +296,7 @@ def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_
         build_s = time.perf_counter() - start
         trainer.remove_callback(PrinterCallback)  # its per-step log dicts would drown the progress lines
         instrument(trainer, name, profiler)
-        decode_steps = _count_decode_steps(trainer) if name == "msd_on_policy" else None
+        decode_steps = _count_decode_steps(trainer) if name in MSD_ON_POLICY else None
         weight_bytes = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
         trainer.train()
     wall_s = time.perf_counter() - start
@@ -310,9 +313,10 @@ def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_
                     "generation_threads": settings.msd_generation_threads,
                     "merge_adapter_for_generation": settings.msd_merge_adapter_for_generation,
                 }
-                if name == "msd_on_policy"
+                if name in MSD_ON_POLICY
                 else {}
             ),
+            **({"loss_chunk_size": LOSS_CHUNK_SIZE} if name == "msd_on_policy_chunked" else {}),
         },  # fmt: skip
         "description": TRAINER_DESCRIPTIONS[name],
         **_summarise_steps(profiler.steps, settings.warmup),

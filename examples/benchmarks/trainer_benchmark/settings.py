@@ -19,6 +19,11 @@ TRAINERS = (
     "msd_off_policy_cached",
     "gkd_off_policy",
 )
+# Opt-in rows (`--only`): MSD on-policy with `loss_chunk_size`, its setting for large vocabularies; when present it
+# is the MSD row of the `large_vocab_*` ratios.
+OPTIONAL_TRAINERS = ("msd_on_policy_chunked",)
+MSD_ON_POLICY = ("msd_on_policy", "msd_on_policy_chunked")
+LOSS_CHUNK_SIZE = 64
 OFF_POLICY = ("msd_off_policy", "msd_off_policy_cached", "gkd_off_policy")
 TEACHER_CACHE_TOP_K = 20  # = DPSW's top_k, so the cached run's token weights are exact
 LANGUAGES = ("jv", "sw", "bn")
@@ -44,6 +49,8 @@ QWEN25_05B_CONFIG = {
 
 TRAINER_DESCRIPTIONS = {
     "msd_on_policy": "OnPolicyMSDTrainer: self-teacher (adapter disabled), DPSW-weighted reverse KL",
+    "msd_on_policy_chunked": f"the same with loss_chunk_size={LOSS_CHUNK_SIZE} (the loss over chunks of completion "
+    "positions from hidden states, for large vocabularies)",
     "gkd_on_policy": "GKDTrainer lmbda=1, beta=1 (reverse KL), teacher = separate copy of the weights",
     "sdft": "SDFTTrainer teacher_model_kind=base, full_logits, distillation_alpha=1 (reverse KL)",
     "distillation": "trl.DistillationTrainer (TRL's recommended on-policy distillation), beta=1 (reverse KL), chunked "
