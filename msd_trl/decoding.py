@@ -31,8 +31,9 @@ def _query_length(args: tuple, kwargs: dict) -> int | None:
 
 @contextlib.contextmanager
 def decode_threads(model: torch.nn.Module, num_threads: int | None) -> Iterator[None]:
-    """Inside the block, every forward of `model` that processes one new token per row (a decode step) runs on
-    `num_threads` torch threads; longer forwards (the prompt's prefill, compute-bound) keep the current count.
+    """Inside the block, every forward of `model` that processes one new token per row (a decode step), and the
+    sampling after it, runs on `num_threads` torch threads; longer forwards (the prompt's prefill, compute-bound)
+    run on the count the block started with, which is restored at its end.
     Hooks the innermost model (`get_base_model()` for PEFT), which `generate` calls once per token. `None`
     changes nothing."""
     if num_threads is None:
@@ -44,16 +45,11 @@ def decode_threads(model: torch.nn.Module, num_threads: int | None) -> Iterator[
     previous = torch.get_num_threads()
 
     def before(_module, args, kwargs):
-        if _query_length(args, kwargs) == 1:
-            torch.set_num_threads(num_threads)
+        # Decode steps switch to `num_threads` and stay there (the sampling between steps is small work too); a
+        # longer forward (a prefill) switches back.
+        torch.set_num_threads(num_threads if _query_length(args, kwargs) == 1 else previous)
 
-    def after(_module, _args, _kwargs, _output):
-        torch.set_num_threads(previous)
-
-    handles = [
-        target.register_forward_pre_hook(before, with_kwargs=True),
-        target.register_forward_hook(after, with_kwargs=True, always_call=True),
-    ]
+    handles = [target.register_forward_pre_hook(before, with_kwargs=True)]
     try:
         yield
     finally:

@@ -32,9 +32,11 @@ def test_decode_threads_apply_to_decode_steps_only_and_are_restored(tiny_tokeniz
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
     with torch.no_grad(), decode_threads(model, 1):
         model.generate(input_ids=ids, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
-        assert torch.get_num_threads() == before
+        assert torch.get_num_threads() == 1  # the sampling after a decode step stays on its threads
+        model(ids)  # a longer forward (a prefill) switches back
+        assert seen[-1] == (4, before)
     assert seen[0] == (4, before)  # the prefill keeps every thread
-    assert seen[1:] and all(entry == (1, 1) for entry in seen[1:])  # each decode step runs on one
+    assert seen[1:-1] and all(entry == (1, 1) for entry in seen[1:-1])  # each decode step runs on one
     assert torch.get_num_threads() == before
     with pytest.raises(RuntimeError), torch.no_grad(), decode_threads(model, 1):
         model(torch.tensor([[5]]))
