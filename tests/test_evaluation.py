@@ -558,3 +558,33 @@ def test_an_interrupted_evaluation_resumes_without_regenerating(tiny_tokenizer, 
 def test_run_evaluation_rejects_bad_split():
     with pytest.raises(ValueError, match="split"):
         run_evaluation("unused", split="validation")
+
+
+def test_run_evaluation_merges_a_nonzero_adapter_and_answers_as_the_unmerged_model(tiny_model_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from msd_trl.models import load_model, load_tokenizer
+
+    adapter_dir = tmp_path / "adapter"
+    peft_model = get_peft_model(load_model(tiny_model_dir), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)  # an adapter that changes the answers
+    peft_model.save_pretrained(adapter_dir)
+    common = dict(languages=["jv"], benign_languages=[], multiq_languages=[], limit=2, max_new_tokens=4,
+                  data_dir=SHARED_DATA, progress=False)  # fmt: skip
+    report = run_evaluation(str(tiny_model_dir), adapter=adapter_dir, generation_threads=1,
+                            output_dir=tmp_path / "merged", **common)  # fmt: skip
+    assert report["settings"]["adapter_merged"] is True and report["settings"]["generation_threads"] == 1
+    merged = [r["response"] for r in read_records(tmp_path / "merged" / "responses.csv") if r["kind"] == "harmful"]
+
+    unmerged_model = PeftModel.from_pretrained(load_model(tiny_model_dir), str(adapter_dir))
+    harmful = load_multijail(SHARED_DATA / "multijail", languages=["jv"])
+    harmful = split_by_id(harmful, test_size=0.2, seed=0)["test"]
+    _, records = evaluate(unmerged_model, load_tokenizer(tiny_model_dir), harmful=harmful, languages=["jv"],
+                          limit=2, max_new_tokens=4, max_chars=120, progress=False)  # fmt: skip
+    assert len(merged) == 2 and merged == [r["response"] for r in records if r["kind"] == "harmful"]
+    with pytest.raises(ValueError, match="generation_threads must be an integer >= 1"):
+        run_evaluation(str(tiny_model_dir), generation_threads=0, output_dir=tmp_path / "bad", **common)
