@@ -319,21 +319,15 @@ class MSDConfig(GKDConfig):
             bad("top_k", "must be >= 0 (0 disables top-k sampling).")
         if self.max_new_tokens < 1:
             bad("max_new_tokens", "must be >= 1.")
-        if self.loss_chunk_size is not None and (
-            isinstance(self.loss_chunk_size, bool) or not isinstance(self.loss_chunk_size, int)
-            or self.loss_chunk_size < 1
-        ):  # fmt: skip
-            bad("loss_chunk_size", "must be an integer >= 1, or None for the plain loss.")
-        if self.rollout_batch_size is not None and (
-            isinstance(self.rollout_batch_size, bool) or not isinstance(self.rollout_batch_size, int)
-            or self.rollout_batch_size < 1
-        ):  # fmt: skip
-            bad("rollout_batch_size", "must be an integer >= 1, or None for one call per optimizer step.")
-        if self.generation_threads is not None and (
-            isinstance(self.generation_threads, bool) or not isinstance(self.generation_threads, int)
-            or self.generation_threads < 1
-        ):  # fmt: skip
-            bad("generation_threads", "must be an integer >= 1, or None for torch's setting.")
+
+        def positive_int_or_none(name: str, none_means: str):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                bad(name, f"must be an integer >= 1, or None for {none_means}.")
+
+        positive_int_or_none("loss_chunk_size", "the plain loss")
+        positive_int_or_none("rollout_batch_size", "one call per optimizer step")
+        positive_int_or_none("generation_threads", "torch's setting")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             bad("max_prompt_length", "must be >= 1 or None.")
         if self.teacher_cache_top_k is not None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_adapter_mergeable", "decode_threads", "merged_adapter"]
+__all__ = ["check_adapter_mergeable", "check_thread_count", "decode_threads", "merged_adapter"]
 
 
 def _query_length(args: tuple, kwargs: dict) -> int | None:
@@ -29,6 +29,14 @@ def _query_length(args: tuple, kwargs: dict) -> int | None:
     return None
 
 
+def check_thread_count(num_threads: int | None, name: str = "num_threads") -> None:
+    """Raise ValueError naming `name` unless `num_threads` is an integer >= 1 or None."""
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
+        raise ValueError(f"{name} must be an integer >= 1 or None, got {num_threads!r}")
+
+
 @contextlib.contextmanager
 def decode_threads(model: torch.nn.Module, num_threads: int | None) -> Iterator[None]:
     """Inside the block, every forward of `model` that processes one new token per row (a decode step), and the
@@ -36,11 +44,10 @@ def decode_threads(model: torch.nn.Module, num_threads: int | None) -> Iterator[
     run on the count the block started with, which is restored at its end.
     Hooks the innermost model (`get_base_model()` for PEFT), which `generate` calls once per token. `None`
     changes nothing."""
+    check_thread_count(num_threads)
     if num_threads is None:
         yield
         return
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-        raise ValueError(f"num_threads must be an integer >= 1 or None, got {num_threads!r}")
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
     previous = torch.get_num_threads()
 
@@ -49,12 +56,11 @@ def decode_threads(model: torch.nn.Module, num_threads: int | None) -> Iterator[
         # longer forward (a prefill) switches back.
         torch.set_num_threads(num_threads if _query_length(args, kwargs) == 1 else previous)
 
-    handles = [target.register_forward_pre_hook(before, with_kwargs=True)]
+    handle = target.register_forward_pre_hook(before, with_kwargs=True)
     try:
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
         torch.set_num_threads(previous)
 
 

@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..decoding import decode_threads
+from ..decoding import check_thread_count, decode_threads
 from ..presets import (
     DEFAULT_TEACHER_PRESET,
     QUERY_TEMPLATE,
@@ -291,10 +291,7 @@ def run_evaluation(
 
     if split not in ("test", "train", "all"):
         raise ValueError(f"split must be 'test', 'train' or 'all', got {split!r}")
-    if generation_threads is not None and (
-        isinstance(generation_threads, bool) or not isinstance(generation_threads, int) or generation_threads < 1
-    ):
-        raise ValueError(f"generation_threads must be an integer >= 1 or None, got {generation_threads!r}")
+    check_thread_count(generation_threads, "generation_threads")  # before any model is loaded
     _check_writable(Path(output_dir))  # before any model is loaded or any answer generated
     if not languages:
         raise ValueError(f"languages must name at least one language, got {languages!r}")
