@@ -203,9 +203,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def _run_worker(name: str, work_dir: Path) -> None:
-    saved = json.loads((work_dir / "settings.json").read_text())
-    saved.pop("fixed_completions_s", None)
-    settings = Settings(**saved)
+    settings = Settings(**_read_saved_settings(work_dir)[0])
     rows = json.loads((work_dir / "rows.json").read_text())
     result = run_trainer(name, settings, rows, work_dir)
     (work_dir / "results").mkdir(exist_ok=True)
@@ -251,9 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fixed_s = None
     if resumed:
         rows = json.loads((work_dir / "rows.json").read_text())
-        fixed_s = json.loads((work_dir / "settings.json").read_text()).get("fixed_completions_s")
-        if fixed_s is None and (output_dir / "benchmark.json").exists():  # written before settings.json kept it
-            fixed_s = json.loads((output_dir / "benchmark.json").read_text())["settings"].get("fixed_completions_s")
+        fixed_s = _read_saved_settings(work_dir)[1]
         print(f"  resuming: {len(rows)} rows and the results in {work_dir / 'results'} kept", flush=True)
     else:
         rows = prepare_rows(settings)
@@ -317,14 +313,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+def _read_saved_settings(work_dir: Path) -> tuple[dict[str, Any], float | None]:
+    """DIR/work/settings.json: the run's Settings fields, and the seconds its fixed teacher text took."""
+    saved = json.loads((work_dir / "settings.json").read_text())
+    fixed_s = saved.pop("fixed_completions_s", None)
+    return saved, fixed_s
+
+
 def _same_settings(work_dir: Path, settings: Settings) -> bool:
     """Whether DIR/work holds an earlier run's rows with the same settings (`--resume`); says why not."""
-    saved_path = work_dir / "settings.json"
-    if not saved_path.exists() or not (work_dir / "rows.json").exists():
+    if not (work_dir / "settings.json").exists() or not (work_dir / "rows.json").exists():
         print(f"  --resume: no earlier run in {work_dir}; starting afresh", flush=True)
         return False
-    saved = json.loads(saved_path.read_text())
-    saved.pop("fixed_completions_s", None)
+    saved = _read_saved_settings(work_dir)[0]
     saved.pop("trainers", None)  # another subset of trainers is fine: each result stands on its own
     current = json.loads(json.dumps(asdict(settings)))
     current.pop("trainers")

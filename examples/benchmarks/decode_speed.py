@@ -52,7 +52,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the trainer_benchmark package beside this script
-from trainer_benchmark.profiling import measure_memory_bandwidth  # noqa: E402
+from trainer_benchmark.profiling import measure_memory_bandwidth, weight_bytes  # noqa: E402
 
 VARIANTS = ("peft", "merged", "merged+static", "merged+compiled")
 OPTIONS = ("peft", "merged", "static", "compiled")
@@ -198,17 +198,6 @@ def measure_matmul_gflops(threads: int, size: int = 1024, repeats: int = 5) -> f
     return 2 * size**3 / best / 1e9
 
 
-def weight_bytes(model) -> int:
-    """Bytes a decode step must read: every parameter once (tied embeddings counted once: the head reads them)."""
-    seen: set[int] = set()
-    total = 0
-    for parameter in model.parameters():
-        if parameter.data_ptr() not in seen:
-            seen.add(parameter.data_ptr())
-            total += parameter.numel() * parameter.element_size()
-    return total
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
 
@@ -225,9 +214,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = load_prompts(tokenizer, max(args.batch_sizes), args.max_prompt_tokens, args.seed)
     bandwidth = measure_memory_bandwidth()
-    floor_s = weight_bytes(model) / (bandwidth * 1e9)
+    model_bytes = weight_bytes(model)
+    floor_s = model_bytes / (bandwidth * 1e9)
     gflops = {threads: measure_matmul_gflops(threads) for threads in args.threads}
-    parameters = weight_bytes(model) // 4  # float32
+    parameters = model_bytes // 4  # float32
     cells = []
     for variant in args.variants:
         for threads in args.threads:
@@ -257,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },  # fmt: skip
         "torch": torch.__version__,
         "memory_bandwidth_gb_s": bandwidth,
-        "weight_bytes": weight_bytes(model),
+        "weight_bytes": model_bytes,
         "floor_decode_step_s": floor_s,
         "matmul_gflops": {str(threads): rate for threads, rate in gflops.items()},
         "max_new_tokens": args.max_new_tokens,

@@ -194,6 +194,12 @@ def measure_memory_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     return 2 * source.numel() * source.element_size() / best / 1e9
 
 
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes a decode step must read: every parameter once (`parameters()` yields tied weights, such as an
+    embedding shared with the output head, once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def _count_completion_tokens(inputs: dict[str, Any]) -> int:
     """Completion tokens the loss scores: MSD and SDFT carry `completion_mask`, GKD `labels` (-100 = ignored)."""
     if "completion_mask" in inputs:

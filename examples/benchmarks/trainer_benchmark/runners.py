@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers.trainer_callback import PrinterCallback
 
-from .profiling import PeakRSSSampler, StepProfiler, _ProfilerCallback, instrument
+from .profiling import PeakRSSSampler, StepProfiler, _ProfilerCallback, instrument, weight_bytes
 from .settings import (
     BREAKDOWN_KEYS,
     LOSS_CHUNK_SIZE,
@@ -297,7 +297,7 @@ def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_
         trainer.remove_callback(PrinterCallback)  # its per-step log dicts would drown the progress lines
         instrument(trainer, name, profiler)
         decode_steps = _count_decode_steps(trainer) if name in MSD_ON_POLICY else None
-        weight_bytes = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+        model_bytes = weight_bytes(trainer.model)
         trainer.train()
     wall_s = time.perf_counter() - start
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -327,7 +327,7 @@ def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_
         "final_loss": losses[-1] if losses else None,
         "build_s": build_s,
         "wall_s": wall_s,
-        "weight_bytes": weight_bytes,
+        "weight_bytes": model_bytes,
     }
     if decode_steps is not None:
         # Decode steps per optimizer step (the longest completion of each generate call, summed over the calls).
