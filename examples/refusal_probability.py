@@ -25,16 +25,10 @@ import json
 import math
 from pathlib import Path
 
+from msd_trl.stats import auc
+
 TRAINED, UNSEEN = ["jv", "sw", "bn"], ["th", "ko", "ar", "vi"]
 REFUSAL_OPENING = "I'm sorry"
-
-
-def auc(positives: list[float], negatives: list[float]) -> float | None:
-    """P(a random positive scores above a random negative), ties counting half (Mann-Whitney U / (n m))."""
-    if not positives or not negatives:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
-    return wins / (len(positives) * len(negatives))
 
 
 def opening_logprobs(model, tokenizer, prompts: list, opening: str, batch_size: int = 8) -> list[float]:

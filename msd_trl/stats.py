@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["format_percent", "mean_and_spread", "rate_entry", "wilson_interval"]
+__all__ = ["auc", "format_percent", "mean_and_spread", "rate_entry", "wilson_interval"]
 
 
 def wilson_interval(successes: int, n: int, *, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -40,6 +40,16 @@ def mean_and_spread(values: Sequence[float | None]) -> dict[str, float | int | N
     mean = sum(present) / len(present)
     std = math.sqrt(sum((v - mean) ** 2 for v in present) / (len(present) - 1)) if len(present) > 1 else 0.0
     return {"mean": mean, "std": std, "min": min(present), "max": max(present), "n": len(present)}
+
+
+def auc(positives: Sequence[float], negatives: Sequence[float]) -> float | None:
+    """P(a random positive scores above a random negative), ties counting half (Mann-Whitney U / (n m)); None when
+    either side is empty. 0.5: the score does not tell the sides apart; 1.0: every positive ranks above every
+    negative."""
+    if not positives or not negatives:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
 
 
 def format_percent(value: float | None, spec: str = ".0%", missing: str = "–") -> str:

@@ -120,8 +120,6 @@ def test_reproduce_mini_writes_the_results_schema_and_resumes(model_dir, tmp_pat
 
 def test_refusal_probability_scores_harmful_and_benign_per_language(model_dir):
     script = _load_script("refusal_probability")
-    assert script.auc([0.9, 0.8], [0.1, 0.2]) == 1.0 and script.auc([0.1], [0.9]) == 0.0
-    assert script.auc([0.5], [0.5]) == 0.5 and script.auc([], [0.1]) is None
     results = script.main(["--adapters", "base=", "--model", str(model_dir), "--limit", "2",
                            "--teacher_preset", "english_refusal"])  # fmt: skip
     assert list(results["adapters"]) == ["base", "teacher:english_refusal"]
@@ -129,3 +127,34 @@ def test_refusal_probability_scores_harmful_and_benign_per_language(model_dir):
     assert list(languages) == ["jv", "sw", "bn", "th", "ko", "ar", "vi"]
     for entry in languages.values():
         assert entry["n"] == [2, 2] and 0 <= entry["harmful_mean_p"] <= 1 and 0 <= entry["auc"] <= 1
+
+
+def test_representation_probe_fits_on_train_ids_and_scores_held_out_ids(model_dir):
+    import torch
+
+    script = _load_script("representation_probe")
+    # The probe itself: a feature that carries the label is read out (AUC 1), noise is not (AUC near 0.5).
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.tensor([1] * 40 + [0] * 60)
+    signal = torch.randn(100, 8, generator=generator)
+    signal[:, 3] += 4.0 * labels
+    score, l2, cv = script.fit_probe(signal, labels)
+    assert l2 in script.REGULARISATION and cv > 0.95
+    assert script.held_out_auc(score, signal, labels) == 1.0
+    noise = torch.randn(100, 8, generator=generator)
+    fresh = torch.randn(100, 8, generator=generator)
+    assert abs(script.held_out_auc(script.fit_probe(noise, labels)[0], fresh, labels) - 0.5) < 0.2
+
+    results = script.main(["--model", str(model_dir), "--layers", "0,1", "--limit", "6", "--max_prompt_tokens", "60"])
+    entry = results["models"]["base"]
+    assert entry["layers"] == [0, 1] and list(entry["languages"]) == script.LANGUAGES
+    for language, row in entry["languages"].items():
+        kept = sum(row["n_test"]) + sum(row["n_train"])
+        assert kept + sum(row["dropped_over_max_prompt_tokens"].values()) == 24, language
+        for probe in ("in_language", "from_english"):
+            assert set(row[probe]) == {"0", "1"}
+            assert all(value is None or 0 <= value <= 1 for value in row[probe].values())
+    # Bengali and Thai prompts are long in this tokenizer: the cap drops some, and says so.
+    assert sum(entry["languages"]["bn"]["dropped_over_max_prompt_tokens"].values()) > 0
+    with pytest.raises(SystemExit):
+        script.main(["--model", str(model_dir), "--layers", "0,99", "--limit", "2"])

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from msd_trl.stats import mean_and_spread, rate_entry, wilson_interval
+from msd_trl.stats import auc, mean_and_spread, rate_entry, wilson_interval
 
 
 @pytest.mark.parametrize(
@@ -45,3 +45,9 @@ def test_mean_and_spread_over_seeds():
                                                     + (0.75 - 0.741667) ** 2) / 2), abs=1e-6)  # fmt: skip
     assert mean_and_spread([0.5])["std"] == 0.0
     assert mean_and_spread([None])["mean"] is None
+
+
+def test_auc_is_the_share_of_positive_negative_pairs_ranked_right():
+    assert auc([0.9, 0.8], [0.1, 0.2]) == 1.0 and auc([0.1], [0.9]) == 0.0
+    assert auc([0.5], [0.5]) == 0.5 and auc([0.3, 0.7], [0.5]) == 0.5
+    assert auc([], [0.1]) is None and auc([0.1], []) is None
