@@ -19,8 +19,10 @@ over-refusal (base model under each preset) as the ceiling.
 Cells (`--cells`): `on_dpsw_english` (on-policy DPSW, English-refusal teacher, MultiQ chat rows in the benign mix)
 and its closest ablations: `on_dpsw_paper` (the paper's teacher instead), `on_rkl_english` (reverse KL instead of
 DPSW), `off_dpsw_english` (off-policy), `on_dpsw_english_mgsm_only` (benign rows MGSM math only: the landed
-recipe), `on_dpsw_english_benign60` (60 % benign rows instead of 40 %). Every cell runs every seed of `--seeds`
-unless it is listed in `--single_seed_cells` (first seed only).
+recipe), and three selectivity levers: `on_dpsw_english_benign60` (60 % benign rows instead of 40 %),
+`on_dpsw_english_epochs3` (three times the steps, adapters saved on the way), `off_dpsw_english_temp03` (off-policy
+teacher text sampled at temperature 0.3 instead of 0.9). Every cell runs every seed of `--seeds` unless it is listed
+in `--single_seed_cells` (first seed only; by default the levers and the MGSM-only recipe).
 
 Each run's training output and evaluation go to OUTPUT_DIR/<cell>/seed<k>/ (base: OUTPUT_DIR/base/seed<split>/<preset>/);
 a run whose report exists is not redone, so an interrupted reproduction resumes where it stopped. The combined
@@ -63,7 +65,20 @@ CELLS: dict[str, dict] = {
     "on_dpsw_english_mgsm_only": {
         "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal", "multiq": False,
     },
+    # Selectivity lever: three times --max_steps (three epochs of the default 320 rows), with the adapter saved
+    # every --max_steps (checkpoint-80, checkpoint-160) for examples/refusal_probability.py.
+    "on_dpsw_english_epochs3": {
+        "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal", "steps_factor": 3,
+    },
+    # Selectivity lever: off-policy teacher text sampled at temperature 0.3 instead of 0.9 (closer to the
+    # teacher's greedy answer, which refuses more of the harmful rows).
+    "off_dpsw_english_temp03": {
+        "trainer": "off-policy", "divergence": "dpsw", "preset": "english_refusal", "extra": ["--temperature", "0.3"],
+    },
 }  # fmt: skip
+SINGLE_SEED_CELLS = [
+    "on_dpsw_english_mgsm_only", "on_dpsw_english_benign60", "on_dpsw_english_epochs3", "off_dpsw_english_temp03",
+]  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -79,7 +94,7 @@ def parse_args(argv=None):
         help="Seed of the by-id train/held-out split, fixed so every cell and seed is measured on the same ids.",
     )  # fmt: skip
     parser.add_argument(
-        "--single_seed_cells", default="on_dpsw_english_mgsm_only,on_dpsw_english_benign60",
+        "--single_seed_cells", default=",".join(SINGLE_SEED_CELLS),
         help="Cells run on one seed.",
     )  # fmt: skip
     parser.add_argument("--max_steps", type=int, default=80)
@@ -155,7 +170,8 @@ def train_run(args, cell: str, seed: int, run_dir: Path) -> tuple[list[str], flo
         "--max_prompt_tokens", str(args.max_prompt_tokens),
         "--max_train_rows", str(args.max_train_rows),
         "--split_seed", str(args.split_seed), "--seed", str(seed),
-        "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size),
+        "--max_steps", str(spec.get("steps_factor", 1) * args.max_steps),
+        "--per_device_train_batch_size", str(args.batch_size),
         "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "constant",
         "--max_new_tokens", str(args.max_new_tokens), "--logging_steps", "10",
         "--output_dir", str(run_dir),
@@ -164,7 +180,9 @@ def train_run(args, cell: str, seed: int, run_dir: Path) -> tuple[list[str], flo
         argv += ["--model_name_or_path", args.model]
     if _fast_cpu_decoding(args):
         argv += ["--generation_threads", "1", "--merge_adapter_for_generation", "true"]
-    argv += shlex.split(args.extra)
+    if spec.get("steps_factor", 1) > 1:
+        argv += ["--save_strategy", "steps", "--save_steps", str(args.max_steps)]
+    argv += spec.get("extra", []) + shlex.split(args.extra)
     summary_path = run_dir / "run_summary.json"
     if not summary_path.exists():
         train(argv)

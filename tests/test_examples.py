@@ -158,3 +158,33 @@ def test_representation_probe_fits_on_train_ids_and_scores_held_out_ids(model_di
     assert sum(entry["languages"]["bn"]["dropped_over_max_prompt_tokens"].values()) > 0
     with pytest.raises(SystemExit):
         script.main(["--model", str(model_dir), "--layers", "0,99", "--limit", "2"])
+
+
+def test_reproduce_mini_lever_cells_train_what_they_say(tmp_path, monkeypatch):
+    script = _load_script("reproduce_mini")
+    args = script.parse_args(["--max_steps", "5", "--no-fast_cpu_decoding"])
+    seen = []
+
+    def fake_train(argv):  # records the command, writes what a finished run leaves
+        seen.append(argv)
+        run_dir = Path(argv[argv.index("--output_dir") + 1])
+        run_dir.mkdir(parents=True)
+        (run_dir / "run_summary.json").write_text(json.dumps({"total_wall_time_s": 1.0}))
+
+    monkeypatch.setattr(script, "train", fake_train)
+
+    def flags(cell):
+        argv, _ = script.train_run(args, cell, 0, tmp_path / cell)
+        return dict(zip(argv[::2], argv[1::2]))
+
+    epochs3 = flags("on_dpsw_english_epochs3")
+    assert epochs3["--max_steps"] == "15" and epochs3["--save_strategy"] == "steps" and epochs3["--save_steps"] == "5"
+    temp = flags("off_dpsw_english_temp03")
+    assert temp["--trainer"] == "off-policy" and temp["--temperature"] == "0.3" and temp["--max_steps"] == "5"
+    plain = flags("on_dpsw_english")
+    assert plain["--max_steps"] == "5" and "--save_strategy" not in plain and "--temperature" not in plain
+    assert len(seen) == 3
+    flags("on_dpsw_english")  # its summary exists: not trained again
+    assert len(seen) == 3
+    assert set(script.SINGLE_SEED_CELLS) <= set(script.CELLS)
+    assert set(args.single_seed_cells.split(",")) == set(script.SINGLE_SEED_CELLS)
