@@ -22,7 +22,8 @@ DPSW), `off_dpsw_english` (off-policy), `on_dpsw_english_mgsm_only` (benign rows
 recipe), and three selectivity levers: `on_dpsw_english_benign60` (60 % benign rows instead of 40 %),
 `on_dpsw_english_epochs3` (three times the steps, adapters saved on the way), `off_dpsw_english_temp03` (off-policy
 teacher text sampled at temperature 0.3 instead of 0.9). Every cell runs every seed of `--seeds` unless it is listed
-in `--single_seed_cells` (first seed only; by default the levers and the MGSM-only recipe).
+in `--single_seed_cells` (first seed only; by default the levers and the MGSM-only recipe). Without `--cells`, the
+first four run (3 seeds x 4 cells: about 4 hours here with `--fast_cpu_decoding`).
 
 Each run's training output and evaluation go to OUTPUT_DIR/<cell>/seed<k>/ (base: OUTPUT_DIR/base/seed<split>/<preset>/);
 a run whose report exists is not redone, so an interrupted reproduction resumes where it stopped. The combined
@@ -76,6 +77,9 @@ CELLS: dict[str, dict] = {
         "trainer": "off-policy", "divergence": "dpsw", "preset": "english_refusal", "extra": ["--temperature", "0.3"],
     },
 }  # fmt: skip
+# What a plain run does: the recommended cell and its closest ablations, every seed (about 4 hours on 2 CPU cores
+# with --fast_cpu_decoding); the levers run when named in --cells.
+DEFAULT_CELLS = ["on_dpsw_english", "on_dpsw_paper", "on_rkl_english", "off_dpsw_english"]
 SINGLE_SEED_CELLS = [
     "on_dpsw_english_mgsm_only", "on_dpsw_english_benign60", "on_dpsw_english_epochs3", "off_dpsw_english_temp03",
 ]  # fmt: skip
@@ -84,7 +88,10 @@ SINGLE_SEED_CELLS = [
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/reproduce_mini")
-    parser.add_argument("--cells", default=",".join(CELLS), help="Comma-separated subset of the cells.")
+    parser.add_argument(
+        "--cells", default=",".join(DEFAULT_CELLS),
+        help=f"Comma-separated cells (default: the recommended one and its closest ablations); any of {list(CELLS)}.",
+    )  # fmt: skip
     parser.add_argument(
         "--seeds", default="0,1,2",
         help="Comma-separated training seeds (LoRA init, rollout sampling, data order and mix).",
