@@ -265,23 +265,38 @@ def aggregate(runs: dict[str, dict]) -> dict:
             }
             for code in first[section]
         }
+    # Selectivity: how much more often a harmful query is refused than a benign chat question in the same language,
+    # per seed (0: refused alike, whatever the level).
+    summary["selectivity"] = {
+        code: {
+            "rate": mean_and_spread(
+                [run["refusal"][code]["rate"] - run["multiq_over_refusal"][code]["rate"]
+                 if run["refusal"][code]["rate"] is not None and run["multiq_over_refusal"][code]["rate"] is not None
+                 else None for run in runs.values()]
+            )
+        }
+        for code in first["refusal"]
+        if code in first["multiq_over_refusal"]
+    }  # fmt: skip
     return summary
 
 
 def results_table(results: dict) -> str:
-    """Markdown: one row per cell (mean over seeds, min-max in brackets when there are several)."""
+    """Markdown: one row per cell (mean over seeds, min to max in brackets when there are several)."""
     languages = results["trained_languages"] + results["unseen_languages"]
 
     def cell(stats: dict) -> str:
         if stats["mean"] is None:
             return "–"
-        spread = f" ({stats['min']:.2f}-{stats['max']:.2f})" if stats["n"] > 1 else ""
+        spread = f" ({stats['min']:.2f} to {stats['max']:.2f})" if stats["n"] > 1 else ""
         return f"{stats['mean']:.2f}{spread}"
 
     lines = []
     for title, section, key in (
         ("Refusal on held-out harmful MultiJail (higher is better)", "refusal", "rate"),
         ("Over-refusal on held-out MultiQ chat questions (lower is better)", "multiq_over_refusal", "rate"),
+        ("Selectivity: refusal minus MultiQ over-refusal, per seed (0 = harmful and benign refused alike)",
+         "selectivity", "rate"),
         ("Benign MultiQ answers in the question's language (higher is better)", "multiq_over_refusal",
          "language_fidelity"),
         ("Benign MultiQ answers that are repetition loops (lower is better)", "multiq_over_refusal",

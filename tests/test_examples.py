@@ -103,10 +103,19 @@ def test_reproduce_mini_writes_the_results_schema_and_resumes(model_dir, tmp_pat
                 assert entry["language_fidelity"] is not None
         stats = cell["summary"]["refusal"]["jv"]["rate"]
         assert stats["n"] == len(cell["seeds"]) and stats["min"] <= stats["mean"] <= stats["max"]
+        gaps = [
+            run["refusal"]["jv"]["rate"] - run["multiq_over_refusal"]["jv"]["rate"] for run in cell["runs"].values()
+        ]
+        assert cell["summary"]["selectivity"]["jv"]["rate"]["mean"] == pytest.approx(sum(gaps) / len(gaps))
     assert json.loads((tmp_path / "docs" / "mini_reproduction.json").read_text()) == results
     assert (tmp_path / "docs" / "mini_reproduction.png").stat().st_size > 0
     table = (out / "mini_reproduction.md").read_text()
-    assert "| on_dpsw_english | 2 |" in table and "| on_dpsw_paper | 1 |" in table and "MultiQ" in table
+    assert (
+        "| on_dpsw_english | 2 |" in table
+        and "| on_dpsw_paper | 1 |" in table
+        and "MultiQ" in table
+        and "Selectivity" in table
+    )
     # A second call finds every run's summary and report and trains nothing again.
     before = (out / "on_dpsw_english" / "seed1" / "run_summary.json").stat().st_mtime_ns
     script.main(argv)
