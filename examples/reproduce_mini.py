@@ -55,7 +55,10 @@ MGSM_EVAL = ["sw", "th"]
 MULTIQ_TRAIN = TRAINED
 CELLS: dict[str, dict] = {
     "on_dpsw_english": {"trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal"},
-    "on_dpsw_paper": {"trainer": "on-policy", "divergence": "dpsw", "preset": "paper"},
+    # The paper's teacher context (original query + English translation + instruction) is ~30 tokens longer: under
+    # the same cap MGSM sw would keep 53 of 200 rows, too few for the 40 % benign mix; 32 more tokens keep a mix
+    # like the other cells' (jv 76, sw 62, bn 54 harmful rows; MGSM 64; MultiQ 25/23/16).
+    "on_dpsw_paper": {"trainer": "on-policy", "divergence": "dpsw", "preset": "paper", "extra_prompt_tokens": 32},
     "on_rkl_english": {"trainer": "on-policy", "divergence": "reverse_kl", "preset": "english_refusal"},
     "off_dpsw_english": {"trainer": "off-policy", "divergence": "dpsw", "preset": "english_refusal"},
     # Selectivity lever: 60 % benign rows instead of 40 %.
@@ -167,14 +170,15 @@ def evaluate_run(args, run_dir: Path, adapter: str | None, seed: int, preset: st
     )
 
 
-def train_run(args, cell: str, seed: int, run_dir: Path) -> tuple[list[str], float]:
+def train_argv(args, cell: str, seed: int, run_dir: Path) -> list[str]:
+    """The `msd-trl train` flags of one (cell, seed) run."""
     spec = CELLS[cell]
     argv = [
         "--trainer", spec["trainer"], "--divergence", spec["divergence"], "--teacher_preset", spec["preset"],
         "--languages", ",".join(TRAINED), "--benign_languages", ",".join(MGSM_TRAIN),
         "--multiq_languages", ",".join(MULTIQ_TRAIN) if spec.get("multiq", True) else "",
         "--benign_proportion", str(spec.get("benign_proportion", args.benign_proportion)),
-        "--max_prompt_tokens", str(args.max_prompt_tokens),
+        "--max_prompt_tokens", str(args.max_prompt_tokens + spec.get("extra_prompt_tokens", 0)),
         "--max_train_rows", str(args.max_train_rows),
         "--split_seed", str(args.split_seed), "--seed", str(seed),
         "--max_steps", str(spec.get("steps_factor", 1) * args.max_steps),
@@ -189,11 +193,32 @@ def train_run(args, cell: str, seed: int, run_dir: Path) -> tuple[list[str], flo
         argv += ["--generation_threads", "1", "--merge_adapter_for_generation", "true"]
     if spec.get("steps_factor", 1) > 1:
         argv += ["--save_strategy", "steps", "--save_steps", str(args.max_steps)]
-    argv += spec.get("extra", []) + shlex.split(args.extra)
+    return argv + spec.get("extra", []) + shlex.split(args.extra)
+
+
+def train_run(args, cell: str, seed: int, run_dir: Path) -> tuple[list[str], float]:
+    """Train one run unless its summary exists; its flags and training wall time."""
+    argv = train_argv(args, cell, seed, run_dir)
     summary_path = run_dir / "run_summary.json"
     if not summary_path.exists():
         train(argv)
     return argv, json.loads(summary_path.read_text())["total_wall_time_s"]
+
+
+def check_training_mixes(args, pending: list[tuple[str, int, Path]]) -> None:
+    """Build the training rows of every run still to train (tokenizer only: seconds a run) before the hours of
+    evaluation and training start, so a cell whose mix cannot be built (say, too few rows left under the length cap
+    with its teacher context) fails now, naming the cell and seed."""
+    from msd_trl.cli import build_train_parser
+    from msd_trl.models import load_tokenizer, resolve_model_name_or_path
+
+    tokenizer = load_tokenizer(resolve_model_name_or_path(args.model))
+    for cell, seed, run_dir in pending:
+        data_args, config, _ = build_train_parser().parse_args_and_config(args=train_argv(args, cell, seed, run_dir))
+        try:
+            data_args.build_dataset(tokenizer, config=config)
+        except ValueError as error:
+            raise ValueError(f"cell {cell!r} seed {seed}: its training rows cannot be built: {error}") from error
 
 
 def _degenerate_shares(eval_dir: Path) -> dict[tuple[str, str, str], float]:
@@ -392,6 +417,11 @@ def main(argv=None) -> dict:
             Path(args.results_json).write_text(text)
             plot_results(results, Path(args.results_json).with_suffix(".png"))
 
+    # Seed-major order: every cell gets its first seed before any cell gets its second.
+    runs = [(cell, seed, output_dir / cell / f"seed{seed}") for seed in seeds for cell in cells
+            if cell not in single or seed == seeds[0]]  # fmt: skip
+    if not args.only_existing:
+        check_training_mixes(args, [run for run in runs if not (run[2] / "run_summary.json").exists()])
     # Base model: once (greedy decoding on the fixed held-out ids has no seed); the teacher ceiling of every preset
     # in use (the first preset's run answers the student prompts too, the others only the teacher's).
     presets = list(dict.fromkeys(CELLS[c]["preset"] for c in cells))
@@ -407,28 +437,23 @@ def main(argv=None) -> dict:
             results["cells"]["base"] = {"seeds": [split], "runs": {str(split): entry}}
             results["cells"]["base"]["summary"] = aggregate(results["cells"]["base"]["runs"])
     write()
-    # Seed-major order: every cell gets its first seed before any cell gets its second.
-    for seed in seeds:
-        for cell in cells:
-            if cell in single and seed != seeds[0]:
-                continue
-            run_dir = output_dir / cell / f"seed{seed}"
-            if args.only_existing and not (run_dir / "eval" / "report.json").exists():
-                continue
-            train_argv, train_time = train_run(args, cell, seed, run_dir)
-            start = time.time()
-            report = evaluate_run(args, run_dir, str(run_dir), split, CELLS[cell]["preset"])
-            print(f"reproduce_mini: {cell} seed {seed}: training {train_time:.0f} s, evaluation "
-                  f"{time.time() - start:.0f} s this call (0 when its report already existed)")  # fmt: skip
-            entry = results["cells"].setdefault(cell, {"seeds": [], "runs": {}, **CELLS[cell]})
-            entry["seeds"].append(seed)
-            entry["runs"][str(seed)] = {
-                **run_entry(report, run_dir / "eval"),
-                "train_wall_time_s": train_time,
-                "train_command": "msd-trl train " + " ".join(shlex.quote(a) for a in train_argv),
-            }
-            entry["summary"] = aggregate(entry["runs"])
-            write()
+    for cell, seed, run_dir in runs:
+        if args.only_existing and not (run_dir / "eval" / "report.json").exists():
+            continue
+        train_argv, train_time = train_run(args, cell, seed, run_dir)
+        start = time.time()
+        report = evaluate_run(args, run_dir, str(run_dir), split, CELLS[cell]["preset"])
+        print(f"reproduce_mini: {cell} seed {seed}: training {train_time:.0f} s, evaluation "
+              f"{time.time() - start:.0f} s this call (0 when its report already existed)")  # fmt: skip
+        entry = results["cells"].setdefault(cell, {"seeds": [], "runs": {}, **CELLS[cell]})
+        entry["seeds"].append(seed)
+        entry["runs"][str(seed)] = {
+            **run_entry(report, run_dir / "eval"),
+            "train_wall_time_s": train_time,
+            "train_command": "msd-trl train " + " ".join(shlex.quote(a) for a in train_argv),
+        }
+        entry["summary"] = aggregate(entry["runs"])
+        write()
     print(f"reproduce_mini: results in {output_dir / 'mini_reproduction.json'}")
     return results
 

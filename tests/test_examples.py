@@ -197,3 +197,19 @@ def test_reproduce_mini_lever_cells_train_what_they_say(tmp_path, monkeypatch):
     assert len(seen) == 3
     assert set(script.SINGLE_SEED_CELLS) <= set(script.CELLS)
     assert set(args.single_seed_cells.split(",")) == set(script.SINGLE_SEED_CELLS)
+
+
+def test_reproduce_mini_checks_every_mix_before_evaluating_or_training(model_dir, tmp_path, monkeypatch):
+    script = _load_script("reproduce_mini")
+    args = script.parse_args(["--model", str(model_dir), "--max_steps", "1"])
+    paper = dict(zip(*[iter(script.train_argv(args, "on_dpsw_paper", 0, tmp_path))] * 2))
+    assert paper["--max_prompt_tokens"] == str(args.max_prompt_tokens + 32)  # room for the paper's longer context
+    started = []
+    monkeypatch.setattr(script, "run_evaluation", lambda *a, **k: started.append("evaluation"))
+    monkeypatch.setattr(script, "train", lambda argv: started.append("training"))
+    # 5000 rows cannot be drawn from the data under the cap: the run stops before any evaluation or training,
+    # naming the cell and seed.
+    with pytest.raises(ValueError, match=r"cell 'on_dpsw_english' seed 0: its training rows cannot be built"):
+        script.main(["--model", str(model_dir), "--output_dir", str(tmp_path / "out"), "--cells", "on_dpsw_english",
+                     "--seeds", "0", "--max_train_rows", "5000"])  # fmt: skip
+    assert started == []
