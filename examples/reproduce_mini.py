@@ -23,7 +23,7 @@ recipe), and three selectivity levers: `on_dpsw_english_benign60` (60 % benign r
 `on_dpsw_english_epochs3` (three times the steps, adapters saved on the way), `off_dpsw_english_temp03` (off-policy
 teacher text sampled at temperature 0.3 instead of 0.9). Every cell runs every seed of `--seeds` unless it is listed
 in `--single_seed_cells` (first seed only; by default the levers and the MGSM-only recipe). Without `--cells`, the
-first four run (3 seeds x 4 cells: about 4 hours here with `--fast_cpu_decoding`).
+first four run (3 seeds x 4 cells: 4-4.5 hours here with `--fast_cpu_decoding`).
 
 Each run's training output and evaluation go to OUTPUT_DIR/<cell>/seed<k>/ (base: OUTPUT_DIR/base/seed<split>/<preset>/);
 a run whose report exists is not redone, so an interrupted reproduction resumes where it stopped. The combined
@@ -80,7 +80,7 @@ CELLS: dict[str, dict] = {
         "trainer": "off-policy", "divergence": "dpsw", "preset": "english_refusal", "extra": ["--temperature", "0.3"],
     },
 }  # fmt: skip
-# What a plain run does: the recommended cell and its closest ablations, every seed (about 4 hours on 2 CPU cores
+# What a plain run does: the recommended cell and its closest ablations, every seed (4-4.5 hours on 2 CPU cores
 # with --fast_cpu_decoding); the levers run when named in --cells.
 DEFAULT_CELLS = ["on_dpsw_english", "on_dpsw_paper", "on_rkl_english", "off_dpsw_english"]
 SINGLE_SEED_CELLS = [
