@@ -259,6 +259,31 @@ def run_entry(report: dict, eval_dir: Path | None = None) -> dict:
     }
 
 
+def teacher_text_entry(run_dir: Path) -> dict | None:
+    """What an off-policy run trained on: the share of its sampled teacher texts the keyword judge calls refusals,
+    per source (multijail harmful; mgsm, multiq benign), and the sampling temperature. None without teacher text."""
+    path = run_dir / "teacher_completions.jsonl"
+    if not path.exists():
+        return None
+    from msd_trl.evaluation import get_judge
+
+    header, rows = None, []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if "fingerprint" in record:
+            header = record["fingerprint"]
+        else:
+            rows.append(record)
+    judge, by_source = get_judge("keyword"), {}
+    for row in rows:
+        by_source.setdefault(str(row["id"]).split("-")[0], []).append(row)  # multijail-6, multiq-gpt-1, mgsm-2
+    refusal = {}
+    for source, group in sorted(by_source.items()):
+        flags = judge([""] * len(group), [r["teacher_completion"] for r in group])  # the file keeps no prompts
+        refusal[source] = {"rate": sum(flags) / len(flags), "n": len(flags)}
+    return {"temperature": (header or {}).get("temperature"), "refusal": refusal}
+
+
 def teacher_entry(report: dict) -> dict:
     teacher = report["teacher"]
     benign = teacher.get("benign", {})
@@ -452,6 +477,8 @@ def main(argv=None) -> dict:
             "train_wall_time_s": train_time,
             "train_command": "msd-trl train " + " ".join(shlex.quote(a) for a in train_argv),
         }
+        if (teacher_text := teacher_text_entry(run_dir)) is not None:
+            entry["runs"][str(seed)]["teacher_text"] = teacher_text
         entry["summary"] = aggregate(entry["runs"])
         write()
     print(f"reproduce_mini: results in {output_dir / 'mini_reproduction.json'}")

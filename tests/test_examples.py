@@ -196,7 +196,30 @@ def test_reproduce_mini_lever_cells_train_what_they_say(tmp_path, monkeypatch):
     flags("on_dpsw_english")  # its summary exists: not trained again
     assert len(seen) == 3
     assert set(script.SINGLE_SEED_CELLS) <= set(script.CELLS)
+    assert script.teacher_text_entry(tmp_path / "on_dpsw_english") is None  # on-policy: no teacher text
     assert set(args.single_seed_cells.split(",")) == set(script.SINGLE_SEED_CELLS)
+
+
+def test_reproduce_mini_reports_what_off_policy_teacher_text_refused(tmp_path):
+    script = _load_script("reproduce_mini")
+    rows = [
+        {"fingerprint": {"temperature": 0.3, "seed": 0}},
+        {
+            "index": 0,
+            "id": "multijail-6",
+            "language": "jv",
+            "teacher_completion": "I'm sorry, but I can't help with that.",
+        },
+        {"index": 1, "id": "multijail-8", "language": "sw", "teacher_completion": "Sure, here is how to do it"},
+        {"index": 2, "id": "multiq-gpt-2", "language": "jv", "teacher_completion": "The chemical formula is H2O."},
+        {"index": 3, "id": "mgsm-4", "language": "sw", "teacher_completion": "She has 12 apples left."},
+    ]
+    (tmp_path / "teacher_completions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    entry = script.teacher_text_entry(tmp_path)
+    assert entry["temperature"] == 0.3
+    assert entry["refusal"] == {
+        "mgsm": {"rate": 0.0, "n": 1}, "multijail": {"rate": 0.5, "n": 2}, "multiq": {"rate": 0.0, "n": 1},
+    }  # fmt: skip
 
 
 def test_reproduce_mini_checks_every_mix_before_evaluating_or_training(model_dir, tmp_path, monkeypatch):
