@@ -36,7 +36,7 @@ def opening_logprobs(model, tokenizer, prompts: list, opening: str, batch_size: 
     turn; a list is a conversation)."""
     import torch
 
-    from msd_trl.rendering import pad, tokenize_messages
+    from msd_trl.rendering import left_padded, tokenize_messages
 
     target = tokenizer(opening, add_special_tokens=False)["input_ids"]
     scores = []
@@ -45,8 +45,7 @@ def opening_logprobs(model, tokenizer, prompts: list, opening: str, batch_size: 
             tokenize_messages(tokenizer, p if isinstance(p, list) else [{"role": "user", "content": p}]) + target
             for p in prompts[start : start + batch_size]
         ]
-        ids = pad([torch.tensor(r) for r in rows], tokenizer.pad_token_id or 0, padding_side="left")
-        mask = pad([torch.ones(len(r), dtype=torch.long) for r in rows], 0, padding_side="left")
+        ids, mask = left_padded(rows, tokenizer.pad_token_id or 0)
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
         log_probs = logits[:, -len(target) - 1 : -1].log_softmax(-1)  # positions that predict the opening

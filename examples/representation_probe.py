@@ -44,7 +44,7 @@ def last_token_states(model, tokenizer, rows: list[list[int]], layers: list[int]
     assistant header included). Prompts are batched by length, left-padded."""
     import torch
 
-    from msd_trl.rendering import pad
+    from msd_trl.rendering import left_padded
 
     if not rows:
         return torch.zeros(0, len(layers), model.config.hidden_size)
@@ -52,8 +52,7 @@ def last_token_states(model, tokenizer, rows: list[list[int]], layers: list[int]
     states = [None] * len(rows)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        ids = pad([torch.tensor(rows[i]) for i in batch], tokenizer.pad_token_id or 0, padding_side="left")
-        mask = pad([torch.ones(len(rows[i]), dtype=torch.long) for i in batch], 0, padding_side="left")
+        ids, mask = left_padded([rows[i] for i in batch], tokenizer.pad_token_id or 0)
         with torch.no_grad():
             hidden = model(
                 input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
@@ -103,11 +102,7 @@ def fit_probe(features, labels, folds: int = 5, seed: int = 0):
         for fold in range(folds):
             held = order[fold::folds]
             kept = torch.cat([order[f::folds] for f in range(folds) if f != fold])
-            score = fit_logistic(features[kept], labels[kept], l2)(features[held])
-            value = auc(
-                [s for s, y in zip(score, labels[held].tolist()) if y],
-                [s for s, y in zip(score, labels[held].tolist()) if not y],
-            )
+            value = held_out_auc(fit_logistic(features[kept], labels[kept], l2), features[held], labels[held])
             if value is not None:
                 scores.append(value)
         cv = sum(scores) / len(scores) if scores else 0.0
@@ -117,6 +112,7 @@ def fit_probe(features, labels, folds: int = 5, seed: int = 0):
 
 
 def held_out_auc(score, features, labels) -> float | None:
+    """AUC of `score(features)` with `labels` (1 = harmful) as the two sides."""
     values = score(features)
     flags = labels.tolist()
     return auc([v for v, y in zip(values, flags) if y], [v for v, y in zip(values, flags) if not y])

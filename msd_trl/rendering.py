@@ -18,7 +18,7 @@ exactly the same context everywhere.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ from .presets import QUERY_TEMPLATE, UNKNOWN_LANGUAGE_NAME, validate_teacher_tem
 __all__ = [
     "MSDDataCollator",
     "completion_token_ids",
+    "left_padded",
     "message_text",
     "render_student_messages",
     "render_teacher_messages",
@@ -162,6 +163,15 @@ def pad(tensors: list[torch.Tensor], padding_value: float, padding_side: str = "
     return pad_sequence(tensors, batch_first=True, padding_value=padding_value, padding_side=padding_side)
 
 
+def left_padded(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as a left-padded `[B, L_max]` id batch and its attention mask (what `generate` and a forward
+    over prompts expect: each prompt ends at the last position)."""
+    tensors = [torch.tensor(s, dtype=torch.long) for s in sequences]
+    ids = pad(tensors, padding_value=pad_token_id, padding_side="left")
+    mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left")
+    return ids, mask
+
+
 TEACHER_CACHE_IDS = "teacher_topk_ids"
 TEACHER_CACHE_LOGPROBS = "teacher_topk_logprobs"
 TEACHER_CACHE_FINGERPRINT = "teacher_topk_fingerprint"
@@ -290,15 +300,11 @@ class MSDDataCollator:
                 else completion_token_ids(self.tokenizer, student, text, self.stop_ids, prompt_length=len(student_ids))
             )
 
-        def left(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-            tensors = [torch.tensor(s, dtype=torch.long) for s in seqs]
-            ids = pad(tensors, padding_value=self.tokenizer.pad_token_id, padding_side="left")
-            mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left")
-            return ids, mask
-
         batch: dict[str, Any] = {"row_ids": [row.get("id") for row in rows]}
-        batch["prompt_ids"], batch["prompt_mask"] = left(prompt_ids)
-        batch["teacher_prompt_ids"], batch["teacher_prompt_mask"] = left(teacher_ids)
+        batch["prompt_ids"], batch["prompt_mask"] = left_padded(prompt_ids, self.tokenizer.pad_token_id)
+        batch["teacher_prompt_ids"], batch["teacher_prompt_mask"] = left_padded(
+            teacher_ids, self.tokenizer.pad_token_id
+        )
         if all(c is not None for c in completions):
             tensors = [torch.tensor(c, dtype=torch.long) for c in completions]
             batch["fixed_completion_ids"] = pad(

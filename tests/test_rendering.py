@@ -76,3 +76,11 @@ def test_truncation_keeps_the_teacher_system_prompt_and_template(tiny_tokenizer)
     assert batch["teacher_prompt_ids"].size(1) <= 160
     assert "<|im_start|>system\nBe safe.<|im_end|>" in teacher
     assert "Translation: " in teacher and "Original (Bengali): " in teacher
+
+
+def test_left_padded_ends_every_prompt_at_the_last_position():
+    from msd_trl.rendering import left_padded
+
+    ids, mask = left_padded([[5, 6, 7], [8]], pad_token_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and ids.dtype == torch.long
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]] and mask.dtype == torch.long

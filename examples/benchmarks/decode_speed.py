@@ -108,14 +108,6 @@ def load_prompts(tokenizer, count: int, max_prompt_tokens: int, seed: int) -> li
     return [tokenize_messages(tokenizer, render_student_messages(row)) for row in dataset.select(range(count))]
 
 
-def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from msd_trl.rendering import pad
-
-    ids = pad([torch.tensor(p) for p in prompts], pad_id, padding_side="left")
-    mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompts], 0, padding_side="left")
-    return ids, mask
-
-
 def generation_kwargs(variant: str, new_tokens: int, pad_id: int) -> dict[str, Any]:
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import CompileConfig
@@ -210,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, dtype="float32")
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"))
+    from msd_trl.rendering import left_padded
+
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = load_prompts(tokenizer, max(args.batch_sizes), args.max_prompt_tokens, args.seed)
