@@ -19,9 +19,10 @@ over-refusal (base model under each preset) as the ceiling.
 Cells (`--cells`): `on_dpsw_english` (on-policy DPSW, English-refusal teacher, MultiQ chat rows in the benign mix)
 and its closest ablations: `on_dpsw_paper` (the paper's teacher instead), `on_rkl_english` (reverse KL instead of
 DPSW), `off_dpsw_english` (off-policy), `on_dpsw_english_mgsm_only` (benign rows MGSM math only: the landed
-recipe), and three selectivity levers: `on_dpsw_english_benign60` (60 % benign rows instead of 40 %),
+recipe), and five selectivity levers: `on_dpsw_english_benign60` (60 % benign rows instead of 40 %),
 `on_dpsw_english_epochs3` (three times the steps, adapters saved on the way), `off_dpsw_english_temp03` (off-policy
-teacher text sampled at temperature 0.3 instead of 0.9). Every cell runs every seed of `--seeds` unless it is listed
+teacher text sampled at temperature 0.3 instead of 0.9), `on_dpsw_english_floor0` (DPSW floor 0 instead of 0.1),
+`on_dpsw_english_topk5` (DPSW teacher view over the top 5 tokens instead of 20). Every cell runs every seed of `--seeds` unless it is listed
 in `--single_seed_cells` (first seed only; by default the levers and the MGSM-only recipe). Without `--cells`, the
 first four run (3 seeds x 4 cells: 4-4.5 hours here with `--fast_cpu_decoding`).
 
@@ -79,12 +80,23 @@ CELLS: dict[str, dict] = {
     "off_dpsw_english_temp03": {
         "trainer": "off-policy", "divergence": "dpsw", "preset": "english_refusal", "extra": ["--temperature", "0.3"],
     },
+    # Selectivity lever: DPSW's floor w_min at 0 instead of 0.1, the sharpest weighting (a token the teacher is
+    # unsure of or the student already agrees on gets no weight); the other end, uniform weights, is on_rkl_english.
+    "on_dpsw_english_floor0": {
+        "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal",
+        "extra": ["--dpsw_min_weight", "0.0"],
+    },
+    # Selectivity lever: DPSW's teacher view over the top 5 tokens instead of 20 (confidence among few candidates).
+    "on_dpsw_english_topk5": {
+        "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal", "extra": ["--dpsw_top_k", "5"],
+    },
 }  # fmt: skip
 # What a plain run does: the recommended cell and its closest ablations, every seed (4-4.5 hours on 2 CPU cores
 # with --fast_cpu_decoding); the levers run when named in --cells.
 DEFAULT_CELLS = ["on_dpsw_english", "on_dpsw_paper", "on_rkl_english", "off_dpsw_english"]
 SINGLE_SEED_CELLS = [
     "on_dpsw_english_mgsm_only", "on_dpsw_english_benign60", "on_dpsw_english_epochs3", "off_dpsw_english_temp03",
+    "on_dpsw_english_floor0", "on_dpsw_english_topk5",
 ]  # fmt: skip
 
 

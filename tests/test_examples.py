@@ -200,6 +200,27 @@ def test_reproduce_mini_lever_cells_train_what_they_say(tmp_path, monkeypatch):
     assert set(args.single_seed_cells.split(",")) == set(script.SINGLE_SEED_CELLS)
 
 
+def test_reproduce_mini_every_cell_parses_as_msd_trl_train_flags(tmp_path):
+    """Each cell's command is one `msd-trl train` accepts, and its lever reaches the config."""
+    from msd_trl.cli import build_train_parser
+
+    script = _load_script("reproduce_mini")
+    args = script.parse_args(["--max_steps", "5", "--no-fast_cpu_decoding"])
+    configs = {}
+    for cell, spec in script.CELLS.items():
+        argv = script.train_argv(args, cell, 0, tmp_path / cell)
+        _, config, _ = build_train_parser().parse_args_and_config(args=argv)
+        assert config.divergence == spec["divergence"] and config.teacher_preset == spec["preset"], cell
+        configs[cell] = config
+    plain = configs["on_dpsw_english"]
+    assert (plain.dpsw_min_weight, plain.dpsw_top_k, plain.temperature) == (0.1, 20, 0.9)
+    assert configs["on_dpsw_english_floor0"].dpsw_min_weight == 0.0
+    assert configs["on_dpsw_english_floor0"].dpsw_top_k == 20
+    assert configs["on_dpsw_english_topk5"].dpsw_top_k == 5
+    assert configs["on_dpsw_english_topk5"].dpsw_min_weight == 0.1
+    assert configs["off_dpsw_english_temp03"].temperature == 0.3
+
+
 def test_reproduce_mini_reports_what_off_policy_teacher_text_refused(tmp_path):
     script = _load_script("reproduce_mini")
     rows = [
