@@ -19,10 +19,11 @@ over-refusal (base model under each preset) as the ceiling.
 Cells (`--cells`): `on_dpsw_english` (on-policy DPSW, English-refusal teacher, MultiQ chat rows in the benign mix)
 and its closest ablations: `on_dpsw_paper` (the paper's teacher instead), `on_rkl_english` (reverse KL instead of
 DPSW), `off_dpsw_english` (off-policy), `on_dpsw_english_mgsm_only` (benign rows MGSM math only: the landed
-recipe), and five selectivity levers: `on_dpsw_english_benign60` (60 % benign rows instead of 40 %),
+recipe), and six selectivity levers: `on_dpsw_english_benign60` (60 % benign rows instead of 40 %),
 `on_dpsw_english_epochs3` (three times the steps, adapters saved on the way), `off_dpsw_english_temp03` (off-policy
 teacher text sampled at temperature 0.3 instead of 0.9), `on_dpsw_english_floor0` (DPSW floor 0 instead of 0.1),
-`on_dpsw_english_topk5` (DPSW teacher view over the top 5 tokens instead of 20). Every cell runs every seed of `--seeds` unless it is listed
+`on_dpsw_english_topk5` (DPSW teacher view over the top 5 tokens instead of 20), `on_dpsw_english_multiq_wide`
+(benign chat rows in eight more languages, none of them evaluated). Every cell runs every seed of `--seeds` unless it is listed
 in `--single_seed_cells` (first seed only; by default the levers and the MGSM-only recipe). Without `--cells`, the
 first four run (3 seeds x 4 cells: 4-4.5 hours here with `--fast_cpu_decoding`).
 
@@ -54,6 +55,8 @@ MGSM_TRAIN = ["sw"]
 # evaluation; sw (trained) and th (unseen) keep both sides of the comparison.
 MGSM_EVAL = ["sw", "th"]
 MULTIQ_TRAIN = TRAINED
+# MultiQ languages outside MultiJail's (so never evaluated here), for the multiq_wide lever.
+MULTIQ_WIDE = ["de", "fr", "es", "zh", "ja", "hi", "ru", "ind"]
 CELLS: dict[str, dict] = {
     "on_dpsw_english": {"trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal"},
     # The paper's teacher context (original query + English translation + instruction) is ~30 tokens longer: under
@@ -68,7 +71,7 @@ CELLS: dict[str, dict] = {
     },
     # The landed recipe: benign rows are MGSM math only, no chat questions.
     "on_dpsw_english_mgsm_only": {
-        "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal", "multiq": False,
+        "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal", "multiq_languages": [],
     },
     # Selectivity lever: three times --max_steps (three epochs of the default 320 rows), with the adapter saved
     # every --max_steps (checkpoint-80, checkpoint-160) for examples/refusal_probability.py.
@@ -90,13 +93,19 @@ CELLS: dict[str, dict] = {
     "on_dpsw_english_topk5": {
         "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal", "extra": ["--dpsw_top_k", "5"],
     },
+    # Selectivity lever: benign chat rows in eight more languages (never evaluated: neither trained nor unseen), so
+    # "not English" stops predicting "harmful" in the mix; same benign share, so fewer chat rows per trained language.
+    "on_dpsw_english_multiq_wide": {
+        "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal",
+        "multiq_languages": MULTIQ_TRAIN + MULTIQ_WIDE,
+    },
 }  # fmt: skip
 # What a plain run does: the recommended cell and its closest ablations, every seed (4-4.5 hours on 2 CPU cores
 # with --fast_cpu_decoding); the levers run when named in --cells.
 DEFAULT_CELLS = ["on_dpsw_english", "on_dpsw_paper", "on_rkl_english", "off_dpsw_english"]
 SINGLE_SEED_CELLS = [
     "on_dpsw_english_mgsm_only", "on_dpsw_english_benign60", "on_dpsw_english_epochs3", "off_dpsw_english_temp03",
-    "on_dpsw_english_floor0", "on_dpsw_english_topk5",
+    "on_dpsw_english_floor0", "on_dpsw_english_topk5", "on_dpsw_english_multiq_wide",
 ]  # fmt: skip
 
 
@@ -188,7 +197,7 @@ def train_argv(args, cell: str, seed: int, run_dir: Path) -> list[str]:
     argv = [
         "--trainer", spec["trainer"], "--divergence", spec["divergence"], "--teacher_preset", spec["preset"],
         "--languages", ",".join(TRAINED), "--benign_languages", ",".join(MGSM_TRAIN),
-        "--multiq_languages", ",".join(MULTIQ_TRAIN) if spec.get("multiq", True) else "",
+        "--multiq_languages", ",".join(spec.get("multiq_languages", MULTIQ_TRAIN)),
         "--benign_proportion", str(spec.get("benign_proportion", args.benign_proportion)),
         "--max_prompt_tokens", str(args.max_prompt_tokens + spec.get("extra_prompt_tokens", 0)),
         "--max_train_rows", str(args.max_train_rows),

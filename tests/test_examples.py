@@ -219,6 +219,13 @@ def test_reproduce_mini_every_cell_parses_as_msd_trl_train_flags(tmp_path):
     assert configs["on_dpsw_english_topk5"].dpsw_top_k == 5
     assert configs["on_dpsw_english_topk5"].dpsw_min_weight == 0.1
     assert configs["off_dpsw_english_temp03"].temperature == 0.3
+    data = {cell: build_train_parser().parse_args_and_config(args=script.train_argv(args, cell, 0, tmp_path))[0]
+            for cell in ("on_dpsw_english", "on_dpsw_english_mgsm_only", "on_dpsw_english_multiq_wide")}  # fmt: skip
+    assert data["on_dpsw_english"].multiq_languages == "jv,sw,bn"
+    assert data["on_dpsw_english_mgsm_only"].multiq_languages == ""
+    wide = data["on_dpsw_english_multiq_wide"].multiq_languages.split(",")
+    assert wide[:3] == ["jv", "sw", "bn"] and len(wide) == 11
+    assert not set(wide) & set(script.UNSEEN)  # the unseen languages stay unseen
 
 
 def test_reproduce_mini_reports_what_off_policy_teacher_text_refused(tmp_path):
