@@ -353,7 +353,8 @@ def aggregate(runs: dict[str, dict]) -> dict:
 
 
 def results_table(results: dict) -> str:
-    """Markdown: one row per cell (mean over seeds, min to max in brackets when there are several)."""
+    """Markdown: one row per cell (mean over seeds, min to max in brackets when there are several), then one row per
+    run with each rate's 95 % Wilson interval."""
     languages = results["trained_languages"] + results["unseen_languages"]
 
     def cell(stats: dict) -> str:
@@ -379,6 +380,16 @@ def results_table(results: dict) -> str:
             stats = entry["summary"][section]
             cells = [cell(stats[c][key]) if c in stats else "–" for c in languages]
             lines.append(f"| {name} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for title, section in (("Refusal per run, with its 95 % Wilson interval", "refusal"),
+                           ("MultiQ over-refusal per run, with its 95 % Wilson interval", "multiq_over_refusal")):  # fmt: skip
+        lines += [f"**{title}**", "", "| cell | seed | " + " | ".join(languages) + " |",
+                  "|" + " --- |" * (len(languages) + 2)]  # fmt: skip
+        for name, entry in results["cells"].items():
+            for seed, run in entry["runs"].items():
+                rates = [run[section].get(c) for c in languages]
+                cells = [f"{r['rate']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]" if r else "–" for r in rates]
+                lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
         lines.append("")
     mgsm = MGSM_EVAL
     lines += ["**Over-refusal on held-out MGSM math (lower is better)**", "",

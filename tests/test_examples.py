@@ -116,6 +116,10 @@ def test_reproduce_mini_writes_the_results_schema_and_resumes(model_dir, tmp_pat
         and "MultiQ" in table
         and "Selectivity" in table
     )
+    # Every run's rate is shown with its Wilson interval.
+    jv = results["cells"]["on_dpsw_english"]["runs"]["1"]["refusal"]["jv"]
+    row = next(line for line in table.splitlines() if line.startswith("| on_dpsw_english | 1 | ") and "[" in line)
+    assert row.split(" | ")[2] == f"{jv['rate']:.2f} [{jv['ci'][0]:.2f}, {jv['ci'][1]:.2f}]"
     # A second call finds every run's summary and report and trains nothing again.
     before = (out / "on_dpsw_english" / "seed1" / "run_summary.json").stat().st_mtime_ns
     script.main(argv)
