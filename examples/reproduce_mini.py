@@ -23,9 +23,9 @@ recipe), and six selectivity levers: `on_dpsw_english_benign60` (60 % benign row
 `on_dpsw_english_epochs3` (three times the steps, adapters saved on the way), `off_dpsw_english_temp03` (off-policy
 teacher text sampled at temperature 0.3 instead of 0.9), `on_dpsw_english_floor0` (DPSW floor 0 instead of 0.1),
 `on_dpsw_english_topk5` (DPSW teacher view over the top 5 tokens instead of 20), `on_dpsw_english_multiq_wide`
-(benign chat rows in eight more languages, none of them evaluated). Every cell runs every seed of `--seeds` unless it is listed
-in `--single_seed_cells` (first seed only; by default the levers and the MGSM-only recipe). Without `--cells`, the
-first four run (3 seeds x 4 cells: 4-4.5 hours here with `--fast_cpu_decoding`).
+(benign chat rows in eight more languages, none of them evaluated). Every cell runs every seed of `--seeds` unless
+it is listed in `--single_seed_cells` (first seed only; by default the levers and the MGSM-only recipe). Without
+`--cells`, the first four run (3 seeds x 4 cells: 4-4.5 hours here with `--fast_cpu_decoding`).
 
 Each run's training output and evaluation go to OUTPUT_DIR/<cell>/seed<k>/ (base: OUTPUT_DIR/base/seed<split>/<preset>/);
 a run whose report exists is not redone, so an interrupted reproduction resumes where it stopped. The combined
@@ -381,8 +381,9 @@ def results_table(results: dict) -> str:
             cells = [cell(stats[c][key]) if c in stats else "–" for c in languages]
             lines.append(f"| {name} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
         lines.append("")
-    for title, section in (("Refusal per run, with its 95 % Wilson interval", "refusal"),
-                           ("MultiQ over-refusal per run, with its 95 % Wilson interval", "multiq_over_refusal")):  # fmt: skip
+    per_run = (("Refusal per run, with its 95 % Wilson interval", "refusal"),
+               ("MultiQ over-refusal per run, with its 95 % Wilson interval", "multiq_over_refusal"))  # fmt: skip
+    for title, section in per_run:
         lines += [f"**{title}**", "", "| cell | seed | " + " | ".join(languages) + " |",
                   "|" + " --- |" * (len(languages) + 2)]  # fmt: skip
         for name, entry in results["cells"].items():

@@ -210,12 +210,12 @@ def test_reproduce_mini_every_cell_parses_as_msd_trl_train_flags(tmp_path):
 
     script = _load_script("reproduce_mini")
     args = script.parse_args(["--max_steps", "5", "--no-fast_cpu_decoding"])
-    configs = {}
+    configs, data = {}, {}
     for cell, spec in script.CELLS.items():
         argv = script.train_argv(args, cell, 0, tmp_path / cell)
-        _, config, _ = build_train_parser().parse_args_and_config(args=argv)
-        assert config.divergence == spec["divergence"] and config.teacher_preset == spec["preset"], cell
-        configs[cell] = config
+        data[cell], configs[cell], _ = build_train_parser().parse_args_and_config(args=argv)
+        assert configs[cell].divergence == spec["divergence"], cell
+        assert configs[cell].teacher_preset == spec["preset"], cell
     plain = configs["on_dpsw_english"]
     assert (plain.dpsw_min_weight, plain.dpsw_top_k, plain.temperature) == (0.1, 20, 0.9)
     assert configs["on_dpsw_english_floor0"].dpsw_min_weight == 0.0
@@ -223,8 +223,6 @@ def test_reproduce_mini_every_cell_parses_as_msd_trl_train_flags(tmp_path):
     assert configs["on_dpsw_english_topk5"].dpsw_top_k == 5
     assert configs["on_dpsw_english_topk5"].dpsw_min_weight == 0.1
     assert configs["off_dpsw_english_temp03"].temperature == 0.3
-    data = {cell: build_train_parser().parse_args_and_config(args=script.train_argv(args, cell, 0, tmp_path))[0]
-            for cell in ("on_dpsw_english", "on_dpsw_english_mgsm_only", "on_dpsw_english_multiq_wide")}  # fmt: skip
     assert data["on_dpsw_english"].multiq_languages == "jv,sw,bn"
     assert data["on_dpsw_english_mgsm_only"].multiq_languages == ""
     wide = data["on_dpsw_english_multiq_wide"].multiq_languages.split(",")
