@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from msd_trl import load_model, load_tokenizer
     from msd_trl.models import resolve_model_name_or_path
+    from msd_trl.rendering import left_padded
 
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -202,8 +203,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, dtype="float32")
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"))
-    from msd_trl.rendering import left_padded
-
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = load_prompts(tokenizer, max(args.batch_sizes), args.max_prompt_tokens, args.seed)
