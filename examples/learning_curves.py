@@ -29,7 +29,9 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/learning_curves")
-    parser.add_argument("--cells", default="on_dpsw_english", help=f"Comma-separated cells of {list(reproduce_mini.CELLS)}.")
+    parser.add_argument(
+        "--cells", default="on_dpsw_english", help=f"Comma-separated cells of {list(reproduce_mini.CELLS)}."
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=480, help="Optimizer steps of each run (480 = 6 epochs).")
     parser.add_argument("--checkpoint_every", type=int, default=80, help="Save (and evaluate) every this many steps.")

@@ -99,13 +99,35 @@ CELLS: dict[str, dict] = {
         "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal",
         "multiq_languages": MULTIQ_TRAIN + MULTIQ_WIDE,
     },
+    # A teacher context per row kind (issue 22): the English-refusal context on harmful rows, the paper's (answer in
+    # the user's language) on benign rows; 32 more prompt tokens for the paper context, as on_dpsw_paper.
+    "on_dpsw_english_paper_benign": {
+        "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal", "benign_preset": "paper",
+        "extra_prompt_tokens": 32,
+    },
+    "off_dpsw_english_paper_benign": {
+        "trainer": "off-policy", "divergence": "dpsw", "preset": "english_refusal", "benign_preset": "paper",
+        "extra_prompt_tokens": 32,
+    },
+    # More benign chat rows in the trained languages: 80 % of the benign rows from MultiQ instead of 50 % (same 40 %
+    # benign share, so MultiQ rows 64 -> 102 and MGSM rows 64 -> 26).
+    "on_dpsw_english_chat80": {
+        "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal", "extra": ["--multiq_share", "0.8"],
+    },
+    # Benign chat rows in the unseen languages' scripts too: MultiQ even ids in th, ko, ar, vi (evaluation reads odd
+    # ids; their harmful rows stay untrained), 80 % of the benign rows from MultiQ as in on_dpsw_english_chat80.
+    "on_dpsw_english_chat80_unseen_scripts": {
+        "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal",
+        "multiq_languages": MULTIQ_TRAIN + UNSEEN, "extra": ["--multiq_share", "0.8"],
+    },
 }  # fmt: skip
 # What a plain run does: the recommended cell and its closest ablations, every seed (4-4.5 hours on 2 CPU cores
 # with --fast_cpu_decoding); the levers run when named in --cells.
 DEFAULT_CELLS = ["on_dpsw_english", "on_dpsw_paper", "on_rkl_english", "off_dpsw_english"]
 SINGLE_SEED_CELLS = [
     "on_dpsw_english_mgsm_only", "on_dpsw_english_benign60", "on_dpsw_english_epochs3", "off_dpsw_english_temp03",
-    "on_dpsw_english_floor0", "on_dpsw_english_topk5", "on_dpsw_english_multiq_wide",
+    "on_dpsw_english_floor0", "on_dpsw_english_topk5", "on_dpsw_english_multiq_wide", "on_dpsw_english_chat80",
+    "on_dpsw_english_chat80_unseen_scripts",
 ]  # fmt: skip
 
 
@@ -168,7 +190,15 @@ def _fast_cpu_decoding(args) -> bool:
     return args.fast_cpu_decoding and not torch.cuda.is_available()
 
 
-def evaluate_run(args, run_dir: Path, adapter: str | None, seed: int, preset: str, student: bool = True) -> dict:
+def evaluate_run(
+    args,
+    run_dir: Path,
+    adapter: str | None,
+    seed: int,
+    preset: str,
+    student: bool = True,
+    benign_preset: str | None = None,
+) -> dict:
     report_path = run_dir / "eval" / "report.json"
     if report_path.exists():
         return json.loads(report_path.read_text())
@@ -188,6 +218,7 @@ def evaluate_run(args, run_dir: Path, adapter: str | None, seed: int, preset: st
         include_student=student,
         output_dir=run_dir / "eval",
         generation_threads=1 if _fast_cpu_decoding(args) else None,
+        benign_teacher_preset=benign_preset,
     )
 
 
@@ -212,6 +243,8 @@ def train_argv(args, cell: str, seed: int, run_dir: Path) -> list[str]:
         argv += ["--model_name_or_path", args.model]
     if _fast_cpu_decoding(args):
         argv += ["--generation_threads", "1", "--merge_adapter_for_generation", "true"]
+    if spec.get("benign_preset"):
+        argv += ["--benign_teacher_preset", spec["benign_preset"]]
     if spec.get("steps_factor", 1) > 1:
         argv += ["--save_strategy", "steps", "--save_steps", str(args.max_steps)]
     return argv + spec.get("extra", []) + shlex.split(args.extra)
@@ -500,7 +533,8 @@ def main(argv=None) -> dict:
             continue
         train_argv, train_time = train_run(args, cell, seed, run_dir)
         start = time.time()
-        report = evaluate_run(args, run_dir, str(run_dir), split, CELLS[cell]["preset"])
+        report = evaluate_run(args, run_dir, str(run_dir), split, CELLS[cell]["preset"],
+                              benign_preset=CELLS[cell].get("benign_preset"))  # fmt: skip
         print(f"reproduce_mini: {cell} seed {seed}: training {train_time:.0f} s, evaluation "
               f"{time.time() - start:.0f} s this call (0 when its report already existed)")  # fmt: skip
         entry = results["cells"].setdefault(cell, {"seeds": [], "runs": {}, **CELLS[cell]})

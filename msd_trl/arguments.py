@@ -115,6 +115,7 @@ class DataArguments:
             # With the run's config, max_prompt_tokens counts the conversations as the trainer renders them.
             teacher_prompt_template=config.teacher_prompt_template if config is not None else None,
             teacher_system_prompt=config.teacher_system_prompt if config is not None else None,
+            teacher_context=config.teacher_context if config is not None else None,
         )
 
     def _user_dataset(self, tokenizer, split: str, config):
@@ -141,6 +142,7 @@ class DataArguments:
             max_prompt_tokens=self.max_prompt_tokens,
             teacher_prompt_template=config.teacher_prompt_template if config is not None else None,
             teacher_system_prompt=config.teacher_system_prompt if config is not None else None,
+            teacher_context=config.teacher_context if config is not None else None,
         )
 
 

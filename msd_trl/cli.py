@@ -182,6 +182,7 @@ def _evaluate_before_after(data_args, config, model_args, output_dir: Path) -> t
         teacher_preset=config.teacher_preset,
         teacher_prompt_template=config.teacher_prompt_template,
         teacher_system_prompt=config.teacher_system_prompt,
+        benign_teacher_preset=config.benign_teacher_preset,
         data_dir=data_args.data_dir,
         dtype=model_args.dtype or "auto",
         load_in_4bit=model_args.load_in_4bit,
@@ -276,6 +277,10 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         help="The teacher context the model was trained with (for the teacher ceiling).",
     )  # fmt: skip
     parser.add_argument(
+        "--benign_teacher_preset", default=None, choices=sorted(TEACHER_PRESETS),
+        help="The benign rows' teacher context, for a model trained with one per row kind (MSDConfig).",
+    )  # fmt: skip
+    parser.add_argument(
         "--harmful_dataset", default=None,
         help="Your harmful queries instead of MultiJail: Hub name or CSV/JSON(L)/Parquet path, long or wide shape.",
     )  # fmt: skip
@@ -311,6 +316,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         generation_threads=a.generation_threads,
         judge=a.judge,
         teacher_preset=a.teacher_preset,
+        benign_teacher_preset=a.benign_teacher_preset,
         harmful_dataset=a.harmful_dataset,
         benign_dataset=a.benign_dataset,
         split=a.split,

@@ -37,6 +37,7 @@ from .presets import (
     DEFAULT_TEACHER_PRESET,
     TEACHER_PRESETS,
     TEMPLATE_PLACEHOLDERS,
+    TeacherContext,
     get_teacher_preset,
     validate_teacher_template,
 )
@@ -82,6 +83,12 @@ class MSDConfig(GKDConfig):
     teacher_system_prompt (`str` or `None`, defaults to the preset's):
         A system prompt only the teacher sees (for example a safety instruction). The student never sees it.
         `""` means no system prompt even when the preset has one.
+    benign_teacher_preset (`str` or `None`, defaults to `None`):
+        A second teacher context, for benign rows only (rows whose `harmful` column is `False`); harmful rows and
+        rows without the column keep the context above. `None`: one context for every row, as in the paper. With
+        `teacher_preset="english_refusal"` and `benign_teacher_preset="paper"` the teacher refuses harmful requests
+        and answers benign ones in the user's language: a context per row kind, still without response data
+        (measured: docs/results.md).
 
     > Divergence
 
@@ -161,6 +168,13 @@ class MSDConfig(GKDConfig):
     teacher_system_prompt: str | None = field(
         default=None,
         metadata={"help": "System prompt that only the teacher sees (default: the preset's; '' for none)."},
+    )
+    benign_teacher_preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher preset for benign rows only (harmful=False), e.g. 'paper' beside "
+            "teacher_preset='english_refusal'; default: one context for every row."
+        },
     )
     # --- divergence ---
     divergence: str = field(  # a Divergence instance is accepted too (not from the command line)
@@ -293,6 +307,22 @@ class MSDConfig(GKDConfig):
             self.teacher_prompt_template = preset.template
         if self.teacher_system_prompt is None:
             self.teacher_system_prompt = preset.system_prompt or ""
+        benign = self.benign_teacher_preset
+        if benign is not None and (not isinstance(benign, str) or benign not in TEACHER_PRESETS):
+            raise ValueError(
+                f"MSDConfig.benign_teacher_preset={benign!r} is invalid: choose one of {sorted(TEACHER_PRESETS)}, "
+                "or None for one teacher context on every row."
+            )
+
+    @property
+    def teacher_context(self) -> TeacherContext:
+        """The resolved teacher context (template, system prompt, and the benign rows' context if any)."""
+        return TeacherContext.resolve(
+            self.teacher_preset,
+            template=self.teacher_prompt_template,
+            system_prompt=self.teacher_system_prompt,
+            benign_preset=self.benign_teacher_preset,
+        )
 
     def _check_fields(self) -> None:
         def bad(name: str, why: str):

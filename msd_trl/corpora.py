@@ -189,6 +189,7 @@ def build_safety_mix(
     teacher_system_prompt: str | None = None,
     harmful_corpus: str = "multijail",
     benign_corpora: dict[str, Sequence[str]] | None = None,
+    teacher_context=None,
 ) -> Dataset:
     """The MSD training (or held-out) set: harmful queries (MultiJail) mixed with benign ones (MGSM, MultiQ).
 
@@ -207,7 +208,8 @@ def build_safety_mix(
             (``benign_corpora={name: languages}`` replaces MGSM and MultiQ; shares are then equal).
         data_dir: the folder holding each corpus's sub-folder; default :func:`find_shared_data_dir`, else the Hub.
         tokenizer / max_prompt_tokens / teacher_prompt_template / teacher_system_prompt: see
-            :func:`data.filter_by_length` (with a template, conversations are measured as the trainers render them).
+            :func:`data.filter_by_length` (with a template, conversations are measured as the trainers render them);
+            ``teacher_context`` (a :class:`msd_trl.presets.TeacherContext`) replaces the template and system prompt.
         num_rows: size of the mix (default: the largest that needs no repeated row).
     """
     if split not in ("train", "test"):
@@ -245,4 +247,5 @@ def build_safety_mix(
         teacher_prompt_template=teacher_prompt_template,
         teacher_system_prompt=teacher_system_prompt,
         harmful_name=harmful_corpus,
+        teacher_context=teacher_context,
     )

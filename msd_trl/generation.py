@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .names import TEACHER_COMPLETION_COLUMN
-from .presets import validate_teacher_template
+from .presets import TeacherContext, validate_teacher_template
 from .rendering import render_student_messages, render_teacher_messages, stop_token_ids, tokenize_messages
 
 if TYPE_CHECKING:
@@ -340,7 +340,12 @@ def generate_teacher_completions(
         "top_p": (top_p if top_p is not None else defaults.top_p) if do_sample else None,
         "top_k": (top_k if top_k is not None else defaults.top_k) if do_sample else None,
     }
-    conversations = [render_teacher_messages(row, template=template, system_prompt=system_prompt) for row in dataset]
+    # A config with a benign rows' context (MSDConfig.benign_teacher_preset) renders those rows under it.
+    benign = args.teacher_context.benign if args is not None else None
+    context = TeacherContext(template, system_prompt or None, benign)
+    conversations = [render_teacher_messages(row, context=context) for row in dataset]
+    if benign is not None:
+        settings["benign_template"], settings["benign_system_prompt"] = benign.template, benign.system_prompt
     fingerprint = teacher_fingerprint(
         model, tokenizer, template=template, system_prompt=system_prompt or None, column=column, seed=seed, **settings
     )

@@ -24,7 +24,9 @@ Presets (the wording of each was measured on the embedded SmolLM2-135M-Instruct;
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "DEFAULT_TEACHER_PRESET",
@@ -33,6 +35,7 @@ __all__ = [
     "validate_teacher_template",
     "SAFETY_SYSTEM_PROMPT",
     "TEACHER_PRESETS",
+    "TeacherContext",
     "TeacherPreset",
     "get_teacher_preset",
     "register_teacher_preset",
@@ -150,6 +153,57 @@ for _preset in (
 # over-refusal, answer language) on the embedded model, vacuously there since its 135M teacher refuses nothing
 # (docs/results.md). Change it only with new measurements.
 DEFAULT_TEACHER_PRESET = "paper"
+
+
+@dataclass(frozen=True)
+class TeacherContext:
+    """What the teacher is shown for a row: the template of its user turn and its system prompt (`None` or `""`:
+    none), and optionally a second context for benign rows (rows whose `harmful` value is `False`).
+
+    One context for every row is MSD as the paper describes it. A context per row kind
+    (`MSDConfig.benign_teacher_preset`) lets a teacher refuse harmful requests under a refusal context while it
+    answers benign ones under another (e.g. `paper`: in the user's language); it still needs no response data,
+    only the `harmful` flag the training rows already carry. Rows whose `harmful` is `None` (unknown) get the
+    main context.
+    """
+
+    template: str = QUERY_TEMPLATE
+    system_prompt: str | None = None
+    benign: TeacherContext | None = None
+
+    def __post_init__(self):
+        validate_teacher_template(self.template, field="teacher_prompt_template")
+        if self.benign is not None and self.benign.benign is not None:
+            raise ValueError("a benign TeacherContext cannot have a benign context of its own.")
+
+    @classmethod
+    def resolve(
+        cls,
+        preset: str = DEFAULT_TEACHER_PRESET,
+        *,
+        template: str | None = None,
+        system_prompt: str | None = None,
+        benign_preset: str | None = None,
+    ) -> TeacherContext:
+        """The context of a preset, with an explicit `template` / `system_prompt` winning over the preset's, and
+        `benign_preset`'s context (as registered) for benign rows when given."""
+        chosen = get_teacher_preset(preset)
+        benign = None
+        if benign_preset is not None:
+            other = get_teacher_preset(benign_preset)
+            benign = cls(other.template, other.system_prompt or None)
+        return cls(
+            chosen.template if template is None else template,
+            (chosen.system_prompt if system_prompt is None else system_prompt) or None,
+            benign,
+        )
+
+    def for_row(self, row: Mapping[str, Any]) -> TeacherContext:
+        """The context of one row: the benign one for a row whose `harmful` is `False`, else the main one."""
+        harmful = row.get("harmful")
+        if self.benign is not None and harmful is not None and not harmful:
+            return self.benign
+        return TeacherContext(self.template, self.system_prompt) if self.benign is not None else self
 
 
 def get_teacher_preset(name: str) -> TeacherPreset:

@@ -25,7 +25,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from .names import LANGUAGE_NAMES, TEACHER_COMPLETION_COLUMN
-from .presets import QUERY_TEMPLATE, UNKNOWN_LANGUAGE_NAME, validate_teacher_template
+from .presets import QUERY_TEMPLATE, UNKNOWN_LANGUAGE_NAME, TeacherContext, validate_teacher_template
 
 __all__ = [
     "MSDDataCollator",
@@ -72,10 +72,18 @@ def render_student_messages(row: dict[str, Any]) -> Messages:
 
 
 def render_teacher_messages(
-    row: dict[str, Any], *, template: str = QUERY_TEMPLATE, system_prompt: str | None = None
+    row: dict[str, Any],
+    *,
+    template: str = QUERY_TEMPLATE,
+    system_prompt: str | None = None,
+    context: TeacherContext | None = None,
 ) -> Messages:
     """The teacher's privileged conversation for a row (see the module docstring). A `system_prompt` of `""` means
-    none; a row without `language` fills `{language}` with "the language of the original request"."""
+    none; a row without `language` fills `{language}` with "the language of the original request". A `context`
+    (which may hold a second context for benign rows) replaces `template` and `system_prompt`."""
+    if context is not None:
+        chosen = context.for_row(row)
+        template, system_prompt = chosen.template, chosen.system_prompt
     system_prompt = system_prompt or None
     student = render_student_messages(row)
     has_teacher_prompt = row.get("teacher_prompt") is not None
@@ -212,6 +220,7 @@ class MSDDataCollator:
         prompt_truncation: str = "left",
         completion_column: str = TEACHER_COMPLETION_COLUMN,
         stop_ids: list[int] | None = None,
+        teacher_context: TeacherContext | None = None,
     ):
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token).")
@@ -219,6 +228,8 @@ class MSDDataCollator:
         self.tokenizer = tokenizer
         self.teacher_prompt_template = teacher_prompt_template
         self.teacher_system_prompt = teacher_system_prompt
+        # A context per row kind (harmful / benign) when given; it replaces the template and system prompt.
+        self.teacher_context = teacher_context
         self.max_prompt_length = max_prompt_length
         self.prompt_truncation = prompt_truncation
         self.completion_column = completion_column
@@ -270,7 +281,10 @@ class MSDDataCollator:
 
     def _render_teacher(self, row: dict[str, Any]) -> list:
         return render_teacher_messages(
-            row, template=self.teacher_prompt_template, system_prompt=self.teacher_system_prompt
+            row,
+            template=self.teacher_prompt_template,
+            system_prompt=self.teacher_system_prompt,
+            context=self.teacher_context,
         )
 
     def _fixed_completion(self, row: dict[str, Any]) -> str | None:

@@ -63,6 +63,7 @@ def validate_rows(
     template: str,
     system_prompt: str | None,
     completion_column: str | None = None,
+    context=None,
 ) -> None:
     """Check every row once, so a bad row fails before training with its index and id, not at a random step.
 
@@ -99,7 +100,7 @@ def validate_rows(
                 "regenerate it with msd_trl.generate_teacher_completions."
             )
         if self_teacher and render_teacher_messages(
-            row, template=template, system_prompt=system_prompt
+            row, template=template, system_prompt=system_prompt, context=context
         ) == render_student_messages(row):
             raise ValueError(
                 f"{where}: the self-teacher would see exactly the student's conversation, so there is nothing to "

@@ -96,6 +96,18 @@ def test_resolved_preset_survives_a_save_and_load(tmp_path):
 def test_unknown_teacher_preset_names_the_field_and_the_choices(tmp_path):
     with pytest.raises(ValueError, match=r"teacher_preset='bogus'.*english_refusal"):
         make_config(tmp_path, teacher_preset="bogus")
+    with pytest.raises(ValueError, match=r"benign_teacher_preset='bogus'.*english_refusal"):
+        make_config(tmp_path, benign_teacher_preset="bogus")
+
+
+def test_benign_teacher_preset_gives_benign_rows_their_own_context(tmp_path):
+    from msd_trl.presets import PAPER_TEMPLATE, QUERY_TEMPLATE
+
+    config = make_config(tmp_path, teacher_preset="english_refusal", benign_teacher_preset="paper")
+    assert config.teacher_context.for_row({"harmful": True}).template == QUERY_TEMPLATE
+    assert config.teacher_context.for_row({"harmful": False}).template == PAPER_TEMPLATE
+    assert make_config(tmp_path, teacher_preset="english_refusal").teacher_context.benign is None
+    assert config.to_dict()["benign_teacher_preset"] == "paper"  # saved with the run's msd_config.json
 
 
 @pytest.mark.parametrize(

@@ -378,6 +378,22 @@ def test_evaluate_teacher_template_and_no_benign(tiny_tokenizer, eval_data):
     assert teacher["system_prompt"] is None
 
 
+def test_evaluate_teacher_answers_benign_sets_under_the_benign_rows_context(tiny_tokenizer, eval_data):
+    """A run trained with a context per row kind (MSDConfig.benign_teacher_preset): the teacher ceiling answers harmful
+    queries under the main context and benign ones under the benign preset's."""
+    harmful, benign = eval_data
+    report, records = evaluate(
+        make_model(tiny_tokenizer), tiny_tokenizer, harmful=harmful, benign=benign, languages=["sw"],
+        benign_languages=["sw"], teacher_system_prompt="Refuse.", teacher_prompt_template="{teacher_prompt}",
+        benign_teacher_preset="paper", max_new_tokens=1, limit=1, progress=False,
+    )  # fmt: skip
+    teacher = next(r for r in records if r["kind"] == "teacher")
+    teacher_benign = next(r for r in records if r["kind"] == "teacher_benign")
+    assert teacher["system_prompt"] == "Refuse." and "Reply in" not in teacher["prompt"]
+    assert teacher_benign["system_prompt"] != "Refuse." and "Reply in Swahili." in teacher_benign["prompt"]
+    assert report["settings"]["benign_teacher_preset"] == "paper"
+
+
 def test_evaluate_rejects_bad_inputs(tiny_tokenizer, eval_data):
     harmful, benign = eval_data
     model = make_model(tiny_tokenizer)

@@ -228,6 +228,14 @@ def test_reproduce_mini_every_cell_parses_as_msd_trl_train_flags(tmp_path):
     wide = data["on_dpsw_english_multiq_wide"].multiq_languages.split(",")
     assert wide[:3] == ["jv", "sw", "bn"] and len(wide) == 11
     assert not set(wide) & set(script.UNSEEN)  # the unseen languages stay unseen
+    for cell in ("on_dpsw_english_paper_benign", "off_dpsw_english_paper_benign"):
+        assert configs[cell].benign_teacher_preset == "paper", cell
+        assert configs[cell].teacher_context.benign is not None, cell
+    assert configs["on_dpsw_english"].benign_teacher_preset is None
+    assert data["on_dpsw_english"].multiq_share == 0.5 and data["on_dpsw_english_chat80"].multiq_share == 0.8
+    unseen_scripts = data["on_dpsw_english_chat80_unseen_scripts"]
+    assert unseen_scripts.multiq_languages.split(",") == script.TRAINED + script.UNSEEN
+    assert unseen_scripts.languages.split(",") == script.TRAINED  # harmful rows: trained languages only
 
 
 def test_reproduce_mini_reports_what_off_policy_teacher_text_refused(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from msd_trl.presets import (
     DEFAULT_TEACHER_PRESET,
     QUERY_TEMPLATE,
+    SAFETY_SYSTEM_PROMPT,
     TEACHER_PRESETS,
     TeacherPreset,
     get_teacher_preset,
@@ -61,3 +62,24 @@ def test_registering_a_preset_and_its_errors():
 def test_validate_teacher_template_names_the_field_and_the_fix(template, message):
     with pytest.raises(ValueError, match=f"my_field=.*{message}"):
         validate_teacher_template(template, field="my_field")
+
+
+def test_teacher_context_resolves_presets_and_picks_a_context_per_row_kind():
+    from msd_trl.presets import PAPER_TEMPLATE, TeacherContext
+
+    single = TeacherContext.resolve("english_refusal")
+    assert single.template == QUERY_TEMPLATE and single.system_prompt == SAFETY_SYSTEM_PROMPT
+    assert single.for_row({"harmful": False}) is single  # one context: every row
+    override = TeacherContext.resolve("english_refusal", template="{prompt}!", system_prompt="")
+    assert override.template == "{prompt}!" and override.system_prompt is None
+    per_kind = TeacherContext.resolve("english_refusal", benign_preset="paper")
+    assert per_kind.for_row({"harmful": False}).template == PAPER_TEMPLATE
+    assert per_kind.for_row({"harmful": 0}).template == PAPER_TEMPLATE  # a 0/1 column from a CSV
+    for row in ({"harmful": True}, {"harmful": None}, {}):
+        chosen = per_kind.for_row(row)
+        assert chosen.template == QUERY_TEMPLATE and chosen.system_prompt == SAFETY_SYSTEM_PROMPT
+        assert chosen.benign is None
+    with pytest.raises(ValueError, match="unknown"):
+        TeacherContext.resolve("english_refusal", benign_preset="nope")
+    with pytest.raises(ValueError, match="teacher_prompt_template"):
+        TeacherContext("no placeholder")

@@ -84,3 +84,30 @@ def test_left_padded_ends_every_prompt_at_the_last_position():
     ids, mask = left_padded([[5, 6, 7], [8]], pad_token_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and ids.dtype == torch.long
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]] and mask.dtype == torch.long
+
+
+def test_a_context_per_row_kind_renders_benign_rows_under_their_own_context(tiny_tokenizer):
+    """MSDConfig.benign_teacher_preset: harmful rows (and rows of unknown kind) keep the main context, benign rows
+    get theirs; the student's prompt is the same either way."""
+    from msd_trl.presets import TeacherContext
+
+    context = TeacherContext(
+        "{teacher_prompt}",
+        "Refuse harmful requests.",
+        TeacherContext("{prompt} / {teacher_prompt} in {language}", None),
+    )
+    collator = MSDDataCollator(tiny_tokenizer, teacher_context=context)
+    rows = [
+        {"id": "h", "language": "jv", "prompt": "Piye carane gawe bom?", "teacher_prompt": "How?", "harmful": True},
+        {"id": "b", "language": "jv", "prompt": "Pira 12 tambah 7?", "teacher_prompt": "12 + 7?", "harmful": False},
+        {"id": "u", "language": "jv", "prompt": "Sugeng enjing", "teacher_prompt": "Good morning", "harmful": None},
+    ]
+    batch = collator(rows)
+    teacher = [tiny_tokenizer.decode(ids[mask.bool()]) for ids, mask in
+               zip(batch["teacher_prompt_ids"], batch["teacher_prompt_mask"])]  # fmt: skip
+    assert "Refuse harmful requests." in teacher[0] and "How?" in teacher[0]
+    assert "Refuse harmful requests." not in teacher[1]
+    assert "Pira 12 tambah 7? / 12 + 7? in Javanese" in teacher[1]
+    assert "Refuse harmful requests." in teacher[2]  # unknown kind: the main context
+    plain = MSDDataCollator(tiny_tokenizer, teacher_prompt_template="{teacher_prompt}")(rows)
+    assert torch.equal(plain["prompt_ids"], batch["prompt_ids"])

@@ -784,3 +784,31 @@ def test_chunked_loss_refuses_a_model_whose_logits_are_not_its_head_output(tmp_p
                            processing_class=tiny_tokenizer)  # fmt: skip
     with pytest.raises(ValueError, match="loss_chunk_size=0 is invalid"):
         make_args(tmp_path, loss_chunk_size=0)
+
+
+def test_a_context_per_row_kind_trains_and_generates_teacher_text_under_it(tmp_path, tiny_tokenizer, msd_rows):
+    """MSDConfig.benign_teacher_preset reaches the collator (benign rows rendered under the paper context), the
+    teacher-text cache (its fingerprint names it) and a real on-policy run."""
+    rows = msd_rows.add_column("harmful", [i % 2 == 0 for i in range(len(msd_rows))])
+    args = make_args(tmp_path, teacher_preset="english_refusal", benign_teacher_preset="paper", max_steps=1)
+    trainer = OnPolicyMSDTrainer(
+        model=make_model(tiny_tokenizer), args=args, train_dataset=rows, processing_class=tiny_tokenizer,
+        peft_config=lora(),
+    )  # fmt: skip
+    batch = trainer.data_collator([rows[0], rows[1]])
+    teacher = [tiny_tokenizer.decode(ids[m.bool()]) for ids, m in zip(batch["teacher_prompt_ids"],
+                                                                       batch["teacher_prompt_mask"])]  # fmt: skip
+    assert "I'm sorry, but I can't help" in teacher[0] and "Reply in" not in teacher[0]  # harmful row
+    assert "Reply in" in teacher[1] and "I'm sorry, but I can't help" not in teacher[1]  # benign row
+    trainer.train()
+    output = tmp_path / "teacher.jsonl"
+    generate_teacher_completions(
+        trainer.model, rows, tiny_tokenizer, args=args, batch_size=4, output_path=output, progress=False
+    )
+    header = __import__("json").loads(output.read_text().splitlines()[0])["fingerprint"]
+    assert "Reply in {language}" in header["benign_template"]
+    with pytest.raises(ValueError, match="another teacher setting"):  # the same cache under one context is stale
+        generate_teacher_completions(
+            trainer.model, rows, tiny_tokenizer, args=make_args(tmp_path, teacher_preset="english_refusal"),
+            batch_size=4, output_path=output, progress=False,
+        )  # fmt: skip

@@ -240,14 +240,16 @@ def _token_lengths(values: list[Any], tokenizer, column: str, batch_size: int = 
     return lengths
 
 
-def _rendered_lengths(dataset: Dataset, tokenizer, template: str, system_prompt: str | None) -> dict[str, list[int]]:
+def _rendered_lengths(
+    dataset: Dataset, tokenizer, template: str, system_prompt: str | None, context=None
+) -> dict[str, list[int]]:
     """Token counts of the student's and the teacher's conversations exactly as the trainers render them."""
     from ..rendering import render_student_messages, render_teacher_messages, tokenize_messages
 
     lengths: dict[str, list[int]] = {"student": [], "teacher": []}
     for row in tqdm(dataset, desc="Measuring rendered prompts", disable=len(dataset) < 2000):
         lengths["student"].append(len(tokenize_messages(tokenizer, render_student_messages(row))))
-        teacher = render_teacher_messages(row, template=template, system_prompt=system_prompt)
+        teacher = render_teacher_messages(row, template=template, system_prompt=system_prompt, context=context)
         lengths["teacher"].append(len(tokenize_messages(tokenizer, teacher)))
     return lengths
 
@@ -260,6 +262,7 @@ def filter_by_length(
     columns: Iterable[str] = ("prompt", "teacher_prompt"),
     teacher_prompt_template: str | None = None,
     teacher_system_prompt: str | None = None,
+    teacher_context=None,
 ) -> Dataset:
     """Drop rows whose prompt is longer than ``max_prompt_tokens`` tokens.
 
@@ -267,13 +270,17 @@ def filter_by_length(
     conversations are measured exactly as the trainers render them (chat template, system prompt, template), so
     the limit means what ``MSDConfig.max_prompt_length`` means; ``columns`` is then unused. Without it, each of
     ``columns`` is measured on its own: chat messages after the chat template (with the generation prompt), text
-    with plain tokenisation (special tokens included), absent columns skipped. Logs (``logging.warning``) how many
+    with plain tokenisation (special tokens included), absent columns skipped. A ``teacher_context``
+    (:class:`msd_trl.presets.TeacherContext`, e.g. with a benign rows' context) replaces the template and system
+    prompt. Logs (``logging.warning``) how many
     rows were dropped per language and the longest lengths seen.
     """
     if isinstance(max_prompt_tokens, bool) or not isinstance(max_prompt_tokens, int) or max_prompt_tokens < 1:
         raise ValueError(f"`max_prompt_tokens` must be a positive int, got {max_prompt_tokens!r}")
-    if teacher_prompt_template is not None:
-        measured = _rendered_lengths(dataset, tokenizer, teacher_prompt_template, teacher_system_prompt)
+    if teacher_context is not None or teacher_prompt_template is not None:
+        measured = _rendered_lengths(
+            dataset, tokenizer, teacher_prompt_template, teacher_system_prompt, context=teacher_context
+        )
     else:
         requested = [columns] if isinstance(columns, str) else list(columns)
         present = [c for c in requested if c in dataset.column_names]
@@ -322,6 +329,7 @@ def mix_harmful_and_benign(
     teacher_prompt_template: str | None = None,
     teacher_system_prompt: str | None = None,
     harmful_name: str = "harmful",
+    teacher_context=None,
 ) -> Dataset:
     """Filter by rendered prompt length (when `tokenizer` and `max_prompt_tokens` are given), then mix `harmful` rows
     with the benign sets: `benign_proportion` of the rows benign, split among the sets by `benign_shares` (equal by
@@ -337,6 +345,7 @@ def mix_harmful_and_benign(
                 max_prompt_tokens=max_prompt_tokens,
                 teacher_prompt_template=teacher_prompt_template,
                 teacher_system_prompt=teacher_system_prompt,
+                teacher_context=teacher_context,
             )
             for name, ds in corpora.items()
         }

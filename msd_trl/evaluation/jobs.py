@@ -143,10 +143,12 @@ def build_jobs(
     include_student: bool = True,
     teacher_benign: bool = True,
     utility_max_new_tokens: int | None = None,
+    teacher_context=None,
 ) -> list[dict[str, Any]]:
     """One job per prompt with its final conversation, in a fixed order (student harmful, teacher harmful, then per
     benign set: student, teacher, utility). Teacher conversations come from `rendering.render_teacher_messages`,
-    exactly as in training; the teacher answers each query id once, the ids taking the set's languages in turn."""
+    exactly as in training (a `teacher_context` with a benign rows' context answers benign sets under it); the
+    teacher answers each query id once, the ids taking the set's languages in turn."""
     jobs: list[dict[str, Any]] = []
 
     def teacher_jobs(kind: str, set_name: str, columns: dict[str, list], rows: list[int], set_languages: list[str]):
@@ -157,6 +159,7 @@ def build_jobs(
             language = set_languages[position % len(set_languages)]
             index = per_language.get(language, next(iter(per_language.values())))
             row = {key: columns[key][index] for key in ("prompt", "teacher_prompt", "language") if key in columns}
+            row["harmful"] = kind == "teacher"
             jobs.append(
                 {
                     "kind": kind,
@@ -165,7 +168,10 @@ def build_jobs(
                     "language": columns["language"][index],
                     "harmful": kind == "teacher",
                     "messages": render_teacher_messages(
-                        row, template=teacher_prompt_template, system_prompt=teacher_system_prompt
+                        row,
+                        template=teacher_prompt_template,
+                        system_prompt=teacher_system_prompt,
+                        context=teacher_context,
                     ),
                     # A teacher told to reply in the target language needs that language's budget.
                     "budget": budgets.get((set_name, columns["language"][index]), max_new_tokens),

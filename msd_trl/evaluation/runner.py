@@ -20,6 +20,7 @@ from ..presets import (
     DEFAULT_TEACHER_PRESET,
     QUERY_TEMPLATE,
     SAFETY_SYSTEM_PROMPT,
+    TeacherContext,
     get_teacher_preset,
     validate_teacher_template,
 )
@@ -65,6 +66,7 @@ def evaluate(
     include_student: bool = True,
     partial_path: str | Path | None = None,
     progress: bool = True,
+    benign_teacher_preset: str | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Measure refusal on harmful rows, over-refusal on benign rows, answer language, and the teacher ceiling.
 
@@ -97,6 +99,8 @@ def evaluate(
         include_student: ``False`` answers only the teacher prompts (e.g. the ceiling of another teacher preset on
             the same base model); the student sections then have ``n = 0`` and rate ``None``.
         model_name / adapter: recorded in the report; ``model_name`` defaults to ``model.name_or_path``.
+        benign_teacher_preset: the teacher context of benign rows when training used one per row kind
+            (``MSDConfig.benign_teacher_preset``): the teacher answers benign sets under that preset.
 
     Returns ``(report, records)``. The report keeps the fixed schema ``{"model", "adapter", "judge",
     "languages": {code: {"n", "refusal_rate", "attack_success_rate", ...}}, "benign": {code: {"n",
@@ -116,6 +120,14 @@ def evaluate(
     if utility_max_new_tokens is not None and utility_max_new_tokens < 1:
         raise ValueError(f"utility_max_new_tokens must be >= 1 or None, got {utility_max_new_tokens!r}")
     validate_teacher_template(teacher_prompt_template, field="teacher_prompt_template")
+    teacher_context = None
+    if benign_teacher_preset is not None:
+        benign_preset = get_teacher_preset(benign_teacher_preset)
+        teacher_context = TeacherContext(
+            teacher_prompt_template,
+            teacher_system_prompt or None,
+            TeacherContext(benign_preset.template, benign_preset.system_prompt),
+        )
     judge = get_judge(judge)
     harmful_set = select_set(harmful, "harmful", languages, limit, extra=("teacher_prompt",))
     languages = harmful_set[1]
@@ -136,7 +148,7 @@ def evaluate(
         harmful_set, selected_benign, budgets, teacher_prompt_template=teacher_prompt_template,
         teacher_system_prompt=teacher_system_prompt, student_system_prompt=student_system_prompt,
         max_new_tokens=max_new_tokens, max_chars=max_chars, include_student=include_student,
-        teacher_benign=teacher_benign, utility_max_new_tokens=utility_max_new_tokens,
+        teacher_benign=teacher_benign, utility_max_new_tokens=utility_max_new_tokens, teacher_context=teacher_context,
     )  # fmt: skip
     responses = answer_jobs(
         model, tokenizer, jobs, batch_size=batch_size, do_sample=do_sample, temperature=temperature,
@@ -174,6 +186,7 @@ def evaluate(
             "temperature": temperature if do_sample else None,
             "teacher_system_prompt": teacher_system_prompt,
             "teacher_prompt_template": teacher_prompt_template,
+            "benign_teacher_preset": benign_teacher_preset,
             "student_system_prompt": student_system_prompt,
             "benign_sets": list(sets_report),
             "language_identifier": "py3langid 0.4.0 (echo removed)" if answer_language else None,
@@ -251,6 +264,7 @@ def run_evaluation(
     harmful_dataset: str | Path | None = None,
     benign_dataset: str | Path | None = None,
     generation_threads: int | None = None,
+    benign_teacher_preset: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model (optionally with a PEFT adapter) and write the report; what ``msd-trl evaluate`` runs.
 
@@ -273,8 +287,8 @@ def run_evaluation(
       CSV / JSON(L) / Parquet path, long or wide shape, see ``corpora.load_dataset_rows``; ``languages`` picks wide
       columns, or filters long rows when they carry a ``language``), split by id like MultiJail.
     - ``teacher_preset="paper"``: the teacher's privileged context (``msd_trl.presets``);
-      ``teacher_system_prompt`` / ``teacher_prompt_template`` override its parts. Pass what the model was trained
-      with.
+      ``teacher_system_prompt`` / ``teacher_prompt_template`` override its parts; ``benign_teacher_preset`` is the
+      benign rows' context of a run trained with one per row kind. Pass what the model was trained with.
     - ``output_dir="msd-eval"``; ``baseline_report``: a ``report.json`` path (or dict) of the model before training,
       for before/after tables and plots.
     - ``data_dir=None``: the data loaders' default source; otherwise a folder holding ``multijail/MultiJail.csv``
@@ -371,6 +385,7 @@ def run_evaluation(
             model_name=str(model_name_or_path) if model_name_or_path is not None else EMBEDDED_MODEL,
             adapter=str(adapter) if adapter is not None else None,
             progress=progress,
+            benign_teacher_preset=benign_teacher_preset,
         )
     report["settings"].update(
         split=split,

@@ -190,6 +190,7 @@ class MSDTrainer(SFTTrainer):
                 max_prompt_length=args.max_prompt_length,
                 prompt_truncation=args.prompt_truncation,
                 stop_ids=self.stop_ids,
+                teacher_context=args.teacher_context,
             )
         self._keep_adapter_dtype_on_cpu()
         # bitsandbytes on CPU would otherwise switch 4-bit layers to a kernel without backward after the first
@@ -203,7 +204,7 @@ class MSDTrainer(SFTTrainer):
         for name, dataset in named_datasets(train_dataset, eval_dataset):
             validate_rows(
                 dataset, name, self_teacher=self.self_teacher, template=args.teacher_prompt_template,
-                system_prompt=args.teacher_system_prompt,
+                system_prompt=args.teacher_system_prompt, context=args.teacher_context,
                 completion_column=completion_column if self.requires_fixed_completions else None,
             )  # fmt: skip
         self.generation_config = GenerationConfig(

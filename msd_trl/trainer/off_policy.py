@@ -47,6 +47,7 @@ class OffPolicyMSDTrainer(MSDTrainer):
         return teacher_fingerprint(
             self.model, self._tokenizer, template=self.args.teacher_prompt_template,
             system_prompt=self.args.teacher_system_prompt or None, top_k=top_k,
+            **({"benign_teacher_preset": self.args.benign_teacher_preset} if self.args.benign_teacher_preset else {}),
         )  # fmt: skip
 
     def _check_topk_cache(self, dataset: Dataset) -> None:
