@@ -57,8 +57,10 @@ _LAZY: dict[str, str] = {
     "load_model": "models",
     "load_tokenizer": "models",
     "resolve_model_name_or_path": "models",
+    "SelectivityCallback": "monitor",
     "DEFAULT_TEACHER_PRESET": "presets",
     "TEACHER_PRESETS": "presets",
+    "TeacherContext": "presets",
     "TeacherPreset": "presets",
     "get_teacher_preset": "presets",
     "register_teacher_preset": "presets",
@@ -123,9 +125,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         load_tokenizer,
         resolve_model_name_or_path,
     )
+    from .monitor import SelectivityCallback
     from .presets import (
         DEFAULT_TEACHER_PRESET,
         TEACHER_PRESETS,
+        TeacherContext,
         TeacherPreset,
         get_teacher_preset,
         register_teacher_preset,
@@ -152,6 +156,8 @@ __all__ = [
     "DEFAULT_TEACHER_PRESET",
     "MULTIQ_LANGUAGES",
     "TEACHER_PRESETS",
+    "SelectivityCallback",
+    "TeacherContext",
     "TeacherPreset",
     "get_teacher_preset",
     "identify_language",

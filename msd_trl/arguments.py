@@ -90,6 +90,16 @@ class DataArguments:
         default="jv,sw,bn,th", metadata={"help": "--eval_after: harmful (MultiJail) and benign (MultiQ) languages."}
     )
     eval_limit: int | None = field(default=20, metadata={"help": "--eval_after: held-out queries per language."})
+    selectivity_monitor: bool = field(
+        default=False,
+        metadata={"help": "Log the selectivity monitor (msd_trl.SelectivityCallback) while training: per "
+                  "--eval_languages, P(refusal opening) on held-out harmful and benign (MultiQ) prompts and their AUC, "
+                  "by teacher forcing, every --eval_steps (default: --save_steps, else a tenth of the steps). Uses "
+                  "the held-out ids after the first --eval_limit, so --eval_after reports on other ids."},
+    )  # fmt: skip
+    monitor_limit: int = field(
+        default=20, metadata={"help": "--selectivity_monitor: held-out prompts per language on each side."}
+    )
 
     def build_dataset(self, tokenizer, split: str = "train", config=None):
         """The rows these arguments describe: the user's `dataset_name` (+ `benign_dataset_name`) when given, else

@@ -104,13 +104,26 @@ def train(argv: list[str]) -> dict[str, Any]:
         dataset = _teacher_text(model, tokenizer, dataset, config, data_args, path)
     counts = Counter(f"{row['source']}/{row['language']}" for row in dataset)
     print(f"msd-trl: training {trainer_cls.__name__} on {len(dataset)} rows: {dict(sorted(counts.items()))}")
+    monitor_rows = _monitor_rows(data_args) if data_args.selectivity_monitor else None
     trainer = trainer_cls(
         model=model,
         args=config,
         train_dataset=dataset,
+        # The trainer's own evaluation (eval_strategy, e.g. for load_best_model_at_end) scores a few held-out rows.
+        eval_dataset=_monitor_eval_rows(monitor_rows, config)
+        if monitor_rows and config.eval_strategy != "no"
+        else None,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+    if monitor_rows is not None:
+        from .monitor import SelectivityCallback
+
+        trainer.add_callback(
+            SelectivityCallback(
+                trainer, *monitor_rows, languages=split_list(data_args.eval_languages), limit=data_args.monitor_limit
+            )  # fmt: skip
+        )
     train_start = time.time()
     result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     train_time = time.time() - train_start
@@ -161,6 +174,47 @@ def train(argv: list[str]) -> dict[str, Any]:
         f"{output_dir}/msd_config.json"
     )
     return summary
+
+
+def _monitor_rows(data_args: DataArguments):
+    """Held-out harmful and benign rows for `--selectivity_monitor`: the test side of the run's by-id split (MultiJail
+    or the user's file; MultiQ odd ids or the user's benign file), minus the first `--eval_limit` ids that
+    `--eval_after` reports on, so choosing a checkpoint by the monitor does not bias the final evaluation."""
+    from .corpora import find_shared_data_dir, get_corpus, load_dataset_rows
+
+    languages = split_list(data_args.eval_languages)
+
+    def held_out(name: str | None, corpus: str, harmful: bool):
+        if name:
+            rows = load_dataset_rows(name, config=data_args.dataset_config, split=data_args.dataset_train_split,
+                                     languages=languages, harmful=harmful)  # fmt: skip
+            rows = rows.filter(lambda row: row.get("harmful") is None or bool(row["harmful"]) == harmful)
+            from .data import split_by_id
+
+            rows = split_by_id(rows, test_size=data_args.test_size or 0.2, seed=data_args.split_seed)["test"]
+        else:
+            spec = get_corpus(corpus)
+            base = Path(data_args.data_dir) if data_args.data_dir else find_shared_data_dir()
+            source = base / spec.folder if base is not None and spec.folder else None
+            rows = spec.load(source, languages)
+            rows = spec.split_rows(rows, test_size=data_args.test_size, seed=data_args.split_seed)["test"]
+        skip = set(list(dict.fromkeys(rows["id"]))[: data_args.eval_limit or 0])
+        return rows.filter(lambda row: row["id"] not in skip)
+
+    harmful = held_out(data_args.dataset_name, "multijail", True)
+    benign = held_out(data_args.benign_dataset_name, "multiq", False)
+    return harmful, benign
+
+
+def _monitor_eval_rows(monitor_rows, config):
+    """A small held-out MSD set (a few harmful and benign rows) for the trainer's own evaluation loop."""
+    from .data import mix_datasets
+
+    harmful, benign = monitor_rows
+    size = max(1, config.per_device_eval_batch_size)
+    pieces = {"harmful": harmful.select(range(min(size, len(harmful)))),
+              "benign": benign.select(range(min(size, len(benign))))}  # fmt: skip
+    return mix_datasets(pieces, seed=config.seed)
 
 
 def _evaluate_before_after(data_args, config, model_args, output_dir: Path) -> tuple[dict, dict]:

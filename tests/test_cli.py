@@ -87,6 +87,31 @@ def test_train_with_a_teacher_preset_and_multiq_rows(model_dir, tmp_path):
     assert "multiq" in sources
 
 
+def test_train_selectivity_monitor_logs_and_picks_the_best_checkpoint(model_dir, tmp_path):
+    """One flag turns the monitor on; with an eval strategy it drives load_best_model_at_end; its held-out ids are
+    not the ones --eval_after reports on."""
+    from msd_trl.cli import _monitor_rows
+
+    out = tmp_path / "run"
+    argv = ["train", *_tiny_args(model_dir, out), "--selectivity_monitor", "--eval_languages", "jv,sw",
+            "--monitor_limit", "2", "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "1",
+            "--save_strategy", "steps", "--save_steps", "1", "--load_best_model_at_end",
+            "--metric_for_best_model", "selectivity/auc", "--per_device_eval_batch_size", "1"]  # fmt: skip
+    assert main(argv) == 0
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    monitored = {e["step"]: e["eval_selectivity/auc"] for e in state["log_history"] if "eval_selectivity/auc" in e}
+    assert sorted(monitored) == [0, 1, 2]
+    assert state["best_metric"] == max(monitored[1], monitored[2])
+    data_args = build_train_parser().parse_args_and_config(args=argv[1:])[0]
+    harmful, benign = _monitor_rows(data_args)
+    assert set(harmful["language"]) == {"jv", "sw"} and set(benign["language"]) == {"jv", "sw"}
+    assert all(int(i.rsplit("-", 1)[1]) % 2 == 1 for i in benign["id"])  # MultiQ odd ids only (held out)
+    from msd_trl.data import load_multijail, split_by_id
+
+    test_ids = list(dict.fromkeys(split_by_id(load_multijail(SHARED_DATA / "multijail", ["jv"]))["test"]["id"]))
+    assert set(harmful["id"]) <= set(test_ids[20:])  # after the first --eval_limit (20) held-out ids
+
+
 def test_generate_teacher_writes_one_line_per_row_and_resumes(model_dir, tmp_path):
     out = tmp_path / "gen"
     cache = out / "teacher.jsonl"

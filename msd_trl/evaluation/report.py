@@ -15,12 +15,12 @@ logger = logging.getLogger(__name__)
 
 RECORD_FIELDS = (
     "kind", "set", "id", "language", "harmful", "refusal", "answer_language", "in_query_language", "degenerate",
-    "correct",
+    "loop", "echo", "shared_answer", "non_answer", "correct",
     "max_new_tokens", "system_prompt", "prompt", "response",
 )  # fmt: skip
 
-
-_OPTIONAL_FIELDS = ("set", "answer_language", "in_query_language", "degenerate", "correct", "max_new_tokens")
+_FLAG_FIELDS = ("in_query_language", "degenerate", "loop", "echo", "shared_answer", "non_answer", "correct")
+_OPTIONAL_FIELDS = ("set", "answer_language", *_FLAG_FIELDS, "max_new_tokens")
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -38,7 +38,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         for column in _OPTIONAL_FIELDS:
             if row.get(column, "") == "":
                 row.pop(column, None)
-            elif column in ("in_query_language", "degenerate", "correct"):
+            elif column in _FLAG_FIELDS:
                 row[column] = row[column] == "True"
             elif column == "max_new_tokens":
                 row[column] = int(row[column])
@@ -113,11 +113,13 @@ def _detail_markdown(report: dict[str, Any], baseline: dict[str, Any] | None) ->
         "## Every rate with its 95 % Wilson interval, and the language of the answers",
         "",
         "`in query language`: share of answers written in the query's language (echo removed); `degenerate`: share "
-        "of repetition loops; `refusals in English`: share of the refusals written in English (the keyword judge "
-        "knows English phrases best).",
+        "of loops, echoes of the question and one text given to many questions (not refusals); `non-answer`: "
+        "refusals plus degenerate answers (on benign questions: what a user would not call an answer); `refusals in "
+        "English`: share of the refusals written in English (the keyword judge knows English phrases best).",
         "",
-        "| set | language | n | rate [95 % CI] | baseline | in query language | degenerate | refusals in English |",
-        "| --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
+        "| set | language | n | rate [95 % CI] | baseline | in query language | degenerate | non-answer "
+        "| refusals in English |",
+        "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for title, rate, entries, before in sections:
         for language, entry in entries.items():
@@ -128,7 +130,7 @@ def _detail_markdown(report: dict[str, Any], baseline: dict[str, Any] | None) ->
             lines.append(
                 f"| {title} | {language} | {entry['n']} | {value} | {_percent(before.get(language, {}).get(rate))} | "
                 f"{_percent(entry.get('language_fidelity'))} | {_percent(entry.get('degenerate_rate'))} | "
-                f"{_percent(entry.get('refusals_in_english'))} |"
+                f"{_percent(entry.get('non_answer_rate'))} | {_percent(entry.get('refusals_in_english'))} |"
             )
     teacher = report["teacher"]
     if teacher.get("refusal_rate_ci"):
