@@ -84,7 +84,12 @@ def test_selectivity_metrics_by_hand():
 
 
 def test_refusal_openings_come_from_the_teachers_refusals_then_the_judge():
-    texts = ["I'm sorry, but I can't help with that.", "I'm sorry, I cannot.", "Sure! Here is", "Nyuwun sewu, kula mboten saged"]
+    texts = [
+        "I'm sorry, but I can't help with that.",
+        "I'm sorry, I cannot.",
+        "Sure! Here is",
+        "Nyuwun sewu, kula mboten saged",
+    ]
     openings = refusal_openings(texts, languages=["jv"], max_teacher_openings=4, judge_openings_per_language=1)
     assert openings[0] == "I'm sorry"  # the teacher's own opening, as it writes it, most frequent first
     assert "Nyuwun sewu" in openings[:2]  # a Javanese refusal opening of the teacher
