@@ -6,9 +6,21 @@ Each (cell, seed) run trains `--steps` optimizer steps (480 = 6 epochs of the 32
 adapter saved every `--checkpoint_every` steps, using exactly `examples/reproduce_mini.py`'s training command for
 the cell (same data, split, learning rate, rollout length), so step 80 of a curve is that script's 80-step run.
 
+Every checkpoint (and the base model, step 0) is measured twice:
+
+* greedily, as round 2 measured (`msd_trl.evaluation.run_evaluation`, the first `--eval_limit` held-out ids per
+  language): refusal on MultiJail in the trained (jv, sw, bn) and unseen (th, ko, ar, vi) languages, over-refusal,
+  non-answers (refusals + loops, echoes, one text for many questions) and answer language on MultiQ odd ids,
+  over-refusal on MGSM sw and th; the teacher is left out (the base model's report has it);
+* by the selectivity monitor (`msd_trl.monitor.SelectivityMonitor`, what `SelectivityCallback` logs during
+  training) on the *next* `--monitor_limit` held-out ids of each language, so what picks a checkpoint is not what
+  reports on it; its refusal openings are measured once per teacher preset from the base model's teacher answers.
+
 Phases (`--phase`): `train` trains the runs (resuming from the last checkpoint of an interrupted run), `evaluate`
-evaluates every checkpoint already saved, `all` (default) does both. Runs and checkpoints whose outputs exist are
-not redone, so two processes can train different seeds side by side and a later call collects everything.
+evaluates every checkpoint already saved, `report` writes `learning_curves.json` (and `--results_json`), the
+Markdown tables and one plot per cell from what exists, `all` (default) does the three. Runs and checkpoints whose
+outputs exist are not redone, so two processes can train different seeds side by side and a later call collects
+everything. `--recommended CELL@STEPS` names the configuration the JSON's `recommended` object describes.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -35,11 +48,18 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=480, help="Optimizer steps of each run (480 = 6 epochs).")
     parser.add_argument("--checkpoint_every", type=int, default=80, help="Save (and evaluate) every this many steps.")
-    parser.add_argument("--phase", choices=["train", "evaluate", "all"], default="all")
+    parser.add_argument("--phase", choices=["train", "evaluate", "report", "all"], default="all")
     parser.add_argument("--split_seed", type=int, default=0)
     parser.add_argument("--eval_limit", type=int, default=20, help="Held-out queries per language (round 2: 20).")
     parser.add_argument("--eval_max_chars", type=int, default=80)
     parser.add_argument("--eval_max_budget_tokens", type=int, default=128)
+    parser.add_argument(
+        "--monitor_limit", type=int, default=20,
+        help="Monitor prompts per language and side: the held-out ids after the first --eval_limit.",
+    )  # fmt: skip
+    parser.add_argument("--model", default=None, help="Default: the embedded SmolLM2-135M-Instruct.")
+    parser.add_argument("--recommended", default=None, help="CELL@STEPS described by the JSON's `recommended`.")
+    parser.add_argument("--results_json", default=None, help="Also write the JSON here (and the plots beside it).")
     return parser.parse_args(argv)
 
 
@@ -51,6 +71,7 @@ def reproduce_args(args, steps: int | None = None):
         "--eval_limit", str(args.eval_limit), "--eval_max_chars", str(args.eval_max_chars),
         "--eval_max_budget_tokens", str(args.eval_max_budget_tokens),
         "--extra", f"--save_strategy steps --save_steps {args.checkpoint_every}",
+        *(["--model", args.model] if args.model else []),
     ])  # fmt: skip
 
 
@@ -59,7 +80,8 @@ def checkpoints(run_dir: Path) -> dict[int, Path]:
     found = {}
     for path in run_dir.glob("checkpoint-*"):
         match = CHECKPOINT.match(path.name)
-        if match and (path / "adapter_model.safetensors").exists():
+        # trainer_state.json is written last: a checkpoint still being saved is not one yet.
+        if match and (path / "adapter_model.safetensors").exists() and (path / "trainer_state.json").exists():
             found[int(match.group(1))] = path
     return dict(sorted(found.items()))
 
@@ -79,7 +101,282 @@ def train_run(args, cell: str, seed: int, run_dir: Path) -> None:
     reproduce_mini.train(argv)
 
 
-def main(argv=None) -> None:
+# ---------------------------------------------------------------------------------------------- evaluation
+
+LANGUAGES = reproduce_mini.TRAINED + reproduce_mini.UNSEEN
+
+
+def _after_first_ids(rows, count: int):
+    """Rows whose query id is not among the first `count` ids in dataset order (the ones evaluation reports on)."""
+    skip = set(list(dict.fromkeys(rows["id"]))[:count])
+    return rows.filter(lambda row: row["id"] not in skip)
+
+
+def build_monitor(args, tokenizer):
+    """The selectivity monitor on the validation ids: held-out MultiJail (split by id, as training) and MultiQ odd
+    ids, after the first --eval_limit of each (those are evaluation's)."""
+    from msd_trl.data import load_multijail, load_multiq, split_by_id, split_by_id_parity
+    from msd_trl.monitor import SelectivityMonitor
+
+    harmful = split_by_id(load_multijail(languages=LANGUAGES), test_size=0.2, seed=args.split_seed)["test"]
+    benign = split_by_id_parity(load_multiq(languages=LANGUAGES))["test"]
+    return SelectivityMonitor(
+        tokenizer, _after_first_ids(harmful, args.eval_limit), _after_first_ids(benign, args.eval_limit),
+        languages=LANGUAGES, limit=args.monitor_limit,
+    )  # fmt: skip
+
+
+def _load(args, adapter: Path | None):
+    from msd_trl.models import load_model
+
+    model = load_model(args.model)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return model.eval()
+
+
+def openings_for(args, preset: str, monitor) -> list[str]:
+    """The refusal openings of a teacher preset, measured once from the base model's teacher answers and cached."""
+    from msd_trl.presets import TeacherContext
+
+    path = Path(args.output_dir) / "base" / preset / "openings.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        openings = monitor.measure_openings(_load(args, None), context=TeacherContext.resolve(preset))
+        path.write_text(json.dumps({"preset": preset, "openings": openings}, indent=2, ensure_ascii=False))
+    return json.loads(path.read_text())["openings"]
+
+
+def monitor_point(args, monitor, preset: str, adapter: Path | None, path: Path) -> dict:
+    """The monitor's scores and metrics for one model (base or checkpoint), cached in `path`."""
+    from msd_trl.monitor import selectivity_metrics
+
+    if not path.exists():
+        monitor.openings = openings_for(args, preset, monitor)
+        scores = monitor.scores(_load(args, adapter))
+        metrics = selectivity_metrics(scores["harmful"], scores["benign"])
+        path.write_text(json.dumps({"openings": monitor.openings, "metrics": metrics, "scores": scores}, indent=2))
+    return json.loads(path.read_text())
+
+
+def greedy_point(args, preset: str, benign_preset: str | None, adapter: Path | None, out: Path) -> dict:
+    """Round 2's greedy evaluation of one model, cached in `out/report.json` (base: with the teacher ceiling)."""
+    from msd_trl.evaluation import run_evaluation
+
+    if (out / "report.json").exists():
+        return json.loads((out / "report.json").read_text())
+    return run_evaluation(
+        args.model, adapter=str(adapter) if adapter is not None else None, languages=LANGUAGES,
+        benign_languages=reproduce_mini.MGSM_EVAL, multiq_languages=LANGUAGES, seed=args.split_seed,
+        limit=args.eval_limit, max_new_tokens=24, max_budget_tokens=args.eval_max_budget_tokens,
+        max_chars=args.eval_max_chars, batch_size=16, teacher_preset=preset, benign_teacher_preset=benign_preset,
+        include_teacher=adapter is None, output_dir=out, generation_threads=1,
+    )  # fmt: skip
+
+
+def evaluate_runs(args, runs) -> None:
+    from msd_trl.models import load_tokenizer
+
+    monitor = build_monitor(args, load_tokenizer(args.model))
+    presets = dict.fromkeys(reproduce_mini.CELLS[cell]["preset"] for cell, _, _ in runs)
+    for preset in presets:
+        base = Path(args.output_dir) / "base" / preset
+        greedy_point(args, preset, None, None, base / "eval")
+        monitor_point(args, monitor, preset, None, base / "monitor.json")
+    for cell, seed, run_dir in runs:
+        spec = reproduce_mini.CELLS[cell]
+        for step, checkpoint in checkpoints(run_dir).items():
+            print(f"learning_curves: evaluating {cell} seed {seed} step {step}", flush=True)
+            greedy_point(args, spec["preset"], spec.get("benign_preset"), checkpoint, checkpoint / "eval")
+            monitor_point(args, monitor, spec["preset"], checkpoint, checkpoint / "monitor.json")
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+def language_entries(report: dict, monitor: dict) -> dict:
+    """The issue's per-language form for one model: greedy refusal (MultiJail), over-refusal, non-answers and answer
+    language (MultiQ), the monitor's AUC and gap, and the MGSM over-refusal per MGSM language."""
+    metrics = monitor["metrics"]
+    entries = {}
+    for code in LANGUAGES:
+        harmful, multiq = report["languages"][code], report["benign_sets"]["multiq"][code]
+        refusal, over = harmful["refusal_rate"], multiq["over_refusal_rate"]
+        entries[code] = {
+            "trained": code in reproduce_mini.TRAINED,
+            "refusal": refusal,
+            "over_refusal": over,
+            "selectivity": None if refusal is None or over is None else refusal - over,
+            "auc": metrics.get(f"eval_selectivity/{code}/auc"),
+            "gap": metrics.get(f"eval_selectivity/{code}/gap"),
+            "benign_p": metrics.get(f"eval_selectivity/{code}/benign_p"),
+            "in_language": multiq.get("language_fidelity"),
+            "non_answer": multiq.get("non_answer_rate"),
+            "degenerate": multiq.get("degenerate_rate"),
+            "n": [harmful["n"], multiq["n"]],
+        }
+    mgsm = {code: entry["over_refusal_rate"] for code, entry in report["benign_sets"].get("mgsm", {}).items()}
+    return {"languages": entries, "mgsm_over_refusal": mgsm}
+
+
+def collect(args, runs) -> dict:
+    """Every evaluated point: the base model per preset and each (cell, seed, step)."""
+    out = Path(args.output_dir)
+    base = {}
+    for preset_dir in sorted((out / "base").glob("*")):
+        if (preset_dir / "eval" / "report.json").exists() and (preset_dir / "monitor.json").exists():
+            report = json.loads((preset_dir / "eval" / "report.json").read_text())
+            base[preset_dir.name] = {
+                **language_entries(report, json.loads((preset_dir / "monitor.json").read_text())),
+                "teacher_refusal": report["teacher"]["refusal_rate"],
+            }
+    curves = []
+    for cell, seed, run_dir in runs:
+        for step, checkpoint in checkpoints(run_dir).items():
+            report, monitor = checkpoint / "eval" / "report.json", checkpoint / "monitor.json"
+            if report.exists() and monitor.exists():
+                entry = language_entries(json.loads(report.read_text()), json.loads(monitor.read_text()))
+                curves.append({"cell": cell, "seed": seed, "step": step, **entry})
+    return {"base": base, "curves": curves}
+
+
+def monitor_vs_greedy(curves: list[dict]) -> dict:
+    """Per cell and language, Spearman's rank correlation across checkpoints (every seed and step) between the
+    monitor (AUC; gap) and greedy selectivity, and between the monitor's benign P(refusal) and greedy
+    over-refusal."""
+    from msd_trl.stats import spearman
+
+    result: dict = {}
+    for cell in dict.fromkeys(c["cell"] for c in curves):
+        points = [c for c in curves if c["cell"] == cell]
+        result[cell] = {}
+        for code in LANGUAGES:
+            rows = [p["languages"][code] for p in points if p["languages"][code]["selectivity"] is not None]
+
+            def corr(x: str, y: str, rows=rows):
+                pairs = [(r[x], r[y]) for r in rows if r[x] is not None and r[y] is not None]
+                return spearman([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
+
+            result[cell][code] = {
+                "auc_vs_selectivity": corr("auc", "selectivity"),
+                "gap_vs_selectivity": corr("gap", "selectivity"),
+                "benign_p_vs_over_refusal": corr("benign_p", "over_refusal"),
+                "points": len(rows),
+            }
+    return result
+
+
+def recommended_entry(args, collected: dict, command: str) -> dict | None:
+    """The JSON's `recommended` object for --recommended CELL@STEPS: per language one value per seed."""
+    if not args.recommended:
+        return None
+    cell, _, steps = args.recommended.partition("@")
+    points = [c for c in collected["curves"] if c["cell"] == cell and c["step"] == int(steps)]
+    if not points:
+        raise ValueError(f"--recommended {args.recommended!r}: no evaluated checkpoint of that cell at that step")
+    base = collected["base"].get(reproduce_mini.CELLS[cell]["preset"])
+    languages = {}
+    for code in LANGUAGES:
+        per_seed = [p["languages"][code] for p in points]
+        languages[code] = {
+            "trained": code in reproduce_mini.TRAINED,
+            **{
+                key: [entry[key] for entry in per_seed]
+                for key in ("refusal", "over_refusal", "auc", "in_language", "non_answer")
+            },  # fmt: skip
+            "base_in_language": base["languages"][code]["in_language"] if base else None,
+            "base_non_answer": base["languages"][code]["non_answer"] if base else None,
+        }
+    train_command = "python examples/learning_curves.py " + " ".join(
+        shlex.quote(a) for a in ["--cells", cell, "--seeds", ",".join(str(p["seed"]) for p in points)]
+    )
+    return {
+        "cell": cell, "command": train_command, "steps": int(steps), "seeds": [p["seed"] for p in points],
+        "languages": languages,
+        "mgsm_over_refusal": {code: [p["mgsm_over_refusal"].get(code) for p in points]
+                              for code in reproduce_mini.MGSM_EVAL},
+        "base_mgsm_over_refusal": base["mgsm_over_refusal"] if base else None,
+        "report_command": command,
+    }  # fmt: skip
+
+
+def plot_curves(collected: dict, path_for) -> list[Path]:
+    """One figure per cell: a panel per language, refusal (harmful) and over-refusal / non-answers (MultiQ) against
+    steps, the mean over seeds with the min-max band; step 0 is the base model."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    paths = []
+    for cell in dict.fromkeys(c["cell"] for c in collected["curves"]):
+        points = [c for c in collected["curves"] if c["cell"] == cell]
+        base = collected["base"].get(reproduce_mini.CELLS[cell]["preset"])
+        steps = sorted({p["step"] for p in points})
+        fig, axes = plt.subplots(2, 4, figsize=(16, 7), sharex=True, sharey=True)
+        for ax, code in zip(axes.flat, LANGUAGES):
+            for key, colour, label in (("refusal", "tab:red", "refusal (harmful)"),
+                                       ("over_refusal", "tab:blue", "over-refusal (MultiQ)"),
+                                       ("non_answer", "tab:grey", "non-answer (MultiQ)")):  # fmt: skip
+                xs, mean, low, high = [], [], [], []
+                if base:
+                    value = base["languages"][code][key]
+                    xs, mean, low, high = [0], [value], [value], [value]
+                for step in steps:
+                    values = [p["languages"][code][key] for p in points if p["step"] == step]
+                    values = [v for v in values if v is not None]
+                    if values:
+                        xs.append(step)
+                        mean.append(sum(values) / len(values))
+                        low.append(min(values))
+                        high.append(max(values))
+                ax.plot(xs, mean, color=colour, label=label, linestyle="--" if key == "non_answer" else "-")
+                ax.fill_between(xs, low, high, color=colour, alpha=0.15)
+            trained = "trained" if code in reproduce_mini.TRAINED else "unseen"
+            ax.set_title(f"{code} ({trained})", fontsize=10)
+            ax.set_ylim(-0.02, 1.02)
+        axes.flat[-1].axis("off")
+        axes.flat[0].legend(fontsize=8, loc="upper left")
+        seeds = sorted({p["seed"] for p in points})
+        fig.suptitle(f"{cell}: greedy rates against training steps (mean of seeds {seeds}, min-max band)")
+        fig.tight_layout()
+        path = path_for(cell)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(args, runs, argv) -> dict:
+    command = "python examples/learning_curves.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    collected = collect(args, runs)
+    results = {
+        "model": reproduce_mini.EMBEDDED_MODEL,
+        "command": command,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("output_dir", "results_json", "phase")},
+        "trained_languages": reproduce_mini.TRAINED,
+        "unseen_languages": reproduce_mini.UNSEEN,
+        "recommended": recommended_entry(args, collected, command),
+        "base": collected["base"],
+        "monitor_vs_greedy": monitor_vs_greedy(collected["curves"]),
+        "curves": collected["curves"],
+    }
+    targets = [Path(args.output_dir) / "learning_curves.json"]
+    if args.results_json:
+        targets.append(Path(args.results_json))
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(results, indent=2))
+        plot_curves(collected, lambda cell, target=target: target.with_name(f"{target.stem}_{cell}.png"))
+    print(f"learning_curves: {len(collected['curves'])} checkpoints in {', '.join(map(str, targets))}")
+    return results
+
+
+def main(argv=None) -> dict | None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     cells = reproduce_mini._csv(args.cells)
@@ -90,10 +387,14 @@ def main(argv=None) -> None:
     if args.steps % args.checkpoint_every:
         raise ValueError(f"--steps {args.steps} must be a multiple of --checkpoint_every {args.checkpoint_every}")
     runs = [(cell, seed, output_dir / cell / f"seed{seed}") for seed in seeds for cell in cells]
+    output_dir.mkdir(parents=True, exist_ok=True)
     if args.phase in ("train", "all"):
         for cell, seed, run_dir in runs:
             train_run(args, cell, seed, run_dir)
-    (output_dir / "settings.json").write_text(json.dumps(vars(args), indent=2))
+    if args.phase in ("evaluate", "all"):
+        evaluate_runs(args, runs)
+    if args.phase in ("report", "all"):
+        return write_report(args, runs, argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["auc", "format_percent", "mean_and_spread", "rate_entry", "wilson_interval"]
+__all__ = ["auc", "format_percent", "mean_and_spread", "rate_entry", "spearman", "wilson_interval"]
 
 
 def wilson_interval(successes: int, n: int, *, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -55,3 +55,34 @@ def auc(positives: Sequence[float], negatives: Sequence[float]) -> float | None:
 def format_percent(value: float | None, spec: str = ".0%", missing: str = "–") -> str:
     """A rate for a table: `format(value, spec)`, or `missing` when there is none (no rows)."""
     return missing if value is None else format(value, spec)
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Spearman's rank correlation of paired values (ties get mean ranks): the Pearson correlation of the ranks.
+    None with fewer than 3 pairs or when either side is constant."""
+    if len(xs) != len(ys):
+        raise ValueError(f"spearman needs paired values, got {len(xs)} and {len(ys)}")
+    if len(xs) < 3:
+        return None
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)

@@ -394,6 +394,17 @@ def test_evaluate_teacher_answers_benign_sets_under_the_benign_rows_context(tiny
     assert report["settings"]["benign_teacher_preset"] == "paper"
 
 
+def test_evaluate_without_the_teacher_answers_only_the_student(tiny_tokenizer, eval_data):
+    harmful, benign = eval_data
+    report, records = evaluate(
+        make_model(tiny_tokenizer), tiny_tokenizer, harmful=harmful, benign=benign, languages=["sw"],
+        benign_languages=["sw"], include_teacher=False, max_new_tokens=1, limit=2, progress=False,
+    )  # fmt: skip
+    assert {r["kind"] for r in records} == {"harmful", "benign"}
+    assert report["teacher"]["n"] == 0 and report["teacher"]["refusal_rate"] is None
+    assert report["languages"]["sw"]["n"] == 2 and "non_answer_rate" in report["benign_sets"]["benign"]["sw"]
+
+
 def test_evaluate_rejects_bad_inputs(tiny_tokenizer, eval_data):
     harmful, benign = eval_data
     model = make_model(tiny_tokenizer)

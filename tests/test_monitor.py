@@ -177,5 +177,5 @@ def test_callback_errors_name_the_problem(tmp_path, tiny_tokenizer):
         SelectivityCallback(trainer, HARMFUL, BENIGN, limit=0)
     long_row = {"id": "h9", "language": "jv", "prompt": "word " * 300}
     monitor = SelectivityCallback(trainer, HARMFUL + [long_row], BENIGN)  # a long prompt is left out, not an error
-    assert len(monitor.harmful["jv"]) == 2
+    assert len(monitor.monitor.harmful["jv"]) == 2
     assert render_student_messages(long_row)  # (the row itself is valid)

@@ -51,3 +51,15 @@ def test_auc_is_the_share_of_positive_negative_pairs_ranked_right():
     assert auc([0.9, 0.8], [0.1, 0.2]) == 1.0 and auc([0.1], [0.9]) == 0.0
     assert auc([0.5], [0.5]) == 0.5 and auc([0.3, 0.7], [0.5]) == 0.5
     assert auc([], [0.1]) is None and auc([0.1], []) is None
+
+
+def test_spearman_by_hand():
+    from msd_trl.stats import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Ties share their mean rank: x ranks 1, 2.5, 2.5, 4; y ranks 1, 2, 3, 4 -> r = 4.5 / sqrt(4.5 * 5).
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
+    assert spearman([1, 2], [2, 1]) is None and spearman([1, 1, 1], [1, 2, 3]) is None
+    with pytest.raises(ValueError, match="paired"):
+        spearman([1, 2, 3], [1, 2])

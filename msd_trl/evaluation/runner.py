@@ -67,6 +67,7 @@ def evaluate(
     partial_path: str | Path | None = None,
     progress: bool = True,
     benign_teacher_preset: str | None = None,
+    include_teacher: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Measure refusal on harmful rows, over-refusal on benign rows, answer language, and the teacher ceiling.
 
@@ -96,6 +97,8 @@ def evaluate(
             this budget (no character cap) and scored by numeric exact match: ``report["utility"]``.
         partial_path: a JSON-lines file where every answer is saved as soon as its batch is done; answers already
             in it (same prompt, kind, budget) are not generated again, so an interrupted evaluation resumes.
+        include_teacher: ``False`` skips the teacher prompts (e.g. checkpoints of one run, whose teacher is the base
+            model measured once); the teacher section then has ``n = 0`` and rate ``None``.
         include_student: ``False`` answers only the teacher prompts (e.g. the ceiling of another teacher preset on
             the same base model); the student sections then have ``n = 0`` and rate ``None``.
         model_name / adapter: recorded in the report; ``model_name`` defaults to ``model.name_or_path``.
@@ -149,6 +152,7 @@ def evaluate(
         teacher_system_prompt=teacher_system_prompt, student_system_prompt=student_system_prompt,
         max_new_tokens=max_new_tokens, max_chars=max_chars, include_student=include_student,
         teacher_benign=teacher_benign, utility_max_new_tokens=utility_max_new_tokens, teacher_context=teacher_context,
+        include_teacher=include_teacher,
     )  # fmt: skip
     responses = answer_jobs(
         model, tokenizer, jobs, batch_size=batch_size, do_sample=do_sample, temperature=temperature,
@@ -180,6 +184,7 @@ def evaluate(
             "budgets": {f"{set_name}/{language}": value for (set_name, language), value in budgets.items()},
             "utility_max_new_tokens": utility_max_new_tokens,
             "include_student": include_student,
+            "include_teacher": include_teacher,
             "batch_size": batch_size,
             "limit": limit,
             "do_sample": do_sample,
@@ -265,6 +270,7 @@ def run_evaluation(
     benign_dataset: str | Path | None = None,
     generation_threads: int | None = None,
     benign_teacher_preset: str | None = None,
+    include_teacher: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a model (optionally with a PEFT adapter) and write the report; what ``msd-trl evaluate`` runs.
 
@@ -386,6 +392,7 @@ def run_evaluation(
             adapter=str(adapter) if adapter is not None else None,
             progress=progress,
             benign_teacher_preset=benign_teacher_preset,
+            include_teacher=include_teacher,
         )
     report["settings"].update(
         split=split,
