@@ -143,6 +143,7 @@ def build_jobs(
     include_student: bool = True,
     teacher_benign: bool = True,
     utility_max_new_tokens: int | None = None,
+    include_teacher: bool = True,
 ) -> list[dict[str, Any]]:
     """One job per prompt with its final conversation, in a fixed order (student harmful, teacher harmful, then per
     benign set: student, teacher, utility). Teacher conversations come from `rendering.render_teacher_messages`,
@@ -150,6 +151,8 @@ def build_jobs(
     jobs: list[dict[str, Any]] = []
 
     def teacher_jobs(kind: str, set_name: str, columns: dict[str, list], rows: list[int], set_languages: list[str]):
+        if not include_teacher:
+            return
         by_id: dict[Any, dict[str, int]] = {}
         for index in rows:
             by_id.setdefault(columns["id"][index], {})[columns["language"][index]] = index
