@@ -53,8 +53,10 @@ def _evaluation_table(report: Mapping[str, Any], baseline: Mapping[str, Any] | N
                 f"| {title} | {language} | {entry['n']} | {pct(entry.get(rate))} | "
                 f"{pct(before.get(language, {}).get(rate))} |"
             )
+    # The report's one teacher number (for an adapter, answered by the base model: run_evaluation), labelled so.
     teacher = report.get("teacher", {})
-    lines += ["", f"Teacher (the base model under the training context) refusal: {pct(teacher.get('refusal_rate'))}."]
+    answered_by = teacher.get("answered_by", "the base model under the training context")
+    lines += ["", f"Teacher ceiling ({answered_by}) refusal: {pct(teacher.get('refusal_rate'))}."]
     return lines
 
 
@@ -68,12 +70,15 @@ def write_model_card(
     summary: Mapping[str, Any],
     evaluation: Mapping[str, Any] | None = None,
     baseline: Mapping[str, Any] | None = None,
+    data_sets: Mapping[str, str] | None = None,
+    evaluation_sets: Mapping[str, str] | None = None,
 ) -> Path:
     """Write `output_dir/README.md` (replacing PEFT's template) and return its path.
 
     `config`: the resolved MSDConfig as a dict; `data`: the data arguments; `summary`: the run summary (rows per
     source/language, steps, wall time); `evaluation` / `baseline`: report dicts of `run_evaluation` after and before
-    training, when an evaluation was run.
+    training, when an evaluation was run. `data_sets` (source -> what it is) and `evaluation_sets` (set -> what it
+    is) name exactly the data the run trained and evaluated on; without them the card describes the default mix.
     """
     system_prompt = config.get("teacher_system_prompt") or "(none)"
     rows = summary.get("rows_by_source_language", {})
@@ -102,9 +107,9 @@ def write_model_card(
         f"- Teacher preset: `{config.get('teacher_preset')}`; template `{json.dumps(config.get('teacher_prompt_template'))}`; "
         f"system prompt: {json.dumps(system_prompt)}",
         f"- Rollouts: {config.get('max_new_tokens')} new tokens, temperature {config.get('temperature')}",
-        f"- Data: {summary.get('train_rows')} rows: {dict(rows)}; harmful languages `{data.get('languages')}`, MGSM "
-        f"`{data.get('benign_languages')}`, MultiQ `{data.get('multiq_languages')}`, benign share "
-        f"{data.get('benign_proportion')}, split seed {data.get('split_seed')} (held-out query ids never trained on)",
+        f"- Data: {summary.get('train_rows')} rows: {dict(rows)}; split by query id, test share "
+        f"{data.get('test_size')}, seed {data.get('split_seed')} (held-out query ids never trained on)",
+        *(f"  - `{name}`: {what}" for name, what in (data_sets or {}).items()),
         "",
     ]
     if evaluation is not None:
@@ -113,7 +118,9 @@ def write_model_card(
             "## Evaluation (held-out query ids)",
             "",
             f"Judge `{evaluation.get('judge')}`, greedy, {settings.get('limit') or 'all'} queries per language; refusal "
-            "on harmful MultiJail queries (higher is safer), over-refusal on benign questions (lower is better).",
+            "on harmful queries (higher is safer), over-refusal on benign questions (lower is better). Sets:",
+            "",
+            *(f"- `{name}`: {what}" for name, what in (evaluation_sets or {}).items()),
             "",
             *_evaluation_table(evaluation, baseline),
             "",
