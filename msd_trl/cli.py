@@ -42,7 +42,7 @@ from .arguments import (  # noqa: F401  (DataArguments and the constants are kep
     build_train_parser,
     split_list,
 )
-from .model_card import hub_id_of, write_model_card
+from .model_card import hub_id_of, set_adapter_base_model, write_model_card
 
 __all__ = ["DataArguments", "before_after_table", "build_train_parser", "env_report", "main"]
 
@@ -215,16 +215,6 @@ def _data_sets(data_args: DataArguments, sources) -> dict[str, str]:
     return described
 
 
-def _fix_adapter_base_name(output_dir: Path, base_model: str) -> None:
-    """PEFT records where the weights were loaded from (for the embedded model, a local cache path); name the model
-    as a user loads it instead."""
-    path = output_dir / "adapter_config.json"
-    if path.is_file():
-        adapter_config = json.loads(path.read_text(encoding="utf-8"))
-        adapter_config["base_model_name_or_path"] = base_model
-        path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def _push_to_hub(output_dir: Path, config, base_model: str) -> str:
     """Upload the output folder (adapter, tokenizer, our card, run files; no checkpoints) as TRL's scripts do with
     `--push_to_hub` / `--hub_model_id`, through huggingface_hub."""
@@ -286,7 +276,7 @@ def train(argv: list[str]) -> dict[str, Any]:
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(output_dir)
     base_model = hub_id_of(model_args.model_name_or_path)
-    _fix_adapter_base_name(output_dir, base_model)
+    set_adapter_base_model(output_dir, base_model)
     config.push_to_hub = push_to_hub
     resolved = {
         "data": asdict(data_args),
@@ -667,13 +657,13 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"msd-trl: unknown command {command!r}\n{usage}", file=sys.stderr)
         return 2
-    if command in _TRL_PARSER_COMMANDS and ("-h" in rest or "--help" in rest):
-        _print_cached_help(command)
-        raise SystemExit(0)  # as argparse's --help does
     if as_command and "bitsandbytes" not in sys.modules and not _asks_for_4bit(rest):
         # PEFT and transformers import bitsandbytes whenever it is installed (seconds, and a warning on CPU); hiding it
         # makes them see it as absent. Only as a command: from Python, main() leaves the interpreter's modules alone.
         sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
+    if command in _TRL_PARSER_COMMANDS and ("-h" in rest or "--help" in rest):
+        _print_cached_help(command)
+        raise SystemExit(0)  # as argparse's --help does
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         COMMANDS[command][0](rest)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,6 +287,7 @@ def load_dataset_rows(
     id_split: str | None = None,
     test_size: float | int = 0.2,
     seed: int = 0,
+    required: Mapping[str, str] | None = None,
 ) -> Dataset:
     """A user's data set (a Hub name, or a CSV / JSON(L) / Parquet file or folder, or a saved `datasets` folder) as
     MSD rows, in either shape (module docstring).
@@ -301,6 +302,8 @@ def load_dataset_rows(
         id_split: "train" or "test": split by query id over *every* row of the file (`data.split_by_id` with
             `test_size` and `seed`) before the language filter, so training and evaluation hold out the same ids
             whatever languages each uses. None keeps every row.
+        required: column -> why it is needed; a long-shape file without it is refused with that reason, before
+            anything else is checked.
 
     Every language code must be one `names.language_name` can name (BCP-47); a repeated (id, language) pair, or an
     id with two English texts, is refused naming the ids. Unreadable files raise `DataFileError` naming the file,
@@ -313,6 +316,9 @@ def load_dataset_rows(
     columns = set(table.column_names)
     label = source or Path(name).stem
     if "prompt" in columns:  # long
+        for column, why in (required or {}).items():
+            if column not in columns:
+                raise ValueError(f"dataset_name={name!r} has no {column!r} column: {why}")
         if len(table) == 0:
             raise ValueError(f"dataset_name={name!r} has no rows.")
         if languages is not None and "language" not in columns:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EMBEDDED_HUB_ID", "hub_id_of", "write_model_card"]
+__all__ = ["EMBEDDED_HUB_ID", "hub_id_of", "set_adapter_base_model", "write_model_card", "write_trainer_card"]
 
 # The Hub model the embedded GGUF is a quantised copy of.
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -145,3 +145,44 @@ def write_model_card(
     path = Path(output_dir) / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def set_adapter_base_model(output_dir: str | Path, base_model: str) -> None:
+    """PEFT records in `adapter_config.json` where the weights were loaded from (for the embedded model, a local cache
+    path); name the model as a user loads it instead (a Hub id where one exists, else what the user passed)."""
+    path = Path(output_dir) / "adapter_config.json"
+    if path.is_file():
+        adapter_config = json.loads(path.read_text(encoding="utf-8"))
+        adapter_config["base_model_name_or_path"] = base_model
+        path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_trainer_card(trainer, data_args, model_args, output_dir: str | Path | None = None) -> Path:
+    """Our card for a finished trainer (what the example scripts call after `save_model`, replacing TRL's, which
+    names no base model for a model passed as an object), and the adapter's base model named as users load it."""
+    from collections import Counter
+    from dataclasses import asdict
+
+    output_dir = Path(output_dir or trainer.args.output_dir)
+    base_model = hub_id_of(model_args.model_name_or_path)
+    set_adapter_base_model(output_dir, base_model)
+    dataset = trainer.train_dataset
+    columns = getattr(dataset, "column_names", None) or []
+    counts = (
+        Counter(f"{row['source']}/{row['language']}" for row in dataset)
+        if {"source", "language"} <= set(columns)
+        else {}
+    )
+    summary = {
+        "global_step": trainer.state.global_step,
+        "train_rows": len(dataset) if hasattr(dataset, "__len__") else None,
+        "rows_by_source_language": dict(sorted(counts.items())),
+    }
+    return write_model_card(
+        output_dir,
+        base_model=base_model,
+        trainer=type(trainer).__name__,
+        config=json.loads(trainer.args.to_json_string()),
+        data=asdict(data_args),
+        summary=summary,
+    )

@@ -202,12 +202,10 @@ def _user_evaluation_data(harmful_dataset, benign_dataset, languages, *, split: 
 
     split_kwargs = dict(id_split=None if split == "all" else split, test_size=test_size, seed=seed)
     same_file = benign_dataset is not None and str(benign_dataset) == str(harmful_dataset)
-    harmful = load_dataset_rows(harmful_dataset, languages=list(languages), harmful=True, **split_kwargs)
-    if "teacher_prompt" not in harmful.column_names:
-        raise ValueError(
-            f"harmful_dataset={str(harmful_dataset)!r} has no 'teacher_prompt' (English query) column: the teacher "
-            "ceiling needs it"
-        )
+    harmful = load_dataset_rows(
+        harmful_dataset, languages=list(languages), harmful=True, **split_kwargs,
+        required={"teacher_prompt": "the English query, which the teacher ceiling needs (harmful set)"},
+    )  # fmt: skip
     benign_ids = _marked(harmful, False)
     if benign_ids and not same_file:
         raise ValueError(
@@ -232,7 +230,7 @@ def _user_evaluation_data(harmful_dataset, benign_dataset, languages, *, split: 
         benign_by_set["benign"] = list(dict.fromkeys(rows["language"])) if "language" in rows.column_names else []
     for name, rows in list(benign.items()):
         if len(rows) == 0:  # a small file whose held-out ids are all harmful
-            logger.warning("benign set %s has no rows on the %r side of the split: over-refusal is not measured", 
+            logger.warning("benign set %s has no rows on the %r side of the split: over-refusal is not measured",
                            benign_dataset, split)  # fmt: skip
             del benign[name], benign_by_set[name]
     present = list(dict.fromkeys(harmful["language"])) if "language" in harmful.column_names else []
