@@ -144,7 +144,7 @@ def _plan_block(trainer_name: str, data_args: DataArguments, config, plan: dict,
         f"benign); per language {dict(sorted(Counter(row['language'] for row in dataset).items()))}"
     )
     steps, how = _planned_steps(config, len(dataset))
-    lines.append(f"  steps: {steps} optimizer steps ({how})")
+    lines.append(f"  steps: {_count(steps, 'optimizer step')} ({how})")
     system_prompt = config.teacher_system_prompt or "(none)"
     lines.append(
         f"  teacher: preset {config.teacher_preset!r}; template {json.dumps(config.teacher_prompt_template)}; system "
@@ -162,6 +162,10 @@ def _plan_block(trainer_name: str, data_args: DataArguments, config, plan: dict,
         + "."
     )
     return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _duration(seconds: float) -> str:
@@ -184,7 +188,7 @@ def _wall_time_callback(total_steps: int, measured_steps: int = 2):
             left = per_step * (total_steps - state.global_step)
             print(
                 f"\nmsd-trl: the first {done} steps took {per_step:.1f} s each: about {_duration(left)} more for the "
-                f"{total_steps - state.global_step} steps left (ends around "
+                f"{_count(total_steps - state.global_step, 'step')} left (ends around "
                 f"{time.strftime('%H:%M', time.localtime(time.time() + left))})",
                 flush=True,
             )
@@ -326,7 +330,7 @@ def train(argv: list[str]) -> dict[str, Any]:
         summary["hub_model_id"] = repo_id
         print(f"msd-trl: pushed {output_dir}/ to the Hub as {repo_id}")
     print(
-        f"msd-trl: done in {summary['total_wall_time_s']} s ({result.global_step} steps). Adapter: {output_dir}/"
+        f"msd-trl: done in {summary['total_wall_time_s']} s ({_count(result.global_step, 'step')}). Adapter: {output_dir}/"
         f"adapter_model.safetensors; model card: {card}; summary: {output_dir}/run_summary.json; config: "
         f"{output_dir}/msd_config.json"
     )
@@ -456,7 +460,10 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     )
     parser.add_argument("--model", default=None, help="Model name or path (default: the embedded SmolLM2).")
     parser.add_argument("--adapter", default=None, help="A PEFT adapter directory (e.g. a train output_dir).")
-    parser.add_argument("--languages", default="jv,sw,bn", help="Comma-separated MultiJail languages.")
+    parser.add_argument(
+        "--languages", default=None,
+        help="Comma-separated harmful-set languages (default: jv,sw,bn of MultiJail; every language of --harmful_dataset).",
+    )  # fmt: skip
     parser.add_argument("--benign_languages", default="sw,bn,th", help="Comma-separated MGSM languages ('' none).")
     parser.add_argument(
         "--multiq_languages", default=None, help="Comma-separated MultiQ languages (default: --languages; '' none)."
@@ -506,7 +513,9 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     report = run_evaluation(
         a.model,
         adapter=a.adapter,
-        languages=split_list(a.languages),
+        languages=split_list(a.languages)
+        if a.languages is not None
+        else (None if a.harmful_dataset else ["jv", "sw", "bn"]),
         benign_languages=split_list(a.benign_languages),
         multiq_languages=None if a.multiq_languages is None else split_list(a.multiq_languages),
         test_size=a.test_size,

@@ -201,9 +201,10 @@ def _user_evaluation_data(harmful_dataset, benign_dataset, languages, *, split: 
     from ..corpora import load_dataset_rows
 
     split_kwargs = dict(id_split=None if split == "all" else split, test_size=test_size, seed=seed)
+    languages = None if languages is None else list(languages)  # None: every language the file holds
     same_file = benign_dataset is not None and str(benign_dataset) == str(harmful_dataset)
     harmful = load_dataset_rows(
-        harmful_dataset, languages=list(languages), harmful=True, **split_kwargs,
+        harmful_dataset, languages=languages, harmful=True, **split_kwargs,
         required={"teacher_prompt": "the English query, which the teacher ceiling needs (harmful set)"},
     )  # fmt: skip
     benign_ids = _marked(harmful, False)
@@ -234,12 +235,13 @@ def _user_evaluation_data(harmful_dataset, benign_dataset, languages, *, split: 
                            benign_dataset, split)  # fmt: skip
             del benign[name], benign_by_set[name]
     present = list(dict.fromkeys(harmful["language"])) if "language" in harmful.column_names else []
-    missing = [code for code in languages if code not in present]
-    if missing:
+    missing = [code for code in languages or present if code not in present]
+    if missing or not present:
         raise ValueError(
-            f"harmful_dataset={str(harmful_dataset)!r} has no harmful rows for languages {missing}; it has {present}"
+            f"harmful_dataset={str(harmful_dataset)!r} has no harmful rows for languages {missing or languages}; it "
+            f"has {present}"
         )
-    return harmful, benign, benign_by_set
+    return harmful, benign, benign_by_set, languages or present
 
 
 def _check_writable(output_dir: Path) -> None:
@@ -261,7 +263,7 @@ def run_evaluation(
     model_name_or_path: str | None = None,
     *,
     adapter: str | None = None,
-    languages: Sequence[str] = ("jv", "sw", "bn"),
+    languages: Sequence[str] | None = ("jv", "sw", "bn"),
     benign_languages: Sequence[str] = ("sw", "bn", "th"),
     split: str = "test",
     test_size: float = 0.2,
@@ -308,7 +310,9 @@ def run_evaluation(
       ``judge="keyword"`` (see :func:`get_judge`). ``utility_max_new_tokens`` (e.g. 256) adds MGSM accuracy.
     - ``harmful_dataset`` / ``benign_dataset``: your own data instead of MultiJail / MGSM + MultiQ (a Hub name or a
       CSV / JSON(L) / Parquet path, long or wide shape, see ``corpora.load_dataset_rows``; ``languages`` picks wide
-      columns, or filters long rows when they carry a ``language``), split by id like MultiJail.
+      columns, or filters long rows when they carry a ``language``; ``languages=None``: every language the file
+      holds), split by id over each whole file as training splits it. The ``harmful`` column is honoured; without a
+      ``benign_dataset`` the benign set is MultiQ in the languages it has (``multiq_languages``), said in the log.
     - ``teacher_preset="paper"``: the teacher's privileged context (``msd_trl.presets``);
       ``teacher_system_prompt`` / ``teacher_prompt_template`` override its parts. Pass what the model was trained
       with.
@@ -330,8 +334,10 @@ def run_evaluation(
         raise ValueError(f"split must be 'test', 'train' or 'all', got {split!r}")
     check_thread_count(generation_threads, "generation_threads")  # before any model is loaded
     _check_writable(Path(output_dir))  # before any model is loaded or any answer generated
-    if not languages:
+    if languages is not None and not languages:
         raise ValueError(f"languages must name at least one language, got {languages!r}")
+    if languages is None and harmful_dataset is None:
+        languages = ("jv", "sw", "bn")
     baseline = None
     if baseline_report is not None:
         baseline = (
@@ -347,18 +353,12 @@ def run_evaluation(
     if teacher_system_prompt is None:
         teacher_system_prompt = preset.system_prompt or ""
 
-    unknown = sorted({*languages, *(benign_languages or []), *(multiq_languages or [])} - set(REFUSAL_PHRASES))
-    if unknown and isinstance(judge, KeywordRefusalJudge):
-        logger.warning(
-            "the keyword judge has no refusal phrases for %s: refusals there are only seen in English (or another "
-            "known language); pass a ClassifierJudge or KeywordRefusalJudge(extra_phrases=...) to cover them", unknown
-        )  # fmt: skip
     data_dir = Path(data_dir) if data_dir is not None else None
     benign: dict[str, Any] = {}
     benign_by_set: dict[str, list[str]] = {}
     if harmful_dataset is not None:
         # The user's rows come split by id already (over each whole file, as training splits them).
-        harmful, benign, benign_by_set = _user_evaluation_data(
+        harmful, benign, benign_by_set, languages = _user_evaluation_data(
             harmful_dataset, benign_dataset, languages, split=split, test_size=test_size, seed=seed
         )
         benign_languages = []  # MGSM is MultiJail's companion, not a user's
@@ -390,6 +390,12 @@ def run_evaluation(
             splitter = split_by_id_parity if name == "multiq" else partial(split_by_id, test_size=test_size, seed=seed)
             benign[name] = splitter(benign[name])[split]
 
+    unknown = sorted({*languages, *(benign_languages or []), *(multiq_languages or [])} - set(REFUSAL_PHRASES))
+    if unknown and isinstance(judge, KeywordRefusalJudge):
+        logger.warning(
+            "the keyword judge has no refusal phrases for %s: refusals there are only seen in English (or another "
+            "known language); pass a ClassifierJudge or KeywordRefusalJudge(extra_phrases=...) to cover them", unknown
+        )  # fmt: skip
     tokenizer = load_tokenizer(model_name_or_path)
     model = load_model(model_name_or_path, dtype=dtype, load_in_4bit=load_in_4bit)
     common = dict(
