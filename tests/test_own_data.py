@@ -303,7 +303,7 @@ def test_the_plan_gives_the_steps_the_run_takes_and_the_time_estimate(tiny_model
     assert "steps: 3 optimizer steps (1 epoch(s) of 8 rows (--max_steps -1); 3 rows a step" in printed
     assert json.loads((out / "run_summary.json").read_text())["global_step"] == 3
     assert "teacher: preset 'paper'" in printed and "time: estimated from the first steps" in printed
-    assert "msd-trl: the first 2 steps took" in printed and "for the 1 steps left" in printed
+    assert "msd-trl: the first 2 steps took" in printed and "for the 1 step left" in printed
 
 
 # ---------------------------------------------------------------- where users already are
@@ -354,3 +354,50 @@ def test_env_prints_versions_for_a_bug_report(capsys):
     text = capsys.readouterr().out
     assert f"- trl version: {version('trl')}" in text and f"- torch version: {version('torch')}" in text
     assert "- msd_trl version: 0.1.0" in text and "- Python version:" in text
+
+
+# ---------------------------------------------------------------- 11. the docs say what the code does
+
+
+def test_cli_docs_list_every_flag_of_evaluate_and_every_data_flag_of_train():
+    import argparse
+    from dataclasses import fields
+
+    import msd_trl.cli as cli
+    from msd_trl.arguments import DataArguments
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    seen: list[str] = []
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(parser, args=None, namespace=None):
+        seen.extend(o for action in parser._actions for o in action.option_strings if o.startswith("--"))
+        raise SystemExit(0)
+
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        with pytest.raises(SystemExit):
+            cli.evaluate([])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    missing = [flag for flag in seen if flag != "--help" and f"`{flag}`" not in docs and f"{flag}`" not in docs]
+    assert not missing, f"docs/cli.md omits evaluate flags {missing}"
+    data_missing = [f.name for f in fields(DataArguments) if f"--{f.name}" not in docs]
+    assert not data_missing, f"docs/cli.md omits train data flags {data_missing}"
+
+
+def test_results_files_hold_no_absolute_machine_paths(tmp_path):
+    import importlib.util
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    for path in results.glob("*.json"):
+        settings = json.loads(path.read_text()).get("settings", {})
+        if isinstance(settings, dict) and "model_path" in settings:
+            assert not Path(settings["model_path"]).is_absolute(), path.name
+    spec = importlib.util.spec_from_file_location(
+        "compare_trainers_paths", Path(__file__).resolve().parents[1] / "examples/benchmarks/compare_trainers.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module._portable_path(tmp_path / "work" / "m", tmp_path) == "work/m"
+    assert module._portable_path(Path.home() / ".cache" / "m", tmp_path) == "~/.cache/m"
