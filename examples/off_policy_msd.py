@@ -17,10 +17,11 @@ reverse KL). This script is what `msd-trl train --trainer off-policy` runs, with
 
 from pathlib import Path
 
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, get_peft_config
 
 from msd_trl import MSDConfig, OffPolicyMSDTrainer, generate_teacher_completions
-from msd_trl.arguments import TEACHER_COMPLETIONS_FILE, DataArguments
+from msd_trl.arguments import TEACHER_COMPLETIONS_FILE, DataArguments, build_train_parser
+from msd_trl.model_card import write_trainer_card
 from msd_trl.models import load_model, load_tokenizer
 
 
@@ -52,9 +53,10 @@ def main(data_args: DataArguments, training_args: MSDConfig, model_args: ModelCo
     )
     trainer.train()
     trainer.save_model(training_args.output_dir)
+    write_trainer_card(trainer, data_args, model_args)  # our card (TRL's names no base model) + adapter_config's name
     return trainer
 
 
 if __name__ == "__main__":
-    parser = TrlParser((DataArguments, MSDConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    # msd-trl train's parser and defaults: LoRA r=16 on every linear layer (not a full fine-tune), float32, ...
+    main(*build_train_parser(f"python examples/{Path(__file__).name}").parse_args_and_config())

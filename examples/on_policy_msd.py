@@ -5,7 +5,8 @@ Launch (CPU, the embedded SmolLM2-135M-Instruct, ../shared/data or the Hub):
     python examples/on_policy_msd.py --config examples/configs/on_policy.yaml
 
 Any `MSDConfig` / `TrainingArguments` flag, TRL `ModelConfig` flag or `msd_trl.arguments.DataArguments` field can be
-given on the command line or in the YAML; flags win over the YAML. A Hub model with QLoRA, for users with network:
+given on the command line or in the YAML; flags win over the YAML, which wins over `msd-trl train`'s defaults (LoRA
+r=16 on every linear layer: without `--config` this trains an adapter, not the full model). A Hub model with QLoRA, for users with network:
 
     python examples/on_policy_msd.py --config examples/configs/on_policy.yaml \
         --model_name_or_path Qwen/Qwen2.5-7B-Instruct --load_in_4bit --lora_target_modules all-linear
@@ -20,10 +21,13 @@ prompt; the loss is DPSW-weighted reverse KL. This script is what `msd-trl train
 without the run summary files.
 """
 
-from trl import ModelConfig, TrlParser, get_peft_config
+from pathlib import Path
+
+from trl import ModelConfig, get_peft_config
 
 from msd_trl import MSDConfig, OnPolicyMSDTrainer
-from msd_trl.arguments import DataArguments
+from msd_trl.arguments import DataArguments, build_train_parser
+from msd_trl.model_card import write_trainer_card
 from msd_trl.models import load_model, load_tokenizer
 
 
@@ -48,9 +52,10 @@ def main(data_args: DataArguments, training_args: MSDConfig, model_args: ModelCo
     )
     trainer.train()
     trainer.save_model(training_args.output_dir)
+    write_trainer_card(trainer, data_args, model_args)  # our card (TRL's names no base model) + adapter_config's name
     return trainer
 
 
 if __name__ == "__main__":
-    parser = TrlParser((DataArguments, MSDConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    # msd-trl train's parser and defaults: LoRA r=16 on every linear layer (not a full fine-tune), float32, ...
+    main(*build_train_parser(f"python examples/{Path(__file__).name}").parse_args_and_config())

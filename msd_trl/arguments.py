@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 __all__ = ["DEFAULT_LORA_TARGETS", "TEACHER_COMPLETIONS_FILE", "DataArguments", "build_train_parser", "split_list"]
 
+# MultiJail's languages trained on by default: low-resource, where the cross-lingual gap is largest.
+DEFAULT_LANGUAGES = ("jv", "sw", "bn")
+# --eval_after's default on MultiJail: the trained languages and one never trained on.
+DEFAULT_EVAL_LANGUAGES = ("jv", "sw", "bn", "th")
 # Where off-policy teacher text is cached by default, inside --output_dir.
 TEACHER_COMPLETIONS_FILE = "teacher_completions.jsonl"
 # The LoRA targets of models.default_lora_config: every linear layer but the output head (peft's "all-linear"; for a
@@ -38,9 +42,11 @@ class DataArguments:
         metadata={"help": "Trainer: 'on-policy' (student samples, teacher scores) or 'off-policy' (teacher text); "
                   "variants registered with msd_trl.register_trainer are accepted too."},
     )  # fmt: skip
-    languages: str = field(
-        default="jv,sw,bn", metadata={"help": "Comma-separated MultiJail target languages to train on."}
-    )
+    languages: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated target languages to train on (BCP-47 codes). Default: jv,sw,bn of "
+                  "MultiJail; with --dataset_name, every language the file holds."},
+    )  # fmt: skip
     benign_languages: str = field(
         default="sw,bn", metadata={"help": "Comma-separated MGSM languages of benign rows ('' for none)."}
     )
@@ -86,9 +92,11 @@ class DataArguments:
         metadata={"help": "After training, evaluate the base model and the adapter on the same held-out queries, "
                   "print a before/after table and put it in the model card."},
     )  # fmt: skip
-    eval_languages: str = field(
-        default="jv,sw,bn,th", metadata={"help": "--eval_after: harmful (MultiJail) and benign (MultiQ) languages."}
-    )
+    eval_languages: str | None = field(
+        default=None,
+        metadata={"help": "--eval_after: harmful and benign languages. Default: jv,sw,bn,th of MultiJail; with "
+                  "--dataset_name, the languages trained on."},
+    )  # fmt: skip
     eval_limit: int | None = field(default=20, metadata={"help": "--eval_after: held-out queries per language."})
     selectivity_monitor: bool = field(
         default=False,
@@ -101,16 +109,24 @@ class DataArguments:
         default=20, metadata={"help": "--selectivity_monitor: held-out prompts per language on each side."}
     )
 
-    def build_dataset(self, tokenizer, split: str = "train", config=None):
+    def train_languages(self) -> list[str] | None:
+        """--languages as a list; None means the default: jv,sw,bn of MultiJail, every language of a user's file."""
+        if self.languages is None:
+            return None if self.dataset_name else list(DEFAULT_LANGUAGES)
+        return split_list(self.languages)
+
+    def build_dataset(self, tokenizer, split: str = "train", config=None, plan: dict | None = None):
         """The rows these arguments describe: the user's `dataset_name` (+ `benign_dataset_name`) when given, else
         MultiJail + MGSM / MultiQ benign rows (`corpora.build_safety_mix`). Either way split by query id (the
-        `train` side; `test_size` 0 keeps every row) and filtered by rendered prompt length."""
+        `train` side; `test_size` 0 keeps every row) and filtered by rendered prompt length. `plan`, when given,
+        collects rows per set and language at each stage (read, train side, within the prompt limit) for the
+        CLI's plan block."""
         from .corpora import build_safety_mix
 
         if self.dataset_name:
-            return self._user_dataset(tokenizer, split, config)
+            return self._user_dataset(tokenizer, split, config, plan)
         return build_safety_mix(
-            split_list(self.languages),
+            self.train_languages(),
             split_list(self.benign_languages),
             benign_proportion=self.benign_proportion,
             split=split,
@@ -126,24 +142,49 @@ class DataArguments:
             teacher_prompt_template=config.teacher_prompt_template if config is not None else None,
             teacher_system_prompt=config.teacher_system_prompt if config is not None else None,
             teacher_context=config.teacher_context if config is not None else None,
+            plan=plan,
         )
 
-    def _user_dataset(self, tokenizer, split: str, config):
+    def _user_dataset(self, tokenizer, split: str, config, plan: dict | None):
+        from collections import Counter
+        from pathlib import Path
+
         from .corpora import load_dataset_rows
-        from .data import mix_harmful_and_benign, split_by_id
+        from .data import mix_harmful_and_benign
 
         def rows(name: str, harmful: bool):
-            loaded = load_dataset_rows(
-                name, config=self.dataset_config, split=self.dataset_train_split,
-                languages=split_list(self.languages), harmful=harmful,
-            )  # fmt: skip
-            if self.test_size == 0:
-                return loaded
-            return split_by_id(loaded, test_size=self.test_size, seed=self.split_seed)[split]
+            common = dict(config=self.dataset_config, split=self.dataset_train_split, languages=self.train_languages(),
+                          harmful=harmful)  # fmt: skip
+            if plan is not None or self.test_size == 0:
+                every = load_dataset_rows(name, **common)
+                if plan is not None:
+                    plan.setdefault(Path(name).stem, {})["read"] = Counter(every["language"])
+                    if self.languages is not None:  # what --languages leaves out, for the plan
+                        try:
+                            held = Counter(load_dataset_rows(name, **{**common, "languages": None})["language"])
+                        except ValueError:  # e.g. a wide file whose other columns are not languages
+                            held = Counter()
+                        left_out = {code: n for code, n in held.items() if code not in every["language"]}
+                        if left_out:
+                            plan.setdefault("_file_languages", {})[Path(name).stem] = left_out
+                if self.test_size == 0:
+                    return every
+            # Split over the whole file's ids (before the language filter), exactly as evaluation does.
+            return load_dataset_rows(name, **common, id_split=split, test_size=self.test_size, seed=self.split_seed)
 
-        benign = {"benign": rows(self.benign_dataset_name, False)} if self.benign_dataset_name else {}
+        harmful = rows(self.dataset_name, True)
+        benign = {}
+        if self.benign_dataset_name:
+            benign_rows = rows(self.benign_dataset_name, False)
+            if "harmful" in benign_rows.column_names and any(benign_rows["harmful"]):
+                ids = sorted({i for i, h in zip(benign_rows["id"], benign_rows["harmful"]) if h})
+                raise ValueError(
+                    f"benign_dataset_name={self.benign_dataset_name!r} holds rows marked harmful (ids {ids[:10]}): "
+                    "a benign set must be benign; move them to --dataset_name or fix their 'harmful' value."
+                )
+            benign[Path(self.benign_dataset_name).stem] = benign_rows
         return mix_harmful_and_benign(
-            rows(self.dataset_name, True),
+            harmful,
             benign,
             benign_proportion=self.benign_proportion if benign else 0.0,
             num_rows=self.max_train_rows,
@@ -153,6 +194,8 @@ class DataArguments:
             teacher_prompt_template=config.teacher_prompt_template if config is not None else None,
             teacher_system_prompt=config.teacher_system_prompt if config is not None else None,
             teacher_context=config.teacher_context if config is not None else None,
+            harmful_name=Path(self.dataset_name).stem,
+            plan=plan,
         )
 
 

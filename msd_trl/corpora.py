@@ -15,7 +15,8 @@ source by name. `load_dataset_rows` reads a user's file or Hub data set the way 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +35,19 @@ from .data import (
     split_by_id,
     split_by_id_parity,
 )
+from .names import check_language_codes, unknown_language_codes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CORPORA", "Corpus", "build_safety_mix", "get_corpus", "load_dataset_rows", "register_corpus"]
+__all__ = [
+    "CORPORA",
+    "Corpus",
+    "DataFileError",
+    "build_safety_mix",
+    "get_corpus",
+    "load_dataset_rows",
+    "register_corpus",
+]
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,92 @@ register_corpus(Corpus("multiq", load_multiq, MULTIQ_LANGUAGES, harmful=False, s
 
 
 _READERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# Wide-shape columns that are not languages: the id, the English query, and per-query extras.
+_WIDE_NON_LANGUAGE = ("id", "en", "source", "tags", "harmful")
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f", ""}
+
+
+class DataFileError(ValueError):
+    """A user's data file that cannot be read, with the file, the line where known, and the cause."""
+
+
+def _where(path: Path, line: int | None = None) -> str:
+    return f"{str(path)!r}" + (f", line {line}" if line is not None else "")
+
+
+def _check_text_file(path: Path, kind: str) -> None:
+    """Fail on what `datasets` reports only as "An error occurred while generating the dataset" / "corresponds to no
+    data": an empty file, bytes that are not UTF-8, a JSON line that does not parse (a cut last line), a CSV with a
+    header and no rows. Names the file, the line and the fix."""
+    import csv
+    import json
+
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataFileError(f"dataset file {_where(path)} is empty: it holds no rows.")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataFileError(
+            f"dataset file {_where(path, line)}: byte 0x{raw[err.start]:02x} is not UTF-8 (the file looks saved as "
+            f"Latin-1 or another legacy encoding); save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > "
+            f"utf8{path.suffix}`."
+        ) from None
+    if kind == "json":
+        try:
+            json.loads(text)  # one JSON document (an array of rows): fine
+            return
+        except json.JSONDecodeError:
+            pass
+        lines = text.splitlines()
+        last = max((i for i, value in enumerate(lines) if value.strip()), default=-1)
+        for number, value in enumerate(lines, start=1):
+            if not value.strip():
+                continue
+            try:
+                record = json.loads(value)
+            except json.JSONDecodeError as err:
+                cut = (
+                    " (the last line is cut off, e.g. by a killed writer: complete or delete it)"
+                    if number - 1 == last
+                    else ""
+                )
+                raise DataFileError(
+                    f"dataset file {_where(path, number)}: not valid JSON ({err.msg}, column {err.colno}){cut}."
+                ) from None
+            if not isinstance(record, dict):
+                raise DataFileError(
+                    f"dataset file {_where(path, number)}: a JSON-lines row must be an object "
+                    f'({{"prompt": ..., "teacher_prompt": ...}}), got {type(record).__name__}.'
+                )
+    elif kind == "csv":
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+        rows = csv.reader(text.splitlines(), delimiter=delimiter)
+        header = next(rows, [])
+        if not any(any(cell.strip() for cell in row) for row in rows):
+            raise DataFileError(f"dataset file {_where(path)} has a header ({header}) but no rows below it.")
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def _load_files(kind: str, files: list[Path], **kwargs) -> Dataset:
+    for file in files:
+        if kind != "parquet":
+            _check_text_file(file, kind)
+    try:
+        return load_dataset(kind, data_files=[str(f) for f in files], split="train", **kwargs)
+    except Exception as err:  # datasets wraps every parser error in one generic message
+        cause = _root_cause(err)
+        names = ", ".join(repr(str(f)) for f in files)
+        raise DataFileError(
+            f"dataset file {names} could not be read as {kind}: {type(cause).__name__}: {cause}"
+        ) from err
 
 
 def _read(name_or_path: str | Path, config: str | None, split: str) -> Dataset:
@@ -105,7 +201,7 @@ def _read(name_or_path: str | Path, config: str | None, split: str) -> Dataset:
         kinds = {_READERS[p.suffix.lower()] for p in files}
         if len(kinds) > 1:
             raise ValueError(f"dataset_name={str(path)!r} mixes file types {sorted(kinds)}; keep one")
-        return load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train")
+        return _load_files(kinds.pop(), files)
     if path.is_file():
         kind = _READERS.get(path.suffix.lower())
         if kind is None:
@@ -114,11 +210,70 @@ def _read(name_or_path: str | Path, config: str | None, split: str) -> Dataset:
                 ".parquet, or a folder saved with Dataset.save_to_disk"
             )
         kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-        return load_dataset(kind, data_files=str(path), split="train", **kwargs)
+        return _load_files(kind, [path], **kwargs)
     if str(name_or_path).startswith((".", "/", "~")) or Path(str(name_or_path)).suffix.lower() in _READERS:
         raise ValueError(f"dataset_name={str(name_or_path)!r} does not exist")
     logger.info("Loading %s from the Hugging Face Hub (config %s, split %s)", name_or_path, config, split)
     return load_dataset(str(name_or_path), config, split=split)
+
+
+def _as_harmful_flag(value, name: str, where: str) -> bool:
+    """A `harmful` cell as a bool: True/False, 0/1, or the strings true/false/yes/no/1/0 (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if value is None:
+        raise ValueError(f"dataset_name={name!r}: {where} has no 'harmful' value; use 1/true or 0/false.")
+    raise ValueError(f"dataset_name={name!r}: {where} has harmful={value!r}; use 1/true or 0/false.")
+
+
+def _languages_of(table: Dataset) -> dict[str, int]:
+    return dict(sorted(Counter(table["language"]).items())) if "language" in table.column_names else {}
+
+
+def _check_unique_queries(table: Dataset, name: str) -> None:
+    """A long-shape id names one query: once per language, with one English text. A repeated (id, language) pair
+    would be trained twice and, in evaluation, get one teacher answer for two queries."""
+    from .rendering import message_text
+
+    ids = [str(v) for v in table["id"]]
+    languages = list(table["language"]) if "language" in table.column_names else [None] * len(ids)
+    pairs = Counter(zip(ids, languages))
+    repeated = [f"{i}@{lang}" if lang is not None else i for (i, lang), count in pairs.items() if count > 1]
+    if repeated:
+        raise ValueError(
+            f"dataset_name={name!r}: ids repeated within one language: {repeated[:10]}"
+            + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else "")
+            + ". An id names one query (one row per language); give each query its own id."
+        )
+    if "teacher_prompt" in table.column_names:
+        english: dict[str, set[str]] = {}
+        for query_id, value in zip(ids, table["teacher_prompt"]):
+            if value is not None:
+                english.setdefault(query_id, set()).add(message_text(value))
+        mixed = sorted(query_id for query_id, texts in english.items() if len(texts) > 1)
+        if mixed:
+            raise ValueError(
+                f"dataset_name={name!r}: ids with more than one English teacher_prompt: {mixed[:10]}. An id names "
+                "one query, the same English text in every language; give different queries different ids."
+            )
+
+
+def _check_languages_held(table: Dataset, languages: Sequence[str], name: str) -> None:
+    """The --languages filter on a long file: every requested language must be there; say which ones are."""
+    held = _languages_of(table)
+    missing = [code for code in languages if code not in held]
+    if missing:
+        kept = {code: n for code, n in held.items() if code in languages}
+        raise ValueError(
+            f"dataset_name={name!r}: the --languages filter {list(languages)} "
+            + ("leaves no rows" if not kept else f"names languages the file does not hold: {missing}")
+            + f"; the file holds {held or 'no language column'} (rows per language). Pass --languages with those "
+            "codes, or leave it out to use every language the file holds."
+        )
 
 
 def load_dataset_rows(
@@ -129,45 +284,101 @@ def load_dataset_rows(
     languages: Sequence[str] | None = None,
     harmful: bool | None = None,
     source: str | None = None,
+    id_split: str | None = None,
+    test_size: float | int = 0.2,
+    seed: int = 0,
+    required: Mapping[str, str] | None = None,
 ) -> Dataset:
     """A user's data set (a Hub name, or a CSV / JSON(L) / Parquet file or folder, or a saved `datasets` folder) as
     MSD rows, in either shape (module docstring).
 
     Args:
-        languages: wide shape: the language columns to use (required unless every non-`id`/`en` column is one);
-            long shape: keep only rows in these languages (`language` column).
-        harmful: the `harmful` value of rows that do not carry one (None leaves the column out when absent).
+        languages: wide shape: the language columns to use (default: every column but `id`, `en`, `source`, `tags`,
+            `harmful`); long shape: keep only rows in these languages (default: every language the file holds). A
+            requested language the file lacks is an error listing the languages it has.
+        harmful: the `harmful` value of rows that do not carry one (None leaves the column out when absent). A
+            `harmful` column (bool, 0/1, true/false) is honoured row by row, in either shape.
         source: the `source` value of rows that do not carry one (default: the file or data set name).
+        id_split: "train" or "test": split by query id over *every* row of the file (`data.split_by_id` with
+            `test_size` and `seed`) before the language filter, so training and evaluation hold out the same ids
+            whatever languages each uses. None keeps every row.
+        required: column -> why it is needed; a long-shape file without it is refused with that reason, before
+            anything else is checked.
+
+    Every language code must be one `names.language_name` can name (BCP-47); a repeated (id, language) pair, or an
+    id with two English texts, is refused naming the ids. Unreadable files raise `DataFileError` naming the file,
+    the line and the cause.
     """
+    if id_split not in (None, "train", "test"):
+        raise ValueError(f"id_split must be None, 'train' or 'test', got {id_split!r}")
     table = _read(name_or_path, config, split)
+    name = str(name_or_path)
     columns = set(table.column_names)
-    label = source or Path(str(name_or_path)).stem
+    label = source or Path(name).stem
     if "prompt" in columns:  # long
-        if languages is not None:
-            if "language" not in columns:
-                raise ValueError(
-                    f"dataset_name={str(name_or_path)!r} has no 'language' column to select languages {list(languages)}"
-                )
-            wanted = set(languages)
-            table = table.filter(lambda row: row["language"] in wanted)
+        for column, why in (required or {}).items():
+            if column not in columns:
+                raise ValueError(f"dataset_name={name!r} has no {column!r} column: {why}")
+        if len(table) == 0:
+            raise ValueError(f"dataset_name={name!r} has no rows.")
+        if languages is not None and "language" not in columns:
+            raise ValueError(
+                f"dataset_name={name!r} has no 'language' column to select languages {list(languages)}: add one, "
+                "or leave --languages out"
+            )
         if "id" not in columns:
             table = table.add_column("id", [f"{label}-{i}" for i in range(len(table))])
+        _check_unique_queries(table, name)
         if "source" not in columns:
             table = table.add_column("source", [label] * len(table))
-        if harmful is not None and "harmful" not in columns:
+        if "harmful" in columns:
+            flags = [_as_harmful_flag(v, name, f"row {i} (id {q!r})") for i, (v, q) in
+                     enumerate(zip(table["harmful"], table["id"]))]  # fmt: skip
+            table = table.remove_columns("harmful").add_column("harmful", flags)
+        elif harmful is not None:
             table = table.add_column("harmful", [harmful] * len(table))
-        return table
-    if "id" in columns and "en" in columns:  # wide
-        candidates = [c for c in table.column_names if c not in ("id", "en", "source", "tags")]
+    elif "id" in columns and "en" in columns:  # wide
+        candidates = [c for c in table.column_names if c not in _WIDE_NON_LANGUAGE]
+        if languages is not None:
+            absent = [code for code in languages if code not in columns]
+            if absent:
+                raise ValueError(
+                    f"dataset_name={name!r} (wide shape) has no column for language(s) {absent}; its language "
+                    f"columns are {candidates}. Pass --languages with some of them (the English column 'en' is the "
+                    "teacher's)."
+                )
         chosen = list(languages) if languages is not None else candidates
         if not chosen:
-            raise ValueError(f"dataset_name={str(name_or_path)!r} (wide) has no language columns besides 'en'")
+            raise ValueError(f"dataset_name={name!r} (wide) has no language columns besides 'en'")
+        unknown = unknown_language_codes(chosen)
+        if unknown:
+            raise ValueError(
+                f"dataset_name={name!r} (wide shape): columns {unknown} are not language codes msd_trl can name; "
+                f"pass --languages with the language columns to use (BCP-47 codes such as 'tl'), from {candidates}."
+            )
         rows = build_msd_rows(table, chosen, source=label, harmful=bool(harmful))
-        return rows
-    raise ValueError(
-        f"dataset_name={str(name_or_path)!r} has columns {sorted(columns)}: expected the long shape (a 'prompt' "
-        "column, usually 'teacher_prompt') or the wide shape ('id', 'en' and one column per language code)."
-    )
+        if "harmful" in columns:
+            by_id = {
+                str(query_id): _as_harmful_flag(value, name, f"id {str(query_id)!r}")
+                for query_id, value in zip(table["id"], table["harmful"])
+            }
+            rows = rows.remove_columns("harmful").add_column("harmful", [by_id[i] for i in rows["id"]])
+        table = rows
+    else:
+        raise ValueError(
+            f"dataset_name={name!r} has columns {sorted(columns)}: expected the long shape (a 'prompt' column, "
+            "usually 'teacher_prompt') or the wide shape ('id', 'en' and one column per language code)."
+        )
+    if "language" in table.column_names:
+        check_language_codes(_languages_of(table), f"dataset_name={name!r}")
+    if languages is not None and "prompt" in columns:
+        _check_languages_held(table, languages, name)
+    if id_split is not None:
+        table = split_by_id(table, test_size=test_size, seed=seed)[id_split]
+    if languages is not None and "prompt" in columns:
+        wanted = set(languages)
+        table = table.filter(lambda row: row["language"] in wanted)
+    return table
 
 
 def build_safety_mix(
@@ -190,6 +401,7 @@ def build_safety_mix(
     harmful_corpus: str = "multijail",
     benign_corpora: dict[str, Sequence[str]] | None = None,
     teacher_context=None,
+    plan: dict | None = None,
 ) -> Dataset:
     """The MSD training (or held-out) set: harmful queries (MultiJail) mixed with benign ones (MGSM, MultiQ).
 
@@ -211,6 +423,8 @@ def build_safety_mix(
             :func:`data.filter_by_length` (with a template, conversations are measured as the trainers render them);
             ``teacher_context`` (a :class:`msd_trl.presets.TeacherContext`) replaces the template and system prompt.
         num_rows: size of the mix (default: the largest that needs no repeated row).
+        plan: a dict that receives rows per corpus and language at each stage (read, train side, within the prompt
+            limit), for the CLI's plan block.
     """
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
@@ -231,6 +445,8 @@ def build_safety_mix(
         corpus = get_corpus(name)
         source = base / corpus.folder if base is not None and corpus.folder else None
         loaded = corpus.load(source, list(languages), conversational=conversational)
+        if plan is not None:
+            plan.setdefault(name, {})["read"] = Counter(loaded["language"])
         return corpus.split_rows(loaded, test_size=test_size, seed=seed)[split]
 
     harmful = rows_of(harmful_corpus, harmful_languages)
@@ -248,4 +464,5 @@ def build_safety_mix(
         teacher_system_prompt=teacher_system_prompt,
         harmful_name=harmful_corpus,
         teacher_context=teacher_context,
+        plan=plan,
     )

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EMBEDDED_HUB_ID", "hub_id_of", "write_model_card"]
+__all__ = ["EMBEDDED_HUB_ID", "hub_id_of", "set_adapter_base_model", "write_model_card", "write_trainer_card"]
 
 # The Hub model the embedded GGUF is a quantised copy of.
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -53,8 +53,10 @@ def _evaluation_table(report: Mapping[str, Any], baseline: Mapping[str, Any] | N
                 f"| {title} | {language} | {entry['n']} | {pct(entry.get(rate))} | "
                 f"{pct(before.get(language, {}).get(rate))} |"
             )
+    # The report's one teacher number (for an adapter, answered by the base model: run_evaluation), labelled so.
     teacher = report.get("teacher", {})
-    lines += ["", f"Teacher (the base model under the training context) refusal: {pct(teacher.get('refusal_rate'))}."]
+    answered_by = teacher.get("answered_by", "the base model under the training context")
+    lines += ["", f"Teacher ceiling ({answered_by}) refusal: {pct(teacher.get('refusal_rate'))}."]
     return lines
 
 
@@ -68,12 +70,15 @@ def write_model_card(
     summary: Mapping[str, Any],
     evaluation: Mapping[str, Any] | None = None,
     baseline: Mapping[str, Any] | None = None,
+    data_sets: Mapping[str, str] | None = None,
+    evaluation_sets: Mapping[str, str] | None = None,
 ) -> Path:
     """Write `output_dir/README.md` (replacing PEFT's template) and return its path.
 
     `config`: the resolved MSDConfig as a dict; `data`: the data arguments; `summary`: the run summary (rows per
     source/language, steps, wall time); `evaluation` / `baseline`: report dicts of `run_evaluation` after and before
-    training, when an evaluation was run.
+    training, when an evaluation was run. `data_sets` (source -> what it is) and `evaluation_sets` (set -> what it
+    is) name exactly the data the run trained and evaluated on; without them the card describes the default mix.
     """
     system_prompt = config.get("teacher_system_prompt") or "(none)"
     rows = summary.get("rows_by_source_language", {})
@@ -102,9 +107,9 @@ def write_model_card(
         f"- Teacher preset: `{config.get('teacher_preset')}`; template `{json.dumps(config.get('teacher_prompt_template'))}`; "
         f"system prompt: {json.dumps(system_prompt)}",
         f"- Rollouts: {config.get('max_new_tokens')} new tokens, temperature {config.get('temperature')}",
-        f"- Data: {summary.get('train_rows')} rows: {dict(rows)}; harmful languages `{data.get('languages')}`, MGSM "
-        f"`{data.get('benign_languages')}`, MultiQ `{data.get('multiq_languages')}`, benign share "
-        f"{data.get('benign_proportion')}, split seed {data.get('split_seed')} (held-out query ids never trained on)",
+        f"- Data: {summary.get('train_rows')} rows: {dict(rows)}; split by query id, test share "
+        f"{data.get('test_size')}, seed {data.get('split_seed')} (held-out query ids never trained on)",
+        *(f"  - `{name}`: {what}" for name, what in (data_sets or {}).items()),
         "",
     ]
     if evaluation is not None:
@@ -113,7 +118,9 @@ def write_model_card(
             "## Evaluation (held-out query ids)",
             "",
             f"Judge `{evaluation.get('judge')}`, greedy, {settings.get('limit') or 'all'} queries per language; refusal "
-            "on harmful MultiJail queries (higher is safer), over-refusal on benign questions (lower is better).",
+            "on harmful queries (higher is safer), over-refusal on benign questions (lower is better). Sets:",
+            "",
+            *(f"- `{name}`: {what}" for name, what in (evaluation_sets or {}).items()),
             "",
             *_evaluation_table(evaluation, baseline),
             "",
@@ -138,3 +145,44 @@ def write_model_card(
     path = Path(output_dir) / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def set_adapter_base_model(output_dir: str | Path, base_model: str) -> None:
+    """PEFT records in `adapter_config.json` where the weights were loaded from (for the embedded model, a local cache
+    path); name the model as a user loads it instead (a Hub id where one exists, else what the user passed)."""
+    path = Path(output_dir) / "adapter_config.json"
+    if path.is_file():
+        adapter_config = json.loads(path.read_text(encoding="utf-8"))
+        adapter_config["base_model_name_or_path"] = base_model
+        path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_trainer_card(trainer, data_args, model_args, output_dir: str | Path | None = None) -> Path:
+    """Our card for a finished trainer (what the example scripts call after `save_model`, replacing TRL's, which
+    names no base model for a model passed as an object), and the adapter's base model named as users load it."""
+    from collections import Counter
+    from dataclasses import asdict
+
+    output_dir = Path(output_dir or trainer.args.output_dir)
+    base_model = hub_id_of(model_args.model_name_or_path)
+    set_adapter_base_model(output_dir, base_model)
+    dataset = trainer.train_dataset
+    columns = getattr(dataset, "column_names", None) or []
+    counts = (
+        Counter(f"{row['source']}/{row['language']}" for row in dataset)
+        if {"source", "language"} <= set(columns)
+        else {}
+    )
+    summary = {
+        "global_step": trainer.state.global_step,
+        "train_rows": len(dataset) if hasattr(dataset, "__len__") else None,
+        "rows_by_source_language": dict(sorted(counts.items())),
+    }
+    return write_model_card(
+        output_dir,
+        base_model=base_model,
+        trainer=type(trainer).__name__,
+        config=json.loads(trainer.args.to_json_string()),
+        data=asdict(data_args),
+        summary=summary,
+    )

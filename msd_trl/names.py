@@ -2,11 +2,25 @@
 
 A leaf module: it imports nothing of ours, so data, rendering, evaluation and the CLI can all use it without
 depending on each other (rendering used to import the data package for one dict).
+
+Language names come from `langcodes` (IETF BCP-47 tags: `tl`, `fil`, `pt-BR`, `zh-Hant`), so a user's own language
+reaches the teacher as "Tagalog", never as a raw code; `LANGUAGE_NAMES` only keeps the corpora's own codes, among
+them MultiQ's `ind` (Indonesian, not a BCP-47 tag). A code langcodes cannot name is refused, not passed through.
 """
 
 from __future__ import annotations
 
-__all__ = ["LANGUAGE_NAMES", "MSD_COLUMNS", "TEACHER_COMPLETION_COLUMN"]
+from collections.abc import Iterable
+from functools import lru_cache
+
+__all__ = [
+    "LANGUAGE_NAMES",
+    "MSD_COLUMNS",
+    "TEACHER_COMPLETION_COLUMN",
+    "check_language_codes",
+    "language_name",
+    "unknown_language_codes",
+]
 
 LANGUAGE_NAMES: dict[str, str] = {
     "en": "English",
@@ -36,3 +50,58 @@ MSD_COLUMNS: tuple[str, ...] = ("id", "source", "language", "prompt", "teacher_p
 
 # The off-policy fixed completion (teacher text) column.
 TEACHER_COMPLETION_COLUMN = "teacher_completion"
+
+
+@lru_cache(maxsize=1024)
+def _langcodes_name(code: str) -> str | None:
+    import langcodes  # light, but only needed once a language is named
+
+    try:
+        # normalize=False keeps what the user wrote: "tl" is Tagalog (normalised, langcodes would say Filipino).
+        tag = langcodes.Language.get(code, normalize=False)
+    except (ValueError, LookupError):
+        return None
+    if not tag.is_valid() or tag.language is None:
+        return None
+    name = tag.display_name()
+    return None if "Unknown language" in name else name
+
+
+def language_name(code: str) -> str:
+    """The English name of a language code: the corpora's codes (`LANGUAGE_NAMES`), else any BCP-47 tag langcodes
+    can name (`"tl"` -> "Tagalog", `"pt-BR"` -> "Portuguese (Brazil)").
+
+    Raises:
+        ValueError: the code names no language (a typo, a made-up or private-use code), so no teacher is ever told
+            "Reply in xx".
+    """
+    if code in LANGUAGE_NAMES:
+        return LANGUAGE_NAMES[code]
+    name = _langcodes_name(code) if isinstance(code, str) and code.strip() else None
+    if name is None:
+        raise ValueError(
+            f"language {code!r} is not a language code msd_trl can name: use a BCP-47 code such as 'tl' (Tagalog), "
+            "'hr' (Croatian) or 'pt-BR'."
+        )
+    return name
+
+
+def unknown_language_codes(codes: Iterable[str]) -> list[str]:
+    """The codes of `codes` that `language_name` refuses, in order, once each."""
+    unknown = []
+    for code in dict.fromkeys(codes):
+        try:
+            language_name(code)
+        except ValueError:
+            unknown.append(code)
+    return unknown
+
+
+def check_language_codes(codes: Iterable[str], where: str) -> None:
+    """Refuse, naming every one, the codes of `codes` that name no language; `where` says where they came from."""
+    unknown = unknown_language_codes(codes)
+    if unknown:
+        raise ValueError(
+            f"{where}: language code(s) {unknown} name no language msd_trl knows; use BCP-47 codes such as 'tl' "
+            "(Tagalog), 'hr' (Croatian) or 'pt-BR'."
+        )

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .names import LANGUAGE_NAMES, TEACHER_COMPLETION_COLUMN
+from .names import TEACHER_COMPLETION_COLUMN, language_name
 from .presets import QUERY_TEMPLATE, UNKNOWN_LANGUAGE_NAME, TeacherContext, validate_teacher_template
 
 __all__ = [
@@ -94,9 +94,10 @@ def render_teacher_messages(
     student_text = message_text(student)
     if has_teacher_prompt:
         language = row.get("language") or ""
-        language_name = LANGUAGE_NAMES.get(language, language) or UNKNOWN_LANGUAGE_NAME
+        # A code langcodes cannot name is an error (never "Reply in xx."); no language at all has a neutral name.
+        name = language_name(language) if language else UNKNOWN_LANGUAGE_NAME
         user_turn = template.format(
-            prompt=student_text, teacher_prompt=message_text(row["teacher_prompt"]), language=language_name
+            prompt=student_text, teacher_prompt=message_text(row["teacher_prompt"]), language=name
         )
     else:
         user_turn = student_text

@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# OpenMP's spin-waiting makes torch many times slower when other processes share the cores.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 exec .venv/bin/msd-trl train --config examples/configs/quickstart.yaml "$@"

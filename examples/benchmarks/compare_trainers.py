@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": settings.model,
         "settings": {
             **asdict(settings),
+            # No machine's absolute path in a results file: relative to the output folder, or ~ for the home cache.
+            "model_path": _portable_path(settings.model_path, output_dir),
             "num_rows": settings.num_rows,
             "label": settings.label,
             "memory_bandwidth_gb_s": bandwidth,
@@ -311,6 +313,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (output_dir / "benchmark.md").write_text(markdown)
     print(markdown, flush=True)
     return report
+
+
+def _portable_path(path: str | Path, output_dir: Path) -> str:
+    """`path` as it can be written into a results file: relative to `output_dir` when inside it, with `~` for the home
+    folder, else as given (a Hub id stays a Hub id)."""
+    resolved, base = Path(path).expanduser().resolve(), Path(output_dir).resolve()
+    if resolved.is_relative_to(base):
+        return str(resolved.relative_to(base))
+    if resolved.is_relative_to(Path.home()):
+        return str(Path("~") / resolved.relative_to(Path.home()))
+    return str(path)
 
 
 def _read_saved_settings(work_dir: Path) -> tuple[dict[str, Any], float | None]:

@@ -330,13 +330,24 @@ def mix_harmful_and_benign(
     teacher_system_prompt: str | None = None,
     harmful_name: str = "harmful",
     teacher_context=None,
+    plan: dict | None = None,
 ) -> Dataset:
     """Filter by rendered prompt length (when `tokenizer` and `max_prompt_tokens` are given), then mix `harmful` rows
     with the benign sets: `benign_proportion` of the rows benign, split among the sets by `benign_shares` (equal by
-    default). A benign set left empty by the filter is dropped with a warning; an empty harmful set is an error."""
+    default). A benign set left empty by the filter is dropped with a warning; an empty harmful set is an error.
+    `plan` (a dict) receives, per set name, the rows per language before (`train_side`) and after the length filter
+    (`within_limit`)."""
     if not 0.0 <= benign_proportion < 1.0:
         raise ValueError(f"`benign_proportion` must be in [0, 1), got {benign_proportion!r}")
     corpora: dict[str, Dataset] = {harmful_name: harmful, **dict(benign)}
+
+    def record(stage: str) -> None:
+        if plan is not None:
+            for name, ds in corpora.items():
+                languages = ds["language"] if "language" in ds.column_names else ["?"] * len(ds)
+                plan.setdefault(name, {})[stage] = Counter(languages)
+
+    record("train_side")
     if tokenizer is not None and max_prompt_tokens is not None:
         corpora = {
             name: filter_by_length(
@@ -349,6 +360,7 @@ def mix_harmful_and_benign(
             )
             for name, ds in corpora.items()
         }
+        record("within_limit")
     limit_note = (
         f"max_prompt_tokens={max_prompt_tokens}, counted on the conversations as the trainer renders them when a "
         "teacher template is given"

@@ -50,6 +50,12 @@ def _percent(value: float | None) -> str:
     return format_percent(value, ".1%")
 
 
+def _teacher_label(report: dict[str, Any]) -> str:
+    """What the report's teacher numbers are: who answered the teacher prompts (the ceiling MSD distils)."""
+    answered_by = report["teacher"].get("answered_by", "the model under the teacher context")
+    return f"Teacher ceiling ({answered_by})"
+
+
 def _markdown(report: dict[str, Any], baseline: dict[str, Any] | None) -> str:
     languages = list(dict.fromkeys([*report["languages"], *report["benign"]]))
     header = ["language", "n (harmful)", "refusal", "ASR", "n (benign)", "over-refusal"]
@@ -62,14 +68,14 @@ def _markdown(report: dict[str, Any], baseline: dict[str, Any] | None) -> str:
         f"- Model: `{report['model']}`",
         f"- Adapter: `{report['adapter']}`" if report.get("adapter") else "- Adapter: none",
         f"- Judge: `{report['judge']}`",
-        "- Teacher ceiling (the teacher's privileged context): "
-        f"refusal {_percent(report['teacher']['refusal_rate'])} (n={report['teacher']['n']})",
+        f"- {_teacher_label(report)}: refusal {_percent(report['teacher']['refusal_rate'])} "
+        f"(n={report['teacher']['n']})",
     ]
     if baseline is not None:
+        # The teacher is stated once, above: the baseline's own teacher line would be a second number for it.
         lines.append(
             f"- Baseline: `{baseline.get('model')}`"
             + (f" + `{baseline['adapter']}`" if baseline.get("adapter") else "")
-            + f", teacher ceiling {_percent(baseline.get('teacher', {}).get('refusal_rate'))}"
         )
     lines += [
         "",
@@ -135,7 +141,7 @@ def _detail_markdown(report: dict[str, Any], baseline: dict[str, Any] | None) ->
     teacher = report["teacher"]
     if teacher.get("refusal_rate_ci"):
         low, high = teacher["refusal_rate_ci"]
-        lines += ["", f"Teacher: refusal {_percent(teacher['refusal_rate'])} [{low:.0%}, {high:.0%}] (n={teacher['n']}), "
+        lines += ["", f"{_teacher_label(report)}: refusal {_percent(teacher['refusal_rate'])} [{low:.0%}, {high:.0%}] (n={teacher['n']}), "
                   f"answers in the query's language {_percent(teacher.get('language_fidelity'))}."]  # fmt: skip
         for name, entry in teacher.get("benign", {}).items():
             lines.append(f"Teacher over-refusal on {name}: {_percent(entry['over_refusal_rate'])} (n={entry['n']}).")
@@ -175,15 +181,9 @@ def _plot(report: dict[str, Any], baseline: dict[str, Any] | None, path: Path) -
         else:
             axes.bar(positions, after, 0.6, label="model", color="tab:blue")
         if section == "languages":
+            # One teacher line: the report's teacher (for an adapter, the base model's answers; see run_evaluation).
             axes.axhline(_or_nan(report["teacher"]["refusal_rate"]), color="tab:green", linestyle="--",
                          label="teacher ceiling")  # fmt: skip
-            if baseline is not None and "teacher" in baseline:
-                axes.axhline(
-                    baseline["teacher"]["refusal_rate"],
-                    color="tab:olive",
-                    linestyle=":",
-                    label="teacher ceiling (baseline)",
-                )
         axes.set_xticks(positions, languages)
         axes.set_ylim(0, 1.05)
         axes.set_xlabel("language")

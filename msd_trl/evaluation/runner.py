@@ -64,10 +64,10 @@ def evaluate(
     answer_language: bool = True,
     utility_max_new_tokens: int | None = None,
     include_student: bool = True,
+    include_teacher: bool = True,
     partial_path: str | Path | None = None,
     progress: bool = True,
     benign_teacher_preset: str | None = None,
-    include_teacher: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Measure refusal on harmful rows, over-refusal on benign rows, answer language, and the teacher ceiling.
 
@@ -97,10 +97,11 @@ def evaluate(
             this budget (no character cap) and scored by numeric exact match: ``report["utility"]``.
         partial_path: a JSON-lines file where every answer is saved as soon as its batch is done; answers already
             in it (same prompt, kind, budget) are not generated again, so an interrupted evaluation resumes.
-        include_teacher: ``False`` skips the teacher prompts (e.g. checkpoints of one run, whose teacher is the base
-            model measured once); the teacher section then has ``n = 0`` and rate ``None``.
         include_student: ``False`` answers only the teacher prompts (e.g. the ceiling of another teacher preset on
             the same base model); the student sections then have ``n = 0`` and rate ``None``.
+        include_teacher: ``False`` answers no teacher prompt (``teacher`` has ``n = 0``, rate ``None``);
+            ``run_evaluation`` does so for an adapter, whose teacher is the base model, answered before the adapter
+            is applied, and when asked (e.g. checkpoints of one run, whose teacher was measured once).
         model_name / adapter: recorded in the report; ``model_name`` defaults to ``model.name_or_path``.
         benign_teacher_preset: the teacher context of benign rows when training used one per row kind
             (``MSDConfig.benign_teacher_preset``): the teacher answers benign sets under that preset.
@@ -200,27 +201,63 @@ def evaluate(
     return report, records
 
 
-def _user_evaluation_data(harmful_dataset, benign_dataset, languages):
+def _marked(rows, harmful: bool) -> list[str]:
+    """Ids of `rows` whose `harmful` column says `harmful` (none without the column)."""
+    if "harmful" not in rows.column_names:
+        return []
+    return sorted({str(i) for i, flag in zip(rows["id"], rows["harmful"]) if bool(flag) == harmful})
+
+
+def _user_evaluation_data(harmful_dataset, benign_dataset, languages, *, split: str, test_size, seed):
+    """The user's harmful (and benign) rows, split by id over each whole file exactly as training splits them.
+
+    The `harmful` column is honoured: a harmful set holding rows marked benign is refused naming them, unless the
+    benign set is the same file, which is then divided by its column (what `msd-trl train --eval_after` does for a
+    file holding both kinds)."""
     from ..corpora import load_dataset_rows
 
-    harmful = load_dataset_rows(harmful_dataset, languages=list(languages), harmful=True)
-    if "teacher_prompt" not in harmful.column_names:
+    split_kwargs = dict(id_split=None if split == "all" else split, test_size=test_size, seed=seed)
+    languages = None if languages is None else list(languages)  # None: every language the file holds
+    same_file = benign_dataset is not None and str(benign_dataset) == str(harmful_dataset)
+    harmful = load_dataset_rows(
+        harmful_dataset, languages=languages, harmful=True, **split_kwargs,
+        required={"teacher_prompt": "the English query, which the teacher ceiling needs (harmful set)"},
+    )  # fmt: skip
+    benign_ids = _marked(harmful, False)
+    if benign_ids and not same_file:
         raise ValueError(
-            f"harmful_dataset={str(harmful_dataset)!r} has no 'teacher_prompt' (English query) column: the teacher "
-            "ceiling needs it"
-        )
-    present = list(dict.fromkeys(harmful["language"])) if "language" in harmful.column_names else []
-    missing = [code for code in languages if code not in present]
-    if missing:
-        raise ValueError(
-            f"harmful_dataset={str(harmful_dataset)!r} has no rows for languages {missing}; it has {present}"
+            f"harmful_dataset={str(harmful_dataset)!r} holds rows marked benign (harmful=false), ids {benign_ids[:10]}"
+            f"{' ...' if len(benign_ids) > 10 else ''}: their refusals would count as safe. Pass the same file as "
+            "--benign_dataset to evaluate them as benign, or remove them."
         )
     benign, benign_by_set = {}, {}
     if benign_dataset is not None:
-        rows = load_dataset_rows(benign_dataset, harmful=False)
+        if same_file:
+            rows = harmful.filter(lambda row: not row["harmful"])
+            harmful = harmful.filter(lambda row: row["harmful"])
+        else:
+            rows = load_dataset_rows(benign_dataset, harmful=False, **split_kwargs)
+            marked = _marked(rows, True)
+            if marked:
+                raise ValueError(
+                    f"benign_dataset={str(benign_dataset)!r} holds rows marked harmful, ids {marked[:10]}: their "
+                    "refusals would count as over-refusal. Move them to --harmful_dataset or fix their 'harmful' value."
+                )
         benign["benign"] = rows
         benign_by_set["benign"] = list(dict.fromkeys(rows["language"])) if "language" in rows.column_names else []
-    return harmful, benign, benign_by_set
+    for name, rows in list(benign.items()):
+        if len(rows) == 0:  # a small file whose held-out ids are all harmful
+            logger.warning("benign set %s has no rows on the %r side of the split: over-refusal is not measured",
+                           benign_dataset, split)  # fmt: skip
+            del benign[name], benign_by_set[name]
+    present = list(dict.fromkeys(harmful["language"])) if "language" in harmful.column_names else []
+    missing = [code for code in languages or present if code not in present]
+    if missing or not present:
+        raise ValueError(
+            f"harmful_dataset={str(harmful_dataset)!r} has no harmful rows for languages {missing or languages}; it "
+            f"has {present}"
+        )
+    return harmful, benign, benign_by_set, languages or present
 
 
 def _check_writable(output_dir: Path) -> None:
@@ -242,7 +279,7 @@ def run_evaluation(
     model_name_or_path: str | None = None,
     *,
     adapter: str | None = None,
-    languages: Sequence[str] = ("jv", "sw", "bn"),
+    languages: Sequence[str] | None = ("jv", "sw", "bn"),
     benign_languages: Sequence[str] = ("sw", "bn", "th"),
     split: str = "test",
     test_size: float = 0.2,
@@ -291,7 +328,9 @@ def run_evaluation(
       ``judge="keyword"`` (see :func:`get_judge`). ``utility_max_new_tokens`` (e.g. 256) adds MGSM accuracy.
     - ``harmful_dataset`` / ``benign_dataset``: your own data instead of MultiJail / MGSM + MultiQ (a Hub name or a
       CSV / JSON(L) / Parquet path, long or wide shape, see ``corpora.load_dataset_rows``; ``languages`` picks wide
-      columns, or filters long rows when they carry a ``language``), split by id like MultiJail.
+      columns, or filters long rows when they carry a ``language``; ``languages=None``: every language the file
+      holds), split by id over each whole file as training splits it. The ``harmful`` column is honoured; without a
+      ``benign_dataset`` the benign set is MultiQ in the languages it has (``multiq_languages``), said in the log.
     - ``teacher_preset="paper"``: the teacher's privileged context (``msd_trl.presets``);
       ``teacher_system_prompt`` / ``teacher_prompt_template`` override its parts; ``benign_teacher_preset`` is the
       benign rows' context of a run trained with one per row kind. Pass what the model was trained with.
@@ -306,15 +345,17 @@ def run_evaluation(
 
     Returns the report (also written to ``output_dir/report.json``).
     """
-    from ..data import load_mgsm, load_multijail, load_multiq, split_by_id, split_by_id_parity
+    from ..data import MULTIQ_LANGUAGES, load_mgsm, load_multijail, load_multiq, split_by_id, split_by_id_parity
     from ..models import EMBEDDED_MODEL, load_model, load_tokenizer
 
     if split not in ("test", "train", "all"):
         raise ValueError(f"split must be 'test', 'train' or 'all', got {split!r}")
     check_thread_count(generation_threads, "generation_threads")  # before any model is loaded
     _check_writable(Path(output_dir))  # before any model is loaded or any answer generated
-    if not languages:
+    if languages is not None and not languages:
         raise ValueError(f"languages must name at least one language, got {languages!r}")
+    if languages is None and harmful_dataset is None:
+        languages = ("jv", "sw", "bn")
     baseline = None
     if baseline_report is not None:
         baseline = (
@@ -330,38 +371,82 @@ def run_evaluation(
     if teacher_system_prompt is None:
         teacher_system_prompt = preset.system_prompt or ""
 
-    unknown = sorted({*languages, *(benign_languages or []), *(multiq_languages or [])} - set(REFUSAL_PHRASES))
-    if unknown and isinstance(judge, KeywordRefusalJudge):
-        logger.warning(
-            "the keyword judge has no refusal phrases for %s: refusals there are only seen in English (or another "
-            "known language); pass a ClassifierJudge or KeywordRefusalJudge(extra_phrases=...) to cover them", unknown
-        )  # fmt: skip
     data_dir = Path(data_dir) if data_dir is not None else None
     benign: dict[str, Any] = {}
     benign_by_set: dict[str, list[str]] = {}
     if harmful_dataset is not None:
-        harmful, benign, benign_by_set = _user_evaluation_data(harmful_dataset, benign_dataset, languages)
-        benign_languages = multiq_languages = []  # the user's benign set replaces MGSM and MultiQ
+        # The user's rows come split by id already (over each whole file, as training splits them).
+        harmful, benign, benign_by_set, languages = _user_evaluation_data(
+            harmful_dataset, benign_dataset, languages, split=split, test_size=test_size, seed=seed
+        )
+        benign_languages = []  # MGSM is MultiJail's companion, not a user's
+        if benign_dataset is not None:
+            multiq_languages = []  # the user's benign set replaces MultiQ
+        else:
+            # MultiQ stays the benign default (said in the report's settings), in the languages it has.
+            requested = list(languages) if multiq_languages is None else list(multiq_languages)
+            multiq_languages = [code for code in requested if code in MULTIQ_LANGUAGES]
+            if len(multiq_languages) < len(requested):
+                logger.warning(
+                    "benign set: MultiQ (the default; pass benign_dataset for yours) has no questions in %s: "
+                    "over-refusal is not measured there",
+                    [code for code in requested if code not in MULTIQ_LANGUAGES],
+                )
     else:
         harmful = load_multijail(data_dir / "multijail" if data_dir else None, languages=list(languages))
     if benign_languages:
         benign["mgsm"] = load_mgsm(data_dir / "mgsm" if data_dir else None, languages=list(benign_languages))
         benign_by_set["mgsm"] = list(benign_languages)
     multiq_languages = list(languages) if multiq_languages is None else list(multiq_languages)
-    if multiq_languages and harmful_dataset is None:
+    if multiq_languages:
         benign["multiq"] = load_multiq(data_dir / "multiq" if data_dir else None, languages=multiq_languages)
         benign_by_set["multiq"] = multiq_languages
     if split != "all":
-        harmful = split_by_id(harmful, test_size=test_size, seed=seed)[split]
-        for name in list(benign):
+        if harmful_dataset is None:
+            harmful = split_by_id(harmful, test_size=test_size, seed=seed)[split]
+        for name in [name for name in benign if name in ("mgsm", "multiq")]:
             splitter = split_by_id_parity if name == "multiq" else partial(split_by_id, test_size=test_size, seed=seed)
             benign[name] = splitter(benign[name])[split]
 
+    unknown = sorted({*languages, *(benign_languages or []), *(multiq_languages or [])} - set(REFUSAL_PHRASES))
+    if unknown and isinstance(judge, KeywordRefusalJudge):
+        logger.warning(
+            "the keyword judge has no refusal phrases for %s: refusals there are only seen in English (or another "
+            "known language); pass a ClassifierJudge or KeywordRefusalJudge(extra_phrases=...) to cover them", unknown
+        )  # fmt: skip
     tokenizer = load_tokenizer(model_name_or_path)
     model = load_model(model_name_or_path, dtype=dtype, load_in_4bit=load_in_4bit)
+    common = dict(
+        harmful=harmful,
+        benign=benign or None,
+        languages=languages,
+        benign_languages=benign_by_set,
+        judge=judge,
+        teacher_system_prompt=teacher_system_prompt,
+        teacher_prompt_template=teacher_prompt_template,
+        max_new_tokens=max_new_tokens,
+        budget_per_language=budget_per_language,
+        max_budget_tokens=max_budget_tokens,
+        max_chars=max_chars,
+        utility_max_new_tokens=utility_max_new_tokens,
+        partial_path=Path(output_dir) / "responses.partial.jsonl",
+        batch_size=batch_size,
+        limit=limit,
+        model_name=str(model_name_or_path) if model_name_or_path is not None else EMBEDDED_MODEL,
+        adapter=str(adapter) if adapter is not None else None,
+        progress=progress,
+        benign_teacher_preset=benign_teacher_preset,
+    )
+    teacher_report = teacher_records = None
     if adapter is not None:
         from peft import PeftModel
 
+        # MSD's teacher is the base model (under (Q)LoRA the adapter is disabled), so an adapter's report gives the
+        # base model's answers under the teacher context: one teacher number for the base and the adapter runs,
+        # answered before the adapter is applied.
+        if include_teacher:
+            with decode_threads(model, generation_threads):
+                teacher_report, teacher_records = evaluate(model, tokenizer, include_student=False, **common)
         with warnings.catch_warnings():  # transformers' deprecation notice from inside PEFT, not about this run
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = PeftModel.from_pretrained(model, str(adapter))
@@ -372,28 +457,21 @@ def run_evaluation(
         report, records = evaluate(
             model,
             tokenizer,
-            harmful=harmful,
-            benign=benign or None,
-            languages=languages,
-            benign_languages=benign_by_set,
-            judge=judge,
-            teacher_system_prompt=teacher_system_prompt,
-            teacher_prompt_template=teacher_prompt_template,
-            max_new_tokens=max_new_tokens,
-            budget_per_language=budget_per_language,
-            max_budget_tokens=max_budget_tokens,
-            max_chars=max_chars,
-            utility_max_new_tokens=utility_max_new_tokens,
             include_student=include_student,
-            partial_path=Path(output_dir) / "responses.partial.jsonl",
-            batch_size=batch_size,
-            limit=limit,
-            model_name=str(model_name_or_path) if model_name_or_path is not None else EMBEDDED_MODEL,
-            adapter=str(adapter) if adapter is not None else None,
-            progress=progress,
-            benign_teacher_preset=benign_teacher_preset,
-            include_teacher=include_teacher,
+            include_teacher=include_teacher and adapter is None,
+            **common,
         )
+    if teacher_report is not None:
+        report["teacher"] = teacher_report["teacher"]
+        records = records + teacher_records
+        report["summary"] = summary({key: report[key] for key in ("languages", "benign_sets", "teacher")})
+    report["teacher"]["answered_by"] = (
+        None
+        if not include_teacher
+        else "the base model, adapter not applied, under the teacher context"
+        if adapter is not None
+        else "the evaluated model under the teacher context"
+    )
     report["settings"].update(
         split=split,
         test_size=test_size,
