@@ -140,7 +140,9 @@ class MSDConfig(GKDConfig):
         Longest tokenised prompt (student or teacher, chat template included). Longer prompts are handled by
         `prompt_truncation`. Completion tokens are never truncated by this limit.
     prompt_truncation (`str`, defaults to `"left"`):
-        `"left"`: keep the last `max_prompt_length` tokens and log a warning with the row's id; `"error"`: raise.
+        `"left"`: shorten the start of the query text (the row's `prompt` / `teacher_prompt`, or the last user turn
+        of `messages`), never the system prompt, the teacher template or earlier turns, and log a warning with the
+        row's id; a row that cannot fit that way is a `ValueError`. `"error"`: raise for every long row.
     """
 
     # --- teacher ---
@@ -245,7 +247,10 @@ class MSDConfig(GKDConfig):
     )
     prompt_truncation: str = field(
         default="left",
-        metadata={"help": "'left': keep the last max_prompt_length tokens and log it; 'error': raise."},
+        metadata={
+            "help": "'left': shorten the start of the query text (never the system prompt, template or earlier "
+            "turns) and log it; 'error': raise."
+        },
     )
     # --- GKD / TRL defaults that MSD changes ---
     lmbda: float = field(

@@ -69,7 +69,7 @@ def test_train_writes_adapter_config_and_summary(model_dir, tmp_path, trainer, t
     assert resolved["training"]["teacher_system_prompt"] == (preset.system_prompt or "")
     if trainer == "off-policy":
         lines = (out / "teacher_completions.jsonl").read_text(encoding="utf-8").splitlines()
-        assert len(lines) == 1 + 8 and json.loads(lines[0])["fingerprint"]["model"] == str(model_dir)
+        assert len(lines) == 1 + 8 and json.loads(lines[0])["fingerprint"]["teacher"] == str(model_dir)
 
 
 def test_train_with_a_teacher_preset_and_multiq_rows(model_dir, tmp_path):

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from accelerate.utils import is_peft_model
+from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -66,6 +66,7 @@ from ..config import (
 )
 from ..decoding import check_adapter_mergeable, decode_threads, merged_adapter
 from ..divergences import DPSW
+from ..fingerprint import teacher_fingerprint
 from ..models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
 from ..names import TEACHER_COMPLETION_COLUMN
 from ..rendering import TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS, MSDDataCollator, stop_token_ids
@@ -287,6 +288,24 @@ class MSDTrainer(SFTTrainer):
             self.teacher_model = prepare_deepspeed(teacher_model, self.accelerator)
         else:
             self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+
+    def teacher_identity(self, **settings: Any) -> dict[str, Any]:
+        """The teacher's fingerprint (`msd_trl.fingerprint.teacher_fingerprint`: config, weight and adapter digests,
+        tokenizer) with `settings` added. Computed once per trainer, before any training step (the teacher is frozen,
+        and the self-teacher under PEFT is the base with its adapter disabled); keys the top-K cache and checkpoints.
+        """
+        if getattr(self, "_teacher_identity", None) is None:
+            if self.teacher_model is None:  # the PEFT self-teacher: the adapter-disabled base
+                module, adapter_disabled = self.accelerator.unwrap_model(self.model), True
+            else:
+                module, adapter_disabled = self.accelerator.unwrap_model(self.teacher_model), False
+            identity = [teacher_fingerprint(module, self._tokenizer, adapter_disabled=adapter_disabled)]
+            if self.accelerator.num_processes > 1:
+                # Sharded weights (FSDP, ZeRO-3) digest differently on each process: every process takes process
+                # 0's, which is the one a checkpoint records.
+                broadcast_object_list(identity, from_process=0)
+            self._teacher_identity = identity[0]
+        return {**self._teacher_identity, **settings}
 
     @staticmethod
     def _forward_signature(model) -> list[str]:
