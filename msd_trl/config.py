@@ -32,7 +32,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"You are importing from 'trl\.experimental'")
     from trl.experimental.gkd import GKDConfig
 
-from .divergences import DPSW, Divergence, available_divergences, get_divergence
+from .divergences import DPSW, MIN_DIVERGENCE_TEMPERATURE, Divergence, available_divergences, get_divergence
 from .presets import (
     DEFAULT_TEACHER_PRESET,
     TEACHER_PRESETS,
@@ -98,7 +98,7 @@ class MSDConfig(GKDConfig):
         Normalise DPSW weights to mean 1 over the valid tokens of each micro-batch.
     divergence_temperature (`float`, defaults to `1.0`):
         Both logit sets are divided by it inside the divergence (GKD's loss also uses 1.0; `temperature` is the
-        sampling temperature).
+        sampling temperature). At least `1e-3`: below it the scaled logits overflow and the loss grows as `1 / T`.
 
     loss_chunk_size (`int` or `None`, defaults to `None`):
         Compute the loss over chunks of this many completion positions from the models' last hidden states, with
@@ -314,10 +314,14 @@ class MSDConfig(GKDConfig):
             bad("dpsw_top_k", "must be an integer >= 2.")
         if not 0.0 <= self.dpsw_min_weight <= 1.0:
             bad("dpsw_min_weight", "must be in [0, 1].")
-        if not 0 < self.divergence_temperature < float("inf"):
-            bad("divergence_temperature", "must be a finite number > 0.")
-        if not self.temperature > 0:
-            bad("temperature", "the sampling temperature must be > 0.")
+        if not MIN_DIVERGENCE_TEMPERATURE <= self.divergence_temperature < float("inf"):
+            bad(
+                "divergence_temperature",
+                f"must be >= {MIN_DIVERGENCE_TEMPERATURE} and finite (below it logits / T overflow and the loss "
+                "grows as 1 / T: the run would fail later with non-finite logits).",
+            )
+        if not 0 < self.temperature < float("inf"):
+            bad("temperature", "the sampling temperature must be a finite number > 0.")
         if not 0.0 < self.top_p <= 1.0:
             bad("top_p", "must be in (0, 1].")
         if self.top_k < 0:

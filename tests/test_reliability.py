@@ -342,6 +342,69 @@ def test_teacher_text_settings_are_never_replaced(tmp_path, tiny_tokenizer, msd_
     assert calls == []
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "temperature",
+            float("inf"),
+            r"MSDConfig.temperature=inf is invalid: the sampling temperature must be a finite",
+        ),
+        ("temperature", float("nan"), r"MSDConfig.temperature=nan is invalid"),
+        ("divergence_temperature", 1e-38, r"MSDConfig.divergence_temperature=1e-38 is invalid: must be >= 0.001"),
+    ],
+)
+def test_config_refuses_temperatures_that_break_training(tmp_path, field, value, message):
+    # Before: temperature=inf trained; divergence_temperature=1e-38 failed later with an error blaming the logits.
+    with pytest.raises(ValueError, match=message):
+        MSDConfig(output_dir=str(tmp_path), report_to="none", **{field: value})
+
+
+# -------------------------------------------------------------------- item 9: -inf logits in the pure functions
+
+
+def test_the_exported_pure_functions_handle_minus_inf_logits():
+    from msd_trl.divergences import (
+        forward_kl,
+        generalized_jsd,
+        reverse_kl,
+        student_disagreement_view,
+        teacher_confidence_view,
+    )
+
+    student = torch.tensor([[[2.0, 0.5, float("-inf"), float("-inf")], [float("-inf")] * 4]])  # [1, 2, 4]
+    teacher = torch.tensor([[[1.0, float("-inf"), 0.3, float("-inf")], [0.0, 1.0, 2.0, 3.0]]])
+    outputs = {
+        "forward_kl": forward_kl(student, teacher),
+        "reverse_kl": reverse_kl(student, teacher),
+        "generalized_jsd": generalized_jsd(student, teacher, beta=0.5),
+        "teacher_confidence_view": teacher_confidence_view(teacher, top_k=4),
+        "student_disagreement_view": student_disagreement_view(student, teacher),
+    }
+    # Before: NaN or inf from 0 * log 0 and -inf - -inf (the Divergence classes already handled it).
+    for name, value in outputs.items():
+        assert torch.isfinite(value).all(), (name, value)
+    # A vocabulary entry of -inf is what a large negative logit approaches: the same values as -1e4 there.
+    finite = lambda t: t.masked_fill(t == float("-inf"), -1e4)  # noqa: E731
+    torch.testing.assert_close(reverse_kl(student, teacher), reverse_kl(finite(student), finite(teacher)))
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.01])
+def test_fp16_logits_with_minus_inf_and_a_low_temperature_give_a_finite_loss(temperature):
+    from msd_trl.divergences import DPSW, ReverseKL
+
+    torch.manual_seed(0)
+    student = torch.randn(2, 3, 8).half()
+    teacher = torch.randn(2, 3, 8).half()
+    student[..., 5:] = float("-inf")
+    teacher[..., :2] = float("-inf")
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    mask = torch.ones(2, 3, dtype=torch.long)
+    # Before: -1e4 / 0.1 overflowed float16 to -inf again: NaN loss and NaN DPSW weights.
+    output = DPSW(ReverseKL(temperature=temperature)).compute(student, teacher, ids, mask)
+    assert torch.isfinite(output.loss) and torch.isfinite(output.weights).all()
+
+
 # -------------------------------------------------------------------- fault: a kill during teacher-text generation
 
 
