@@ -6,6 +6,9 @@ resume), on tiny models built in the test. docs/reliability.md lists each with i
 
 from __future__ import annotations
 
+import errno
+import logging
+
 import pytest
 import torch
 from conftest import make_model
@@ -123,22 +126,14 @@ def _lora_weights(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if "lora_" in k}
 
 
-def _resume_trainer(output_dir, tokenizer, dataset, callbacks=None):
+def _resume_trainer(output_dir, tokenizer, dataset, callbacks=None, **overrides):
+    values = dict(output_dir=str(output_dir), report_to="none", per_device_train_batch_size=2, max_steps=4,
+                  max_new_tokens=4, learning_rate=5e-2, save_strategy="steps", save_steps=2, logging_steps=1, seed=0,
+                  teacher_preset="english_refusal")  # fmt: skip
+    values.update(overrides)
     return OnPolicyMSDTrainer(
         model=make_model(tokenizer),
-        args=MSDConfig(
-            output_dir=str(output_dir),
-            report_to="none",
-            per_device_train_batch_size=2,
-            max_steps=4,
-            max_new_tokens=4,
-            learning_rate=5e-2,
-            save_strategy="steps",
-            save_steps=2,
-            logging_steps=1,
-            seed=0,
-            teacher_preset="english_refusal",
-        ),  # fmt: skip
+        args=MSDConfig(**values),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=LoraConfig(r=2, target_modules="all-linear"),
@@ -403,6 +398,94 @@ def test_fp16_logits_with_minus_inf_and_a_low_temperature_give_a_finite_loss(tem
     # Before: -1e4 / 0.1 overflowed float16 to -inf again: NaN loss and NaN DPSW weights.
     output = DPSW(ReverseKL(temperature=temperature)).compute(student, teacher, ids, mask)
     assert torch.isfinite(output.loss) and torch.isfinite(output.weights).all()
+
+
+# -------------------------------------------------------------------- items 10-12: runs and checkpoints
+
+
+def _checkpoints(output_dir) -> list[str]:
+    return sorted(path.name for path in output_dir.glob("checkpoint-*"))
+
+
+def test_a_second_run_into_a_dir_with_checkpoints_is_refused(tmp_path, tiny_tokenizer, msd_rows):
+    output_dir = tmp_path / "run"
+    _resume_trainer(output_dir, tiny_tokenizer, msd_rows, max_steps=2).train()
+    saved = (output_dir / "checkpoint-2" / "adapter_model.safetensors").read_bytes()
+    again = _resume_trainer(output_dir, tiny_tokenizer, msd_rows, max_steps=2, seed=1)
+    # Before: the second run wrote over checkpoint-2 without a word.
+    message = (
+        rf"output_dir '{output_dir}' already holds checkpoints of an earlier run \(checkpoint-2\).*"
+        r"resume_from_checkpoint=True.*--resume_from_checkpoint .*checkpoint-2.*another output_dir"
+    )
+    with pytest.raises(ValueError, match=message):
+        again.train()
+    assert (output_dir / "checkpoint-2" / "adapter_model.safetensors").read_bytes() == saved
+
+
+def test_a_resume_with_a_changed_config_names_the_fields(tmp_path, tiny_tokenizer, msd_rows, caplog):
+    output_dir = tmp_path / "run"
+    _resume_trainer(output_dir, tiny_tokenizer, msd_rows, max_steps=2).train()
+    assert (output_dir / "checkpoint-2" / "msd_config.json").exists()
+    changed = _resume_trainer(output_dir, tiny_tokenizer, msd_rows, max_steps=4, teacher_preset="paper",
+                              divergence="reverse_kl", learning_rate=1e-3)  # fmt: skip
+    # Before: accepted silently, and the checkpoint's learning-rate schedule replaced the requested one.
+    with pytest.raises(ValueError) as error:
+        changed.train(resume_from_checkpoint=True)
+    text = str(error.value)
+    assert "must match" in text and "checkpoint-2" in text
+    for field in ("teacher_preset: checkpoint 'english_refusal', now 'paper'", "divergence: checkpoint 'dpsw', now "
+                  "'reverse_kl'", "learning_rate: checkpoint 0.05, now 0.001"):  # fmt: skip
+        assert field in text
+    # Another teacher (weights) must match too.
+    other_teacher = _resume_trainer(output_dir, tiny_tokenizer, msd_rows, max_steps=4)
+    other_teacher.model.base_model.model.lm_head.weight.data.add_(0.5)
+    with pytest.raises(ValueError, match="teacher_weights: checkpoint"):
+        other_teacher.train(resume_from_checkpoint=True)
+    # A setting that takes effect from the resumed step on is a warning, and the run resumes.
+    warned = _resume_trainer(output_dir, tiny_tokenizer, msd_rows, max_steps=3, max_grad_norm=0.5)
+    with caplog.at_level(logging.WARNING, logger="msd_trl.trainer"):
+        warned.train(resume_from_checkpoint=True)
+    assert warned.state.global_step == 3
+    assert "max_grad_norm: checkpoint 1.0, now 0.5" in caplog.text and "max_steps: checkpoint 2, now 3" in caplog.text
+
+
+class _FullDisk:
+    """A `torch.save` that writes a few bytes of the optimizer state of one checkpoint, then fails as a full disk."""
+
+    def __init__(self, checkpoint: str):
+        self.checkpoint, self.real = checkpoint, torch.save
+
+    def __call__(self, obj, target, *args, **kwargs):
+        target_path = str(target)
+        if self.checkpoint in target_path and target_path.endswith("optimizer.pt"):
+            with open(target_path, "wb") as handle:
+                handle.write(b"PK\x03\x04partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.real(obj, target, *args, **kwargs)
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_skipped_on_resume(
+    tmp_path, tiny_tokenizer, msd_rows, caplog, monkeypatch
+):
+    output_dir = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", _FullDisk("checkpoint-4"))
+    with pytest.raises(OSError, match=r"saving checkpoint .*checkpoint-4 failed: No space left on device.*incomplete"):
+        _resume_trainer(output_dir, tiny_tokenizer, msd_rows, max_steps=6).train()
+    monkeypatch.undo()
+    assert _checkpoints(output_dir) == ["checkpoint-2", "checkpoint-4"]
+    assert not (output_dir / "checkpoint-4" / "trainer_state.json").exists()
+    # Naming the incomplete checkpoint is refused with the way out.
+    with pytest.raises(ValueError, match=r"checkpoint-4 is incomplete \(no trainer_state.json.*checkpoint-2"):
+        _resume_trainer(output_dir, tiny_tokenizer, msd_rows, max_steps=6).train(
+            resume_from_checkpoint=str(output_dir / "checkpoint-4")
+        )
+    # Before: resume_from_checkpoint=True picked checkpoint-4 and crashed loading its 12-byte optimizer.
+    resumed = _resume_trainer(output_dir, tiny_tokenizer, msd_rows, max_steps=6)
+    with caplog.at_level(logging.WARNING, logger="msd_trl.trainer"):
+        resumed.train(resume_from_checkpoint=True)
+    assert "checkpoint-4 is incomplete" in caplog.text and "resuming from" in caplog.text
+    assert resumed.state.global_step == 6
+    assert (output_dir / "checkpoint-4" / "trainer_state.json").exists()  # written again, complete this time
 
 
 # -------------------------------------------------------------------- fault: a kill during teacher-text generation
