@@ -488,6 +488,21 @@ def test_a_full_disk_during_a_checkpoint_save_is_skipped_on_resume(
     assert (output_dir / "checkpoint-4" / "trainer_state.json").exists()  # written again, complete this time
 
 
+# -------------------------------------------------------------------- item 13: the classifier judge's path
+
+
+def test_a_classifier_judge_with_a_missing_path_names_the_path(tmp_path):
+    from msd_trl.evaluation.judges import get_judge
+
+    # Before: the Hub's "Repo id must be in the form 'repo_name' or 'namespace/repo_name'".
+    with pytest.raises(ValueError, match=r"--judge classifier:/nonexistent/path: no such folder"):
+        get_judge("classifier:/nonexistent/path")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=rf"--judge classifier:{empty}: could not load a classifier"):
+        get_judge(f"classifier:{empty}")
+
+
 # -------------------------------------------------------------------- fault: a kill during teacher-text generation
 
 
