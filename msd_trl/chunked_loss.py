@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .divergences import Divergence, DivergenceOutput, _finite_logits
+from .divergences import Divergence, DivergenceOutput, _scaled_logits
 
 __all__ = ["ChunkedOutput", "check_output_head", "chunked_divergence"]
 
@@ -66,11 +66,9 @@ def chunked_divergence(
 
     def chunk_terms(hidden: torch.Tensor, positions: slice):
         mask = completion_mask[:, positions]
-        student_logits = _finite_logits(project_student(hidden), mask)  # [B, c, V]
+        student_logits = _scaled_logits(project_student(hidden), mask, temperature)  # [B, c, V]
         with torch.no_grad():
-            teacher_logits = _finite_logits(project_teacher(positions).detach(), mask)  # [B, c, V]
-        if temperature != 1.0:
-            student_logits, teacher_logits = student_logits / temperature, teacher_logits / temperature
+            teacher_logits = _scaled_logits(project_teacher(positions).detach(), mask, temperature)  # [B, c, V]
         ids = completion_ids[:, positions]
         per_token = divergence.per_token(student_logits, teacher_logits, ids)  # [B, c]
         with torch.no_grad():

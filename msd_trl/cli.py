@@ -241,6 +241,7 @@ def train(argv: list[str]) -> dict[str, Any]:
     from trl import get_peft_config
 
     from . import models
+    from .checkpoints import resolve_resume_checkpoint
     from .trainer import TRAINERS
 
     data_args, config, model_args = build_train_parser().parse_args_and_config(args=argv)
@@ -250,6 +251,9 @@ def train(argv: list[str]) -> dict[str, Any]:
             f"--trainer {data_args.trainer!r} is not a trainer; choose from {sorted(TRAINERS)} (or register yours "
             "with msd_trl.register_trainer before calling the CLI)."
         )
+    # A fresh run over an earlier run's checkpoints (or a resume from an incomplete one) is refused before any data
+    # or model is loaded and any teacher text generated (msd_trl.checkpoints; the trainer checks it again).
+    resolve_resume_checkpoint(config.output_dir, config.resume_from_checkpoint)
     # --push_to_hub is done here once the card is written (the Trainer would create the repo at construction and
     # upload its own card); the flag is kept in the recorded settings.
     push_to_hub, config.push_to_hub = config.push_to_hub, False

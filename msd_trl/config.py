@@ -32,7 +32,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"You are importing from 'trl\.experimental'")
     from trl.experimental.gkd import GKDConfig
 
-from .divergences import DPSW, Divergence, available_divergences, get_divergence
+from .divergences import DPSW, MIN_DIVERGENCE_TEMPERATURE, Divergence, available_divergences, get_divergence
 from .presets import (
     DEFAULT_TEACHER_PRESET,
     TEACHER_PRESETS,
@@ -105,7 +105,7 @@ class MSDConfig(GKDConfig):
         Normalise DPSW weights to mean 1 over the valid tokens of each micro-batch.
     divergence_temperature (`float`, defaults to `1.0`):
         Both logit sets are divided by it inside the divergence (GKD's loss also uses 1.0; `temperature` is the
-        sampling temperature).
+        sampling temperature). At least `1e-3`: below it the scaled logits overflow and the loss grows as `1 / T`.
 
     loss_chunk_size (`int` or `None`, defaults to `None`):
         Compute the loss over chunks of this many completion positions from the models' last hidden states, with
@@ -147,7 +147,9 @@ class MSDConfig(GKDConfig):
         Longest tokenised prompt (student or teacher, chat template included). Longer prompts are handled by
         `prompt_truncation`. Completion tokens are never truncated by this limit.
     prompt_truncation (`str`, defaults to `"left"`):
-        `"left"`: keep the last `max_prompt_length` tokens and log a warning with the row's id; `"error"`: raise.
+        `"left"`: shorten the start of the query text (the row's `prompt` / `teacher_prompt`, or the last user turn
+        of `messages`), never the system prompt, the teacher template or earlier turns, and log a warning with the
+        row's id; a row that cannot fit that way is a `ValueError`. `"error"`: raise for every long row.
     """
 
     # --- teacher ---
@@ -259,7 +261,10 @@ class MSDConfig(GKDConfig):
     )
     prompt_truncation: str = field(
         default="left",
-        metadata={"help": "'left': keep the last max_prompt_length tokens and log it; 'error': raise."},
+        metadata={
+            "help": "'left': shorten the start of the query text (never the system prompt, template or earlier "
+            "turns) and log it; 'error': raise."
+        },
     )
     # --- GKD / TRL defaults that MSD changes ---
     lmbda: float = field(
@@ -339,10 +344,14 @@ class MSDConfig(GKDConfig):
             bad("dpsw_top_k", "must be an integer >= 2.")
         if not 0.0 <= self.dpsw_min_weight <= 1.0:
             bad("dpsw_min_weight", "must be in [0, 1].")
-        if not 0 < self.divergence_temperature < float("inf"):
-            bad("divergence_temperature", "must be a finite number > 0.")
-        if not self.temperature > 0:
-            bad("temperature", "the sampling temperature must be > 0.")
+        if not MIN_DIVERGENCE_TEMPERATURE <= self.divergence_temperature < float("inf"):
+            bad(
+                "divergence_temperature",
+                f"must be >= {MIN_DIVERGENCE_TEMPERATURE} and finite (below it logits / T overflow and the loss "
+                "grows as 1 / T: the run would fail later with non-finite logits).",
+            )
+        if not 0 < self.temperature < float("inf"):
+            bad("temperature", "the sampling temperature must be a finite number > 0.")
         if not 0.0 < self.top_p <= 1.0:
             bad("top_p", "must be in (0, 1].")
         if self.top_k < 0:

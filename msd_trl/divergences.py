@@ -15,7 +15,9 @@ follows one contract, on logits already aligned to the completion tokens:
   batch. Masking and averaging happen in this one place, so a subclass never re-implements them.
 
 Both ``per_token`` and ``token_weights`` receive logits already divided by ``temperature``; the scaling happens
-once, in :meth:`Divergence.compute`.
+once, in :meth:`Divergence.compute` (in float32 for float16 logits, whose range cannot hold ``-1e4 / T``).
+``-inf`` logits (a masked vocabulary, logit processors) count as a large negative logit everywhere: in
+``compute`` and in each exported pure function and view, so none of them returns NaN for them.
 
 The default MSD objective is :class:`DPSW` (Dual-Perspective Safety Weighting) around :class:`ReverseKL`:
 ``w_t = w_min + (1 - w_min) * w_T(t) * w_S(t)`` with the teacher view ``w_T = 1 - H(top-K teacher) / log K``
@@ -60,6 +62,7 @@ __all__ = [
     "DivergenceOutput",
     "ForwardKL",
     "GeneralizedJSD",
+    "MIN_DIVERGENCE_TEMPERATURE",
     "ReverseKL",
     "available_divergences",
     "forward_kl",
@@ -76,13 +79,30 @@ __all__ = [
 # Pure per-token functions: logits [B, T, V] -> divergence [B, T], no masking, no reduction over tokens.
 # ----------------------------------------------------------------------------------------------------------------
 
+# Stands in for -inf logits: exp(-1e4 - logsumexp) is exactly 0 in float32, bfloat16 and float16, yet every
+# difference stays finite, so "0 * log 0" terms are 0 instead of NaN.
+_MASKED_LOGIT = -1.0e4
+# The least divergence temperature: below it logits / T overflow (1e-38 turns every logit into +-inf in float32) and
+# the loss grows as 1 / T. A documented floor, checked by `Divergence` and `MSDConfig.divergence_temperature`.
+MIN_DIVERGENCE_TEMPERATURE = 1e-3
+
+
+def _without_minus_inf(logits: torch.Tensor) -> torch.Tensor:
+    """`logits` with -inf entries (a masked vocabulary, logit processors) set to `_MASKED_LOGIT`, the value every
+    pure function and view here treats them as; a no-op (no copy) when every logit is finite. +inf and NaN stay."""
+    if torch.isfinite(logits.sum(dtype=torch.float32)):  # one scalar reduction, no [B, T, V] temporary
+        return logits
+    return logits.masked_fill(logits == float("-inf"), _MASKED_LOGIT)
+
 
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """``KL(p_teacher || p_student)`` per token, summed over the vocabulary.
 
     Mass-covering: the student is pushed to put mass wherever the teacher does. Allocates three ``[B, T, V]``
-    temporaries (two log-softmaxes and the pointwise KL).
+    temporaries (two log-softmaxes and the pointwise KL). ``-inf`` logits count as a large negative logit (finite
+    result), as in every function here.
     """
+    student_logits, teacher_logits = _without_minus_inf(student_logits), _without_minus_inf(teacher_logits)
     student_log_probs = F.log_softmax(student_logits, dim=-1)  # [B, T, V]
     teacher_log_probs = F.log_softmax(teacher_logits, dim=-1)  # [B, T, V]
     return F.kl_div(student_log_probs, teacher_log_probs, reduction="none", log_target=True).sum(-1)  # [B, T]
@@ -94,6 +114,7 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> to
     Mode-seeking: the student is penalised for mass where the teacher has little, which is what makes it commit
     to the teacher's refusal instead of hedging. Allocates three ``[B, T, V]`` temporaries.
     """
+    student_logits, teacher_logits = _without_minus_inf(student_logits), _without_minus_inf(teacher_logits)
     student_log_probs = F.log_softmax(student_logits, dim=-1)  # [B, T, V]
     teacher_log_probs = F.log_softmax(teacher_logits, dim=-1)  # [B, T, V]
     return F.kl_div(teacher_log_probs, student_log_probs, reduction="none", log_target=True).sum(-1)  # [B, T]
@@ -113,6 +134,7 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
         return forward_kl(student_logits, teacher_logits)
     if beta == 1.0:
         return reverse_kl(student_logits, teacher_logits)
+    student_logits, teacher_logits = _without_minus_inf(student_logits), _without_minus_inf(teacher_logits)
     student_log_probs = F.log_softmax(student_logits, dim=-1)  # [B, T, V]
     teacher_log_probs = F.log_softmax(teacher_logits, dim=-1)  # [B, T, V]
     beta_t = torch.tensor(beta, dtype=student_log_probs.dtype, device=student_log_probs.device)
@@ -142,7 +164,8 @@ def teacher_confidence_view(teacher_logits: torch.Tensor, *, top_k: int = 20) ->
     k = min(top_k, teacher_logits.size(-1))
     if k < 2:
         return torch.ones(teacher_logits.shape[:-1], dtype=teacher_logits.dtype, device=teacher_logits.device)
-    top_logits = teacher_logits.topk(k, dim=-1).values.float()  # [B, T, K]
+    # -inf among the top-K (fewer than K allowed tokens) would make 0 * log 0 a NaN entropy term.
+    top_logits = _without_minus_inf(teacher_logits.topk(k, dim=-1).values.float())  # [B, T, K]
     top_log_probs = F.log_softmax(top_logits, dim=-1)  # [B, T, K]
     entropy = -(top_log_probs.exp() * top_log_probs).sum(-1)  # [B, T]
     return (1.0 - entropy / math.log(k)).clamp(0.0, 1.0).to(teacher_logits.dtype)
@@ -155,6 +178,8 @@ def student_disagreement_view(student_logits: torch.Tensor, teacher_logits: torc
     The probability mass the student fails to put on the teacher's preferred token. Uses a gather and a
     logsumexp, so no full-size probability tensor is materialised.
     """
+    # A row of -inf logits (a masked position) would give -inf - logsumexp(-inf) = NaN.
+    student_logits = _without_minus_inf(student_logits)
     teacher_top1 = teacher_logits.argmax(dim=-1, keepdim=True)  # [B, T, 1]
     student_logit_at_top1 = student_logits.gather(-1, teacher_top1).squeeze(-1)  # [B, T]
     student_prob_at_top1 = (student_logit_at_top1 - torch.logsumexp(student_logits, dim=-1)).exp()  # [B, T]
@@ -166,9 +191,16 @@ def student_disagreement_view(student_logits: torch.Tensor, teacher_logits: torc
 # ----------------------------------------------------------------------------------------------------------------
 
 
-# Stands in for -inf logits: exp(-1e4 - logsumexp) is exactly 0 in float32 and bfloat16, yet every difference
-# stays finite, so "0 * log 0" terms are 0 instead of NaN.
-_MASKED_LOGIT = -1.0e4
+def _scaled_logits(logits: torch.Tensor, completion_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The logits every divergence hook receives: finite (`_finite_logits`), then divided by `temperature`. Float16
+    logits are scaled in float32: float16 ends at 65504, so -1e4 / T for T <= 0.1 (or a large logit / T) would
+    overflow to -inf again and the loss and DPSW weights would be NaN."""
+    logits = _finite_logits(logits, completion_mask)
+    if temperature != 1.0:
+        if logits.dtype == torch.float16:
+            logits = logits.float()
+        logits = logits / temperature
+    return logits
 
 
 def _finite_logits(logits: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
@@ -208,14 +240,18 @@ class Divergence:
         token_weights: ``-> [B, T]`` detached weights; override to weight tokens (the base returns ones).
 
     Args:
-        temperature: both logit sets are divided by it before either hook sees them (default 1.0).
+        temperature: both logit sets are divided by it before either hook sees them (default 1.0; at least
+            ``MIN_DIVERGENCE_TEMPERATURE``).
     """
 
     name: str = "divergence"
 
     def __init__(self, *, temperature: float = 1.0):
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got temperature={temperature!r}.")
+        if not MIN_DIVERGENCE_TEMPERATURE <= temperature < math.inf:
+            raise ValueError(
+                f"temperature must be a finite number >= {MIN_DIVERGENCE_TEMPERATURE} (below it logits / T "
+                f"overflow), got temperature={temperature!r}."
+            )
         self.temperature = float(temperature)
 
     def per_token(
@@ -267,12 +303,8 @@ class Divergence:
                 f"completion_ids {tuple(completion_ids.shape)} and completion_mask {tuple(completion_mask.shape)} "
                 f"must both be [B, T] = {tuple(student_logits.shape[:-1])}."
             )
-        teacher_logits = teacher_logits.detach()
-        student_logits = _finite_logits(student_logits, completion_mask)
-        teacher_logits = _finite_logits(teacher_logits, completion_mask)
-        if self.temperature != 1.0:
-            student_logits = student_logits / self.temperature
-            teacher_logits = teacher_logits / self.temperature
+        student_logits = _scaled_logits(student_logits, completion_mask, self.temperature)
+        teacher_logits = _scaled_logits(teacher_logits.detach(), completion_mask, self.temperature)
         # Count and reduce in float32: in bf16, 1001 tokens round to 1000 and the loss drifts.
         mask = completion_mask.to(torch.float32)  # [B, T]
         per_token_loss = self.per_token(student_logits, teacher_logits, completion_ids)  # [B, T]

@@ -4,19 +4,22 @@ Design: `generate_responses` renders each prompt with the tokenizer's chat templ
 prompts by budget and length (so one long Bengali prompt does not pad a whole batch), left-pads, generates, cuts
 each answer at its first stop id and decodes it cleanly (no partial character from a length cut).
 
-Teacher text for off-policy MSD: `generate_teacher_completions` renders every row's teacher conversation exactly as the trainers do
-(`rendering.render_teacher_messages`), batches rows of similar length together (so one long Bengali prompt does
-not pad a whole batch), samples, and writes a `teacher_completion` column. With `output_path` every finished
-batch is appended to a JSON-lines file, so an interrupted run resumes where it stopped and nothing already
-generated is lost. Under PEFT the teacher is the base model with the adapter disabled, as in training.
+Teacher text for off-policy MSD: `generate_teacher_completions` renders every row's teacher conversation exactly as the
+trainers do (`MSDDataCollator.fit`: the same template, system prompt and prompt-length rule), batches rows of similar
+length together (so one long Bengali prompt does not pad a whole batch), samples, and writes a `teacher_completion`
+column. With `output_path` every finished batch is appended to a JSON-lines file, so an interrupted run resumes
+where it stopped and nothing already generated is lost. The file is keyed like every teacher cache
+(`msd_trl.fingerprint`): a header with the teacher's identity (config, weight digest, tokenizer) and the sampling
+settings, and per record the row's id, language and a digest of the teacher token ids it was generated from. Under
+PEFT the teacher is the base model with the adapter disabled, as in training.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,9 +31,10 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .fingerprint import fingerprint_differences, teacher_fingerprint, token_digest
 from .names import TEACHER_COMPLETION_COLUMN
 from .presets import TeacherContext, validate_teacher_template
-from .rendering import render_student_messages, render_teacher_messages, stop_token_ids, tokenize_messages
+from .rendering import MSDDataCollator, render_student_messages, stop_token_ids, tokenize_messages
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -42,36 +46,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["generate_responses", "generate_teacher_completions"]
 
 
-def _row_key(row: dict[str, Any]) -> list[Any]:
-    """(id, language, hash of the prompt): matches a cached record to its row even without id/language columns."""
-    prompt = json.dumps(
-        row.get("prompt") if row.get("prompt") is not None else row.get("messages"), ensure_ascii=False
-    )
-    return [row.get("id"), row.get("language"), hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:16]]
-
-
-def teacher_fingerprint(model, tokenizer, **settings: Any) -> dict[str, Any]:
-    """What the teacher text depends on: the model (name, revision), the tokenizer, and the generation settings
-    (template, system prompt, sampling). Stored with every cache and compared on reuse."""
-    config = getattr(model, "config", None)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {
-        "model": str(
-            getattr(base, "name_or_path", None) or getattr(config, "_name_or_path", "") or type(base).__name__
-        ),
-        "model_revision": getattr(config, "_commit_hash", None),
-        "tokenizer": f"{getattr(tokenizer, 'name_or_path', '')} (vocab {len(tokenizer)})",
-        **dict(sorted(settings.items())),
-    }
-
-
-def fingerprint_differences(cached: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`"key: cached X, now Y"` for every setting that differs between two fingerprints (teacher text, top-K cache)."""
-    return [
-        f"{key}: cached {cached.get(key)!r}, now {current.get(key)!r}"
-        for key in sorted(set(cached) | set(current))
-        if cached.get(key) != current.get(key)
-    ]
+def _row_key(row: dict[str, Any], teacher_prompt_ids: list[int]) -> list[Any]:
+    """(id, language, digest of the teacher token ids): a record belongs to a row only if the teacher read exactly
+    what it reads now (prompt, teacher_prompt, language, template, system prompt and prompt-length cut included)."""
+    return [row.get("id"), row.get("language"), token_digest(teacher_prompt_ids)]
 
 
 def repair_partial_last_line(path: Path) -> None:
@@ -86,9 +64,9 @@ def repair_partial_last_line(path: Path) -> None:
             handle.truncate(keep)
 
 
-def _load_done(output_path: Path, column: str, dataset: Dataset, fingerprint: dict[str, Any]) -> dict[int, str]:
+def _load_done(output_path: Path, column: str, keys: list[list[Any]], fingerprint: dict[str, Any]) -> dict[int, str]:
     """Completions already in the file, after checking the file was made by the same teacher (its fingerprint
-    header) and that each record belongs to the same row of `dataset` (id, language and prompt hash)."""
+    header) and that each record belongs to the same row (`keys[index]`: id, language, teacher token digest)."""
     done: dict[int, str] = {}
     if not output_path.exists() or output_path.stat().st_size == 0:
         return done
@@ -122,12 +100,21 @@ def _load_done(output_path: Path, column: str, dataset: Dataset, fingerprint: di
                 )
                 continue
             cached_key = record.get("key")
-            if index >= len(dataset) or cached_key != _row_key(dataset[index]):
-                expected = _row_key(dataset[index]) if index < len(dataset) else "missing"
+            expected = keys[index] if index < len(keys) else None
+            if cached_key != expected:
+                same_row = isinstance(cached_key, list) and expected is not None and cached_key[:2] == expected[:2]
+                if same_row and expected[0] is not None:
+                    raise ValueError(
+                        f"{output_path}:{line_number}: row {index} (id {expected[0]!r}, language {expected[1]!r}): "
+                        "the teacher's context changed since its text was generated (its rendered teacher prompt "
+                        "differs: prompt, teacher_prompt, or max_prompt_length), so the text is stale. Use a new "
+                        "output_path (or delete this file) to generate teacher text for these rows."
+                    )
                 raise ValueError(
-                    f"{output_path}:{line_number} holds row {index} with (id, language, prompt hash) {cached_key}, "
-                    f"but the dataset's row {index} is {expected}: the cache was made for other data or another "
-                    "row order. Use a new output_path (or delete this file) when the rows change."
+                    f"{output_path}:{line_number} holds row {index} with (id, language, teacher prompt digest) "
+                    f"{cached_key}, but the dataset's row {index} is {expected or 'missing'}: the cache was made for "
+                    "other data or another row order. Use a new output_path (or delete this file) when the rows "
+                    "change."
                 )
             done[index] = text
     return done
@@ -308,11 +295,13 @@ def generate_teacher_completions(
             used with its adapter disabled, i.e. the initial weights, as the trainers' self-teacher.
         dataset: MSD rows (`prompt`, optional `teacher_prompt`, `language`, `id`).
         tokenizer: defaults to the model's own (`load_tokenizer(model.name_or_path)`).
-        args: an `MSDConfig` to take the teacher template, system prompt and sampling settings from; explicit
-            keyword arguments override it.
+        args: an `MSDConfig` to take the teacher template, system prompt, prompt-length rule (`max_prompt_length`,
+            `prompt_truncation`: the teacher reads what it reads in training) and sampling settings from; explicit
+            keyword arguments override it. An explicit value is used as given (`max_new_tokens=0` is an error).
         batch_size: rows per `generate` call; rows are grouped by prompt length first.
         output_path: a JSON-lines file; finished batches are appended, and rows already in it are not generated
-            again (resume).
+            again (resume). A file made by another teacher (weights, config, tokenizer), other settings, or for
+            rows whose teacher prompt has changed is refused with what differs.
         do_sample: False for greedy teacher text.
     """
     from .config import MSDConfig  # here, not at import: evaluation uses this module without TRL
@@ -322,6 +311,32 @@ def generate_teacher_completions(
         raise ValueError(f"batch_size must be >= 1, got batch_size={batch_size!r}.")
     if "prompt" not in dataset.column_names:
         raise ValueError(f"dataset has no 'prompt' column; found {dataset.column_names}.")
+    # Every setting is resolved and checked before a model is loaded; an explicit value is never replaced (0 used to
+    # become the default budget, and temperature 0 with sampling used to sample at 1.0).
+    defaults = args or MSDConfig(output_dir="unused", report_to="none")
+    template = teacher_prompt_template if teacher_prompt_template is not None else defaults.teacher_prompt_template
+    system_prompt = teacher_system_prompt if teacher_system_prompt is not None else defaults.teacher_system_prompt
+    validate_teacher_template(template, field="teacher_prompt_template")
+    settings = {
+        "max_new_tokens": max_new_tokens if max_new_tokens is not None else defaults.max_new_tokens,
+        "do_sample": do_sample,
+        "temperature": (temperature if temperature is not None else defaults.temperature) if do_sample else None,
+        "top_p": (top_p if top_p is not None else defaults.top_p) if do_sample else None,
+        "top_k": (top_k if top_k is not None else defaults.top_k) if do_sample else None,
+    }
+    budget = settings["max_new_tokens"]
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(
+            f"max_new_tokens must be an integer >= 1, got max_new_tokens={budget!r} (None takes "
+            f"args.max_new_tokens={defaults.max_new_tokens})."
+        )
+    if do_sample and not (
+        isinstance(settings["temperature"], (int, float)) and 0 < settings["temperature"] < math.inf
+    ):
+        raise ValueError(
+            f"temperature must be a finite number > 0 when sampling, got {settings['temperature']!r}; pass "
+            "do_sample=False for greedy teacher text."
+        )
     if isinstance(model, str) or model is None:
         tokenizer = tokenizer or load_tokenizer(model)
         model = load_model(model)
@@ -329,28 +344,25 @@ def generate_teacher_completions(
         tokenizer = load_tokenizer(model.name_or_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    defaults = args or MSDConfig(output_dir="unused", report_to="none")
-    template = teacher_prompt_template if teacher_prompt_template is not None else defaults.teacher_prompt_template
-    system_prompt = teacher_system_prompt if teacher_system_prompt is not None else defaults.teacher_system_prompt
-    validate_teacher_template(template, field="teacher_prompt_template")
-    settings = {
-        "max_new_tokens": max_new_tokens or defaults.max_new_tokens,
-        "do_sample": do_sample,
-        "temperature": (temperature if temperature is not None else defaults.temperature) if do_sample else None,
-        "top_p": (top_p if top_p is not None else defaults.top_p) if do_sample else None,
-        "top_k": (top_k if top_k is not None else defaults.top_k) if do_sample else None,
-    }
     # A config with a benign rows' context (MSDConfig.benign_teacher_preset) renders those rows under it.
     benign = args.teacher_context.benign if args is not None else None
-    context = TeacherContext(template, system_prompt or None, benign)
-    conversations = [render_teacher_messages(row, context=context) for row in dataset]
     if benign is not None:
         settings["benign_template"], settings["benign_system_prompt"] = benign.template, benign.system_prompt
+    # The teacher's prompt exactly as the trainers build it: same rendering, same prompt-length rule.
+    collator = MSDDataCollator(
+        tokenizer, teacher_prompt_template=template, teacher_system_prompt=system_prompt,
+        max_prompt_length=defaults.max_prompt_length, prompt_truncation=defaults.prompt_truncation,
+        teacher_context=TeacherContext(template, system_prompt or None, benign),
+    )  # fmt: skip
+    fitted = [collator.fit(row, "teacher") for row in dataset]
+    conversations = [messages for messages, _ in fitted]
+    keys = [_row_key(row, ids) for row, (_, ids) in zip(dataset, fitted)]
     fingerprint = teacher_fingerprint(
-        model, tokenizer, template=template, system_prompt=system_prompt or None, column=column, seed=seed, **settings
-    )
+        model, tokenizer, adapter_disabled=is_peft_model(model), template=template,
+        system_prompt=system_prompt or None, column=column, seed=seed, **settings,
+    )  # fmt: skip
     path = Path(output_path) if output_path is not None else None
-    done = _load_done(path, column, dataset, fingerprint) if path is not None else {}
+    done = _load_done(path, column, keys, fingerprint) if path is not None else {}
     if done:
         logger.info("Resuming: %d of %d rows already in %s.", len(done), len(conversations), path)
     todo = [i for i in range(len(conversations)) if i not in done]
@@ -367,7 +379,7 @@ def generate_teacher_completions(
             row_index = todo[position]
             done[row_index] = text
             if sink is not None:
-                key = _row_key(dataset[row_index])
+                key = keys[row_index]
                 record = {"index": row_index, "id": key[0], "language": key[1], "key": key, column: text}
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
         if sink is not None:
@@ -386,7 +398,7 @@ def generate_teacher_completions(
                 max_new_tokens=settings["max_new_tokens"],
                 batch_size=batch_size,
                 do_sample=do_sample,
-                temperature=settings["temperature"] or 1.0,
+                temperature=settings["temperature"] if do_sample else 1.0,
                 top_p=settings["top_p"],
                 top_k=settings["top_k"],
                 strip_whitespace=False,

@@ -16,6 +16,11 @@ from functools import lru_cache
 __all__ = [
     "LANGUAGE_NAMES",
     "MSD_COLUMNS",
+    "TEACHER_CACHE_COLUMNS",
+    "TEACHER_CACHE_FINGERPRINT",
+    "TEACHER_CACHE_IDS",
+    "TEACHER_CACHE_KEY",
+    "TEACHER_CACHE_LOGPROBS",
     "TEACHER_COMPLETION_COLUMN",
     "check_language_codes",
     "language_name",
@@ -50,6 +55,15 @@ MSD_COLUMNS: tuple[str, ...] = ("id", "source", "language", "prompt", "teacher_p
 
 # The off-policy fixed completion (teacher text) column.
 TEACHER_COMPLETION_COLUMN = "teacher_completion"
+
+# The off-policy top-K teacher cache (msd_trl.teacher_cache): per row the teacher's top-K token ids and log-probs on
+# each completion token, the fingerprint of the teacher setting that made them, and the row's key (digests of the
+# teacher prompt ids and the completion ids it was computed on).
+TEACHER_CACHE_IDS = "teacher_topk_ids"
+TEACHER_CACHE_LOGPROBS = "teacher_topk_logprobs"
+TEACHER_CACHE_FINGERPRINT = "teacher_topk_fingerprint"
+TEACHER_CACHE_KEY = "teacher_topk_key"
+TEACHER_CACHE_COLUMNS = (TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS, TEACHER_CACHE_FINGERPRINT, TEACHER_CACHE_KEY)
 
 
 @lru_cache(maxsize=1024)

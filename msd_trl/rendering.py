@@ -24,12 +24,21 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .names import TEACHER_COMPLETION_COLUMN, language_name
+from .names import (
+    TEACHER_CACHE_FINGERPRINT,  # noqa: F401  (importable from here, where it used to live)
+    TEACHER_CACHE_IDS,
+    TEACHER_CACHE_KEY,
+    TEACHER_CACHE_LOGPROBS,
+    TEACHER_COMPLETION_COLUMN,
+    language_name,
+)
 from .presets import QUERY_TEMPLATE, UNKNOWN_LANGUAGE_NAME, TeacherContext, validate_teacher_template
+from .teacher_cache import stale_topk_reason
 
 __all__ = [
     "MSDDataCollator",
     "completion_token_ids",
+    "fit_conversation",
     "left_padded",
     "message_text",
     "render_student_messages",
@@ -181,24 +190,92 @@ def left_padded(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[
     return ids, mask
 
 
-TEACHER_CACHE_IDS = "teacher_topk_ids"
-TEACHER_CACHE_LOGPROBS = "teacher_topk_logprobs"
-TEACHER_CACHE_FINGERPRINT = "teacher_topk_fingerprint"
+def _last_user_turn(turns: Sequence[dict[str, Any]]) -> int | None:
+    return max((i for i, turn in enumerate(turns) if turn.get("role") == "user"), default=None)
+
+
+def _query_turns(row: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The turns of a conversation field whose last user turn is the query (`messages`: all but the completion)."""
+    return list(row[key][:-1] if key == "messages" else row[key])
+
+
+def _query_text(row: dict[str, Any], key: str) -> str | None:
+    """The query text of `row[key]` that truncation may shorten: a string, or the last user turn of a conversation;
+    `None` when the field is empty or has no user turn."""
+    value = row.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    turns = _query_turns(row, key)
+    index = _last_user_turn(turns)
+    return None if index is None else str(turns[index].get("content", ""))
 
 
 def _with_query_texts(row: dict[str, Any], texts: dict[str, str]) -> dict[str, Any]:
-    """A copy of `row` whose `prompt` / `teacher_prompt` query text (a string, or the last user turn) is `texts`."""
+    """A copy of `row` whose query texts (`prompt`, `teacher_prompt`, or the last user turn of `messages` before its
+    completion) are `texts`."""
     row = dict(row)
     for key, text in texts.items():
         value = row[key]
         if isinstance(value, str):
             row[key] = text
-        else:
-            turns = [dict(turn) for turn in value]
-            last_user = max(i for i, turn in enumerate(turns) if turn.get("role") == "user")
-            turns[last_user]["content"] = text
-            row[key] = turns
+            continue
+        turns = [dict(turn) for turn in value]
+        turns[_last_user_turn(_query_turns(row, key))]["content"] = text
+        row[key] = turns
     return row
+
+
+def fit_conversation(
+    tokenizer,
+    row: dict[str, Any],
+    render: Callable[[dict[str, Any]], Messages],
+    *,
+    who: str,
+    max_prompt_length: int | None,
+    prompt_truncation: str = "left",
+) -> tuple[Messages, list[int]]:
+    """Render and tokenise one side's conversation within `max_prompt_length`: the one truncation rule of msd_trl
+    (the collator, teacher-text generation and the top-K cache all call it). Returns `(messages, ids)`, where `ids`
+    is exactly `tokenize_messages(tokenizer, messages)`.
+
+    Only the user's query text is shortened, from its start: `prompt` (or the last user turn of a chat `prompt`, or
+    of a GKD `messages` row before its completion) and, for the teacher (`who="teacher"`), `teacher_prompt`. The
+    system prompt, the teacher template and earlier turns are never cut: left truncation of the rendered tokens used
+    to drop the teacher's privileged context first. A row whose conversation cannot fit that way (the template,
+    system prompt and earlier turns alone are too long), or any long row under `prompt_truncation="error"`, is a
+    `ValueError` naming the row.
+    """
+    messages = render(row)
+    ids = tokenize_messages(tokenizer, messages)
+    limit = max_prompt_length
+    if limit is None or len(ids) <= limit:
+        return messages, ids
+    message = f"row {row.get('id', '?')!r}: the {who} prompt has {len(ids)} tokens, over max_prompt_length={limit}"
+    if prompt_truncation == "error":
+        raise ValueError(message + " (prompt_truncation='error'); filter long rows or raise the limit.")
+    # Only the queries this conversation shows (the student's: its own; the teacher's: also `teacher_prompt`).
+    student_field = "prompt" if row.get("prompt") is not None else "messages"
+    keys = (student_field, "teacher_prompt") if who == "teacher" else (student_field,)
+    fields = {key: text for key in keys if (text := _query_text(row, key)) is not None}
+    keep_at_least = 4  # tokens of each query that are never cut
+    for _ in range(16):  # each pass cuts the longest query by the overflow; converges in 1-3 passes
+        overflow = len(ids) - limit
+        if overflow <= 0:
+            logger.warning("%s; shortened the start of its query text to fit.", message)
+            return messages, ids
+        token_ids = {key: tokenizer(text, add_special_tokens=False)["input_ids"] for key, text in fields.items()}
+        longest = max(token_ids, key=lambda key: len(token_ids[key]), default=None)
+        if longest is None or len(token_ids[longest]) <= keep_at_least:
+            break
+        cut = min(overflow + 1, len(token_ids[longest]) - keep_at_least)
+        fields[longest] = tokenizer.decode(token_ids[longest][cut:], skip_special_tokens=True)
+        messages = render(_with_query_texts(row, fields))
+        ids = tokenize_messages(tokenizer, messages)
+    raise ValueError(
+        f"{message}, and the query text cannot be shortened enough: the template and system prompt alone (with any "
+        "earlier turns of the conversation) take most of it. Raise max_prompt_length, shorten "
+        "teacher_system_prompt / teacher_prompt_template, or drop the row."
+    )
 
 
 class MSDDataCollator:
@@ -207,8 +284,10 @@ class MSDDataCollator:
     Output keys: `prompt_ids`, `prompt_mask` `[B, Lp]`; `teacher_prompt_ids`, `teacher_prompt_mask` `[B, Lt]`;
     when every row has a fixed completion (`completion_column`, or the last turn of `messages`):
     `fixed_completion_ids`, `fixed_completion_mask` `[B, Lc]`; and `row_ids` (a list, for messages).
-    Prompts over `max_prompt_length` are left-truncated with a warning naming the row (or raise with
-    `prompt_truncation="error"`); a fixed completion is never truncated by the prompt limit.
+    Prompts over `max_prompt_length` are shortened at the start of their query text, never in the system prompt or
+    template (`fit_conversation`), with a warning naming the row (or raise with `prompt_truncation="error"`); a
+    fixed completion is never truncated by the prompt limit. Rows with cached teacher top-K columns are checked
+    against the teacher prompt and completion they have now (`teacher_cache.stale_topk_reason`).
     """
 
     def __init__(
@@ -236,49 +315,14 @@ class MSDDataCollator:
         self.completion_column = completion_column
         self.stop_ids = stop_ids if stop_ids is not None else [tokenizer.eos_token_id]
 
-    def _fit(
-        self, row: dict[str, Any], render: Callable[[dict[str, Any]], list], who: str, query_fields: tuple[str, ...]
-    ) -> tuple[list, list[int]]:
-        """Render and tokenise a conversation within `max_prompt_length`, cutting the *query text* if needed.
-
-        Only the user's query (`prompt`, `teacher_prompt`) is shortened, from its start, never the system prompt or
-        the template around it: left truncation of the rendered tokens used to drop the teacher's privileged
-        context first. Returns `(messages, ids)`.
-        """
-        messages = render(row)
-        ids = tokenize_messages(self.tokenizer, messages)
-        limit = self.max_prompt_length
-        if limit is None or len(ids) <= limit:
-            return messages, ids
-        row_id = row.get("id", "?")
-        message = f"row {row_id!r}: the {who} prompt has {len(ids)} tokens, over max_prompt_length={limit}"
-        if self.prompt_truncation == "error":
-            raise ValueError(message + " (prompt_truncation='error'); filter long rows or raise the limit.")
-        # Only the queries this conversation shows (the student's: `prompt`; the teacher's: also `teacher_prompt`).
-        fields = {key: message_text(row[key]) for key in query_fields if row.get(key) is not None}
-        if not fields:  # a GKD `messages` row: no separate query text to cut, keep the conversation's last tokens
-            logger.warning("%s; keeping its last %d tokens.", message, limit)
-            return messages, ids[-limit:]
-        keep_at_least = 4  # tokens of each query that are never cut
-        for _ in range(16):  # each pass cuts the longest query by the overflow; converges in 1-3 passes
-            overflow = len(ids) - limit
-            if overflow <= 0:
-                logger.warning("%s; shortened the start of its query text to fit.", message)
-                return messages, ids
-            token_ids = {
-                key: self.tokenizer(text, add_special_tokens=False)["input_ids"] for key, text in fields.items()
-            }
-            longest = max(token_ids, key=lambda key: len(token_ids[key]), default=None)
-            if longest is None or len(token_ids[longest]) <= keep_at_least:
-                break
-            cut = min(overflow + 1, len(token_ids[longest]) - keep_at_least)
-            fields[longest] = self.tokenizer.decode(token_ids[longest][cut:], skip_special_tokens=True)
-            messages = render(_with_query_texts(row, fields))
-            ids = tokenize_messages(self.tokenizer, messages)
-        raise ValueError(
-            f"{message}, and the query text cannot be shortened enough: the template and system prompt alone take "
-            f"most of it. Raise max_prompt_length or shorten teacher_system_prompt / teacher_prompt_template."
-        )
+    def fit(self, row: dict[str, Any], who: str) -> tuple[list, list[int]]:
+        """`(messages, ids)` of the row's `who` ("student" or "teacher") prompt within `max_prompt_length`, by the
+        one truncation rule (`fit_conversation`)."""
+        render = self._render_teacher if who == "teacher" else render_student_messages
+        return fit_conversation(
+            self.tokenizer, row, render, who=who, max_prompt_length=self.max_prompt_length,
+            prompt_truncation=self.prompt_truncation,
+        )  # fmt: skip
 
     def _render_teacher(self, row: dict[str, Any]) -> list:
         return render_teacher_messages(
@@ -298,22 +342,23 @@ class MSDDataCollator:
             raise ValueError(f"row {row.get('id', '?')!r}: {self.completion_column} must be a string, got {value!r}.")
         return value
 
+    def completion_ids(self, row: dict[str, Any]) -> list[int] | None:
+        """Token ids of the row's fixed completion (an assistant turn after the untruncated student conversation,
+        ending at its first stop id), or `None` when the row has none."""
+        text = self._fixed_completion(row)
+        if text is None:
+            return None
+        return completion_token_ids(self.tokenizer, render_student_messages(row), text, self.stop_ids)
+
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         prompt_ids, teacher_ids, completions = [], [], []
         for row in rows:
-            row_id = row.get("id", "?")
             student = render_student_messages(row)
             if not any(str(m.get("content", "")).strip() for m in student):
-                raise ValueError(f"row {row_id!r} has an empty prompt.")
-            student_ids = tokenize_messages(self.tokenizer, student)
-            prompt_ids.append(self._fit(row, render_student_messages, "student", ("prompt",))[1])
-            teacher_ids.append(self._fit(row, self._render_teacher, "teacher", ("prompt", "teacher_prompt"))[1])
-            text = self._fixed_completion(row)
-            completions.append(
-                None
-                if text is None
-                else completion_token_ids(self.tokenizer, student, text, self.stop_ids, prompt_length=len(student_ids))
-            )
+                raise ValueError(f"row {row.get('id', '?')!r} has an empty prompt.")
+            prompt_ids.append(self.fit(row, "student")[1])
+            teacher_ids.append(self.fit(row, "teacher")[1])
+            completions.append(self.completion_ids(row))
 
         batch: dict[str, Any] = {"row_ids": [row.get("id") for row in rows]}
         batch["prompt_ids"], batch["prompt_mask"] = left_padded(prompt_ids, self.tokenizer.pad_token_id)
@@ -327,14 +372,20 @@ class MSDDataCollator:
             )
             batch["fixed_completion_mask"] = pad([torch.ones_like(t) for t in tensors], padding_value=0)
             if all(row.get(TEACHER_CACHE_IDS) is not None for row in rows):
-                batch.update(self._pad_teacher_cache(rows, completions))
+                batch.update(self._pad_teacher_cache(rows, teacher_ids, completions))
         return batch
 
     @staticmethod
-    def _pad_teacher_cache(rows: list[dict[str, Any]], completions: list[list[int]]) -> dict[str, torch.Tensor]:
-        """Cached teacher top-K of each row -> `[B, Lc, K]` ids and log-probs, right-padded like the completions."""
+    def _pad_teacher_cache(
+        rows: list[dict[str, Any]], teacher_ids: list[list[int]], completions: list[list[int]]
+    ) -> dict[str, torch.Tensor]:
+        """Cached teacher top-K of each row -> `[B, Lc, K]` ids and log-probs, right-padded like the completions,
+        after checking each row's cache key against the teacher prompt and completion it has now."""
         ids, logprobs = [], []
-        for row, completion in zip(rows, completions):
+        for row, prompt, completion in zip(rows, teacher_ids, completions):
+            reason = stale_topk_reason(row.get(TEACHER_CACHE_KEY), prompt, completion)
+            if reason is not None:
+                raise ValueError(f"row {row.get('id', '?')!r}: {reason}")
             row_ids = torch.tensor(row[TEACHER_CACHE_IDS], dtype=torch.long)  # [Lc_i, K]
             if row_ids.size(0) != len(completion):
                 raise ValueError(

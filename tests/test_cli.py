@@ -69,7 +69,22 @@ def test_train_writes_adapter_config_and_summary(model_dir, tmp_path, trainer, t
     assert resolved["training"]["teacher_system_prompt"] == (preset.system_prompt or "")
     if trainer == "off-policy":
         lines = (out / "teacher_completions.jsonl").read_text(encoding="utf-8").splitlines()
-        assert len(lines) == 1 + 8 and json.loads(lines[0])["fingerprint"]["model"] == str(model_dir)
+        assert len(lines) == 1 + 8 and json.loads(lines[0])["fingerprint"]["teacher"] == str(model_dir)
+
+
+def test_train_refuses_an_output_dir_with_checkpoints_before_loading_anything(model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "trainer_state.json").write_text("{}")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data or a model was loaded before the output_dir check")
+
+    monkeypatch.setattr("msd_trl.cli._prepare", no_loading)
+    # Before: a second run wrote over checkpoint-2 silently (after generating any teacher text).
+    with pytest.raises(ValueError, match=r"already holds checkpoints of an earlier run \(checkpoint-2\).*"
+                       r"--resume_from_checkpoint .*checkpoint-2"):  # fmt: skip
+        main(["train", *_tiny_args(model_dir, out)])
 
 
 def test_train_with_a_teacher_preset_and_multiq_rows(model_dir, tmp_path):

@@ -54,16 +54,19 @@ def test_long_prompt_is_truncated_with_a_warning_or_an_error(tiny_tokenizer, cap
         MSDDataCollator(tiny_tokenizer, max_prompt_length=8)([row])
 
 
-def test_student_truncation_cuts_only_the_student_query_and_messages_rows_keep_their_end(tiny_tokenizer):
+def test_student_truncation_cuts_only_the_student_query_and_messages_rows_their_last_user_turn(tiny_tokenizer):
     # A long English teacher_prompt must not be what gets cut for the student (it is not in the student's prompt).
     row = {"id": "s", "prompt": "kata " * 60, "teacher_prompt": "a much longer English text " * 40}
     batch = MSDDataCollator(tiny_tokenizer, max_prompt_length=200, teacher_prompt_template="{teacher_prompt}",
                             teacher_system_prompt="")([row])  # fmt: skip
     assert batch["prompt_ids"].size(1) <= 200 and batch["teacher_prompt_ids"].size(1) <= 200
-    # GKD messages rows have no separate query text: their last tokens are kept, as before.
+    # GKD messages rows: the query is the last user turn before the completion; the chat template around it stays
+    # (before: the rendered tokens kept their last 64, a cut that drops a teacher's system prompt first).
     messages = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "No."}]}
     batch = MSDDataCollator(tiny_tokenizer, max_prompt_length=64)([messages])
-    assert batch["prompt_ids"].size(1) == 64
+    student = tiny_tokenizer.decode(batch["prompt_ids"][0][batch["prompt_mask"][0].bool()])
+    assert batch["prompt_ids"].size(1) <= 64
+    assert student.startswith("<|im_start|>user\n") and student.rstrip().endswith("<|im_start|>assistant")
 
 
 def test_truncation_keeps_the_teacher_system_prompt_and_template(tiny_tokenizer):

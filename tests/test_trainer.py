@@ -551,8 +551,14 @@ def test_stale_teacher_cache_is_an_error(tmp_path, tiny_tokenizer, msd_rows):
     stale = trainer.train_dataset.remove_columns("teacher_completion").add_column(
         "teacher_completion", ["A much longer answer than before, sorry."] * len(dataset)
     )
-    with pytest.raises(ValueError, match="cache is stale"):
+    with pytest.raises(ValueError, match="computed on another teacher_completion"):
         trainer.data_collator(list(stale)[:2])
+    # A text of the same token count is caught too (the row key holds the completion ids' digest, not the length).
+    same_length = trainer.train_dataset.remove_columns("teacher_completion").add_column(
+        "teacher_completion", ["Na."] * len(dataset)
+    )
+    with pytest.raises(ValueError, match="computed on another teacher_completion"):
+        trainer.data_collator(list(same_length)[:2])
 
 
 def test_cached_topk_columns_are_used_only_by_the_teacher_that_made_them(tmp_path, tiny_tokenizer, msd_rows):
@@ -571,7 +577,8 @@ def test_cached_topk_columns_are_used_only_by_the_teacher_that_made_them(tmp_pat
     with pytest.raises(ValueError, match=r"system_prompt: cached .*, now 'Be safe.'"):
         cached_trainer(tmp_path / "e", tiny_tokenizer, cached, divergence="reverse_kl", teacher_cache_top_k=4,
                        teacher_system_prompt="Be safe.")  # fmt: skip
-    with pytest.raises(ValueError, match="a teacher_model was passed"):
+    # Another teacher (a separate one with other weights) is told apart by its weight digest.
+    with pytest.raises(ValueError, match=r"another setting: teacher_weights: cached '[0-9a-f]+', now '[0-9a-f]+'"):
         OffPolicyMSDTrainer(
             model=make_model(tiny_tokenizer),
             teacher_model=make_model(tiny_tokenizer, seed=1),

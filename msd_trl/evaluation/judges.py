@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..generation import generate_responses
@@ -186,8 +187,22 @@ class ClassifierJudge(Judge):
         the constructor (``parse``, ``name``, ``batch_size``, ``max_new_tokens``)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+        where = f"--judge classifier:{name_or_path}"
+        path = Path(name_or_path).expanduser()
+        # A Hub id is "name" or "owner/name"; anything else shaped like a path is a folder that must exist (else the
+        # Hub client answers with "Repo id must be in the form ...", which never names the folder).
+        path_like = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+        if path_like and not path.is_dir():
+            raise ValueError(
+                f"{where}: no such folder ({path}). Pass a local folder holding a classifier model (config.json and "
+                "its tokenizer files) or a Hub id such as 'meta-llama/Llama-Guard-3-1B'."
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+        except (OSError, ValueError) as err:
+            source = f"the folder {path}" if path.is_dir() else f"the Hub id {name_or_path!r} (no such local folder)"
+            raise ValueError(f"{where}: could not load a classifier from {source}: {err}") from err
         kwargs.setdefault("name", f"classifier:{name_or_path}")
         return cls(model=model, tokenizer=tokenizer, **kwargs)
 

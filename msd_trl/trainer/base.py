@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import json
 import logging
 import os
 import warnings
@@ -40,14 +41,15 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from accelerate.utils import is_peft_model
+from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.sft_trainer import SFTTrainer
 from trl.trainer.utils import disable_dropout_in_model, use_adapter
 
+from ..checkpoints import check_resume_config, checkpoint_save_error, resolve_resume_checkpoint, write_run_config
 from ..chunked_loss import ChunkedOutput, check_output_head, chunked_divergence
 from ..completions import (
     STEP_STATISTICS,
@@ -66,6 +68,7 @@ from ..config import (
 )
 from ..decoding import check_adapter_mergeable, decode_threads, merged_adapter
 from ..divergences import DPSW
+from ..fingerprint import teacher_fingerprint
 from ..models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
 from ..names import TEACHER_COMPLETION_COLUMN
 from ..rendering import TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS, MSDDataCollator, stop_token_ids
@@ -289,6 +292,28 @@ class MSDTrainer(SFTTrainer):
         else:
             self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
 
+    def teacher_identity(self, **settings: Any) -> dict[str, Any]:
+        """The teacher's fingerprint (`msd_trl.fingerprint.teacher_fingerprint`: config, weight and adapter digests,
+        tokenizer) with `settings` added. Computed once per trainer, before any training step (the teacher is frozen,
+        and the self-teacher under PEFT is the base with its adapter disabled); keys the top-K cache and checkpoints.
+        """
+        if getattr(self, "_teacher_identity", None) is None:
+            if self.teacher_model is None:  # the PEFT self-teacher: the adapter-disabled base
+                module, adapter_disabled = self.accelerator.unwrap_model(self.model), True
+            else:
+                module, adapter_disabled = self.accelerator.unwrap_model(self.teacher_model), False
+            identity = [teacher_fingerprint(module, self._tokenizer, adapter_disabled=adapter_disabled)]
+            if self.accelerator.num_processes > 1:
+                # Sharded weights (FSDP, ZeRO-3) digest differently on each process: every process takes process
+                # 0's, which is the one a checkpoint records.
+                broadcast_object_list(identity, from_process=0)
+            self._teacher_identity = identity[0]
+        return {**self._teacher_identity, **settings}
+
+    def _run_config(self) -> dict[str, Any]:
+        """What a checkpoint records of its run (`msd_config.json`): the resolved config and the teacher."""
+        return {"training": json.loads(self.args.to_json_string()), "teacher": self.teacher_identity()}
+
     @staticmethod
     def _forward_signature(model) -> list[str]:
         target = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -385,17 +410,33 @@ class MSDTrainer(SFTTrainer):
     # ------------------------------------------------------------------ resume
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        checkpoint = resume_from_checkpoint
-        if isinstance(checkpoint, bool):
-            checkpoint = get_last_checkpoint(self.args.output_dir) if checkpoint else None
+        """`Trainer.train`, with the checkpoint guards of `msd_trl.checkpoints`: a fresh run into an `output_dir` that
+        holds checkpoints is refused, `resume_from_checkpoint=True` skips incomplete checkpoints (naming them), and a
+        resume whose config differs from the checkpoint's is refused or warned about, naming the fields."""
+        checkpoint = resolve_resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
+        if checkpoint is not None:
+            check_resume_config(checkpoint, self._run_config())
+        elif self.args.save_strategy != "no":
+            self.teacher_identity()  # recorded by every checkpoint: taken now, before the first step
         self._rng_checkpoint, self._rng_loaded_early = checkpoint, None
         try:
             with warnings.catch_warnings():
                 # transformers' deprecation notice, raised from the Trainer/TRL loop: nothing the user can act on.
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                return super().train(resume_from_checkpoint, *args, **kwargs)
+                return super().train(checkpoint, *args, **kwargs)
         finally:
             self._rng_checkpoint = self._rng_loaded_early = None
+
+    def _save_checkpoint(self, model, trial):
+        # msd_config.json goes in first; trainer_state.json, written last by the Trainer, marks the checkpoint
+        # complete (see msd_trl.checkpoints), so a save stopped part-way is skipped on resume.
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        try:
+            if self.args.should_save:
+                write_run_config(folder, self._run_config())
+            super()._save_checkpoint(model, trial)
+        except OSError as err:
+            raise checkpoint_save_error(folder, err) from err
 
     def _load_rng_state(self, checkpoint):
         # Mid-epoch, the Trainer restores the saved RNG state only after `get_batch_samples`, i.e. after this step's
