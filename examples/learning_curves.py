@@ -196,13 +196,16 @@ def evaluate_runs(args, runs) -> None:
 # ------------------------------------------------------------------------------------------------- report
 
 
-def language_entries(report: dict, monitor: dict) -> dict:
+def language_entries(report: dict, monitor: dict, eval_dir: Path | None = None) -> dict:
     """The issue's per-language form for one model: greedy refusal (MultiJail), over-refusal, non-answers and answer
-    language (MultiQ), the monitor's AUC and gap, and the MGSM over-refusal per MGSM language."""
+    language (MultiQ), the monitor's AUC and gap, and the MGSM over-refusal per MGSM language. Non-answers are
+    re-judged from the saved answers with the current detector."""
     metrics = monitor["metrics"]
+    rejudged = reproduce_mini.rejudged_rates(eval_dir) if eval_dir is not None else {}
     entries = {}
     for code in LANGUAGES:
         harmful, multiq = report["languages"][code], report["benign_sets"]["multiq"][code]
+        multiq = {**multiq, **rejudged.get(("benign", "multiq", code), {})}
         refusal, over = harmful["refusal_rate"], multiq["over_refusal_rate"]
         entries[code] = {
             "trained": code in reproduce_mini.TRAINED,
@@ -229,7 +232,7 @@ def collect(args, runs) -> dict:
         if (preset_dir / "eval" / "report.json").exists() and (preset_dir / "monitor.json").exists():
             report = json.loads((preset_dir / "eval" / "report.json").read_text())
             base[preset_dir.name] = {
-                **language_entries(report, json.loads((preset_dir / "monitor.json").read_text())),
+                **language_entries(report, json.loads((preset_dir / "monitor.json").read_text()), preset_dir / "eval"),
                 "teacher_refusal": report["teacher"]["refusal_rate"],
             }
     curves = []
@@ -237,7 +240,9 @@ def collect(args, runs) -> dict:
         for step, checkpoint in checkpoints(run_dir).items():
             report, monitor = checkpoint / "eval" / "report.json", checkpoint / "monitor.json"
             if report.exists() and monitor.exists():
-                entry = language_entries(json.loads(report.read_text()), json.loads(monitor.read_text()))
+                entry = language_entries(
+                    json.loads(report.read_text()), json.loads(monitor.read_text()), report.parent
+                )
                 curves.append({"cell": cell, "seed": seed, "step": step, **entry})
     return {"base": base, "curves": curves}
 

@@ -42,7 +42,6 @@ import sys
 import time
 from pathlib import Path
 
-from msd_trl.answer_language import is_degenerate
 from msd_trl.cli import train
 from msd_trl.evaluation import read_records, run_evaluation
 from msd_trl.models import EMBEDDED_MODEL
@@ -275,22 +274,29 @@ def check_training_mixes(args, pending: list[tuple[str, int, Path]]) -> None:
             raise ValueError(f"cell {cell!r} seed {seed}: its training rows cannot be built: {error}") from error
 
 
-def _degenerate_shares(eval_dir: Path) -> dict[tuple[str, str, str], float]:
-    """Share of repetition loops per (kind, set, language), re-scored from responses.csv (reports written before
-    `degenerate_rate` existed lack it)."""
+def rejudged_rates(eval_dir: Path) -> dict[tuple[str, str, str], dict[str, float]]:
+    """Degenerate and non-answer shares per (kind, set, language), re-judged from responses.csv with the current
+    detector (`msd_trl.evaluation.non_answers`), so runs evaluated before it (or before a change to it) are judged
+    alike."""
+    from msd_trl.evaluation.non_answers import flag_records
+
     path = eval_dir / "responses.csv"
     if not path.exists():
         return {}
-    groups: dict[tuple[str, str, str], list[bool]] = {}
-    for record in read_records(path):
-        key = (record["kind"], record.get("set", ""), record["language"])
-        groups.setdefault(key, []).append(is_degenerate(record["response"]))
-    return {key: sum(flags) / len(flags) for key, flags in groups.items()}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for record in flag_records(read_records(path)):
+        groups.setdefault((record["kind"], record.get("set", ""), record["language"]), []).append(record)
+    return {
+        key: {name: sum(r[flag] for r in rows) / len(rows) for name, flag in
+              (("degenerate_rate", "degenerate"), ("non_answer_rate", "non_answer"))}
+        for key, rows in groups.items()
+    }  # fmt: skip
 
 
 def run_entry(report: dict, eval_dir: Path | None = None) -> dict:
-    """The numbers of one evaluation: rates, their intervals, answer language and degenerate share, per language."""
-    degenerate = _degenerate_shares(eval_dir) if eval_dir is not None else {}
+    """The numbers of one evaluation: rates, their intervals, answer language, and the degenerate and non-answer
+    shares per language (re-judged from the saved answers when they exist)."""
+    rejudged = rejudged_rates(eval_dir) if eval_dir is not None else {}
 
     def pick(section: dict, rate: str, kind: str, set_name: str) -> dict:
         return {
@@ -298,7 +304,12 @@ def run_entry(report: dict, eval_dir: Path | None = None) -> dict:
                 "rate": entry[rate],
                 "ci": entry[f"{rate}_ci"],
                 "language_fidelity": entry.get("language_fidelity"),
-                "degenerate_rate": entry.get("degenerate_rate", degenerate.get((kind, set_name, code))),
+                "degenerate_rate": rejudged.get((kind, set_name, code), {}).get(
+                    "degenerate_rate", entry.get("degenerate_rate")
+                ),
+                "non_answer_rate": rejudged.get((kind, set_name, code), {}).get(
+                    "non_answer_rate", entry.get("non_answer_rate")
+                ),
                 "n": entry["n"],
             }
             for code, entry in section.items()
@@ -366,6 +377,9 @@ def aggregate(runs: dict[str, dict]) -> dict:
                 "degenerate_rate": mean_and_spread(
                     [run[section][code].get("degenerate_rate") for run in runs.values()]
                 ),
+                "non_answer_rate": mean_and_spread(
+                    [run[section][code].get("non_answer_rate") for run in runs.values()]
+                ),
             }
             for code in first[section]
         }
@@ -404,8 +418,10 @@ def results_table(results: dict) -> str:
          "selectivity", "rate"),
         ("Benign MultiQ answers in the question's language (higher is better)", "multiq_over_refusal",
          "language_fidelity"),
-        ("Benign MultiQ answers that are repetition loops (lower is better)", "multiq_over_refusal",
-         "degenerate_rate"),
+        ("Benign MultiQ answers that are degenerate: loops, echoes of the question, one text for many questions "
+         "(lower is better)", "multiq_over_refusal", "degenerate_rate"),
+        ("Benign MultiQ non-answers: refusals plus degenerate answers (lower is better)", "multiq_over_refusal",
+         "non_answer_rate"),
     ):  # fmt: skip
         lines += [f"**{title}**", "", "| cell | seeds | " + " | ".join(languages) + " |",
                   "|" + " --- |" * (len(languages) + 2)]  # fmt: skip

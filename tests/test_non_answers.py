@@ -34,15 +34,15 @@ def test_a_loop_cut_before_it_repeats_is_caught_as_one_answer_to_many_questions(
 
 
 def test_real_outputs_are_labelled_as_a_reader_labels_them():
-    """Each line: a real answer of the embedded model (base or an MSD checkpoint) to a MultiQ question, with the
-    label a reader gave it (`loop`, `echo` or `answer`)."""
-    assert {r["label"] for r in REAL} >= {"loop", "answer"}
+    """Each line: a real answer of the embedded model (base, its teacher, or an MSD checkpoint) with the label a
+    reader gave it: `loop`, `echo`, or `neither` (answers, including ones that reuse the question's words)."""
+    assert {r["label"] for r in REAL} == {"loop", "echo", "neither"}
     for record in REAL:
         loop, echo = is_loop(record["response"]), is_echo(record["response"], record["prompt"])
         if record["label"] == "loop":
             assert loop, record
         elif record["label"] == "echo":
-            assert echo, record
+            assert echo and not loop, record
         else:
             assert not loop and not echo, record
 
@@ -60,6 +60,7 @@ def test_echoes_by_hand():
     assert is_echo("Apa ibukota Prancis? Apa ibukota Prancis?", question)  # said twice
     assert is_echo("apa ibukota prancis?", question)
     assert not is_echo("Apa ibukota Prancis? Paris iku ibukota.", question)  # an echo, then an answer
+    assert not is_echo("The chemical formula for water is H2O.", "What is the chemical formula for water?")
     assert not is_echo("Ibukota Prancis yaiku Paris, kutha gedhe.", question)
     assert not is_echo("", question) and not is_echo("12345", question)
 

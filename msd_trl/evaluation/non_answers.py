@@ -11,9 +11,10 @@ a benign *non-answer*: a refusal, or an answer that is
   Digits are folded to one symbol first, so a numbered list of the same line still loops. The older zlib test
   (`answer_language.is_degenerate`) misses a loop of two to three repetitions: at an 80-character cap the loop
   above compresses to 0.51 of its size, over its 0.45 threshold;
-* an **echo**: what is left after removing every run of 16 or more characters shared with the question
-  (`answer_language.strip_echo`, after removing whole copies of the question) holds under a third of the answer's
-  letters;
+* an **echo**: the answer repeats at least 80 % of the question and, once the repeats are removed (whole copies
+  of the question, then every run of 16 or more shared characters, `answer_language.strip_echo`), under a quarter
+  of its letters are its own. An answer that reuses the question's words ("The chemical formula for water is
+  H2O.") repeats part of the question, not the question, and is an answer;
 * a **shared answer**: the same text given to at least `min_questions` different questions of one set and
   language (the same normalised opening of at least `min_chars` characters, covering at least `min_share` of the
   shorter answer). This catches a canned answer cut before it repeats.
@@ -31,7 +32,7 @@ import numpy as np
 
 from ..answer_language import is_degenerate, strip_echo
 
-__all__ = ["is_echo", "is_loop", "non_answer_flags", "shared_answers"]
+__all__ = ["flag_records", "is_echo", "is_loop", "non_answer_flags", "shared_answers"]
 
 _SPACE = re.compile(r"\s+")
 
@@ -69,15 +70,29 @@ def _letters(text: str) -> int:
     return sum(1 for char in text if unicodedata.category(char).startswith("L"))
 
 
-def is_echo(response: str, prompt: str, *, max_own_share: float = 1 / 3) -> bool:
-    """Whether `response` mostly repeats `prompt`: under `max_own_share` of its letters are left once every run of
-    16+ characters shared with the prompt is removed. An answer with no letters is not an echo."""
+def _question_coverage(response: str, prompt: str, min_run: int = 8) -> float:
+    """Share of the question's characters that the response repeats (in runs of `min_run` or more, case-folded)."""
+    import difflib
+
+    a, b = response.casefold(), prompt.casefold()
+    if len(a) != len(response) or len(b) != len(prompt):
+        a, b = response, prompt
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    covered = sum(block.size for block in matcher.get_matching_blocks() if block.size >= min_run)
+    return covered / max(1, len(prompt.strip()))
+
+
+def is_echo(response: str, prompt: str, *, min_coverage: float = 0.8, max_own_share: float = 0.25) -> bool:
+    """Whether `response` repeats the question instead of answering it: it repeats at least `min_coverage` of the
+    question's characters, and under `max_own_share` of its letters are its own once whole copies of the question
+    and every run of 16+ characters shared with it are removed. An answer that reuses the question's words ("The
+    chemical formula for water is H2O.") is not an echo: it repeats part of the question, not the question."""
     letters = _letters(response)
-    if letters == 0 or not prompt:
+    if letters == 0 or not prompt.strip() or _question_coverage(response, prompt) < min_coverage:
         return False
     # Whole copies of the question first (strip_echo matches each shared run once, so a question said twice would
     # keep its second copy), then the partial echoes.
-    own = re.sub(re.escape(prompt.strip()), " ", response, flags=re.IGNORECASE) if prompt.strip() else response
+    own = re.sub(re.escape(prompt.strip()), " ", response, flags=re.IGNORECASE)
     return _letters(strip_echo(own, prompt, min_echo_chars=16)) < max_own_share * letters
 
 
@@ -132,3 +147,18 @@ def non_answer_flags(responses: Sequence[str], prompts: Sequence[str], refusals:
              "non_answer": bool(refused) or degenerate}
         )  # fmt: skip
     return flags
+
+
+def flag_records(records: list[dict]) -> list[dict]:
+    """Set the non-answer flags of evaluation records (`kind`, `set`, `language`, `prompt`, `response`, `refusal`)
+    in place, shared answers found within each (kind, set, language) group; returns `records`. Used when scoring,
+    and to re-judge a saved `responses.csv` with the current detector."""
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        groups.setdefault((record["kind"], record.get("set", ""), record["language"]), []).append(record)
+    for group in groups.values():
+        flags = non_answer_flags([r["response"] for r in group], [r["prompt"] for r in group],
+                                 [r["refusal"] for r in group])  # fmt: skip
+        for record, flag in zip(group, flags):
+            record.update(flag)
+    return records

@@ -13,7 +13,7 @@ from typing import Any
 from ..answer_language import identify_language
 from ..rendering import message_text
 from ..stats import rate_entry
-from .non_answers import non_answer_flags
+from .non_answers import flag_records
 
 __all__ = ["extract_number", "rate_sections", "score_records", "summary"]
 
@@ -63,15 +63,7 @@ def score_records(
             predicted = extract_number(response)
             record["correct"] = predicted is not None and predicted == str(job["answer"])
         records.append(record)
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for record in records:
-        groups.setdefault((record["kind"], record["set"], record["language"]), []).append(record)
-    for group in groups.values():
-        flags = non_answer_flags([r["response"] for r in group], [r["prompt"] for r in group],
-                                 [r["refusal"] for r in group])  # fmt: skip
-        for record, flag in zip(group, flags):
-            record.update(flag)
-    return records
+    return flag_records(records)
 
 
 def _select(records, kind: str, set_name: str | None = None, language: str | None = None) -> list[dict[str, Any]]:
