@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,9 @@ def test_train_writes_adapter_config_and_summary(model_dir, tmp_path, trainer, t
         assert len(lines) == 1 + 8 and json.loads(lines[0])["fingerprint"]["teacher"] == str(model_dir)
 
 
-def test_train_refuses_an_output_dir_with_checkpoints_before_loading_anything(model_dir, tmp_path, monkeypatch):
+def test_train_refuses_an_output_dir_with_checkpoints_before_loading_anything(
+    model_dir, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "run"
     (out / "checkpoint-2").mkdir(parents=True)
     (out / "checkpoint-2" / "trainer_state.json").write_text("{}")
@@ -82,9 +85,12 @@ def test_train_refuses_an_output_dir_with_checkpoints_before_loading_anything(mo
 
     monkeypatch.setattr("msd_trl.cli._prepare", no_loading)
     # Before: a second run wrote over checkpoint-2 silently (after generating any teacher text).
-    with pytest.raises(ValueError, match=r"already holds checkpoints of an earlier run \(checkpoint-2\).*"
-                       r"--resume_from_checkpoint .*checkpoint-2"):  # fmt: skip
-        main(["train", *_tiny_args(model_dir, out)])
+    # A user error through msd-trl: one line naming the fix, exit status 2 (the exception itself with --debug).
+    assert main(["train", *_tiny_args(model_dir, out)]) == 2
+    assert re.search(r"already holds checkpoints of an earlier run \(checkpoint-2\).*--resume_from_checkpoint "
+                     r".*checkpoint-2", capsys.readouterr().err)  # fmt: skip
+    with pytest.raises(ValueError, match=r"already holds checkpoints of an earlier run \(checkpoint-2\)"):
+        main(["train", "--debug", *_tiny_args(model_dir, out)])
 
 
 def test_train_with_a_teacher_preset_and_multiq_rows(model_dir, tmp_path):

@@ -193,7 +193,7 @@ class MSDTrainer(SFTTrainer):
                 max_prompt_length=args.max_prompt_length,
                 prompt_truncation=args.prompt_truncation,
                 stop_ids=self.stop_ids,
-                teacher_context=args.teacher_context,
+                teacher_context=args.teacher_context if args.benign_teacher_preset else None,
             )
         self._keep_adapter_dtype_on_cpu()
         # bitsandbytes on CPU would otherwise switch 4-bit layers to a kernel without backward after the first
