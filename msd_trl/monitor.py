@@ -10,7 +10,8 @@ enough to run every few dozen steps.
 
 * Refusal openings: the ones the run's own teacher writes (its greedy answers to held-out harmful prompts under
   its context, first words of each answer the keyword judge calls a refusal), plus the judge's own phrases for
-  each language (the first few per language and five English ones). P(refusal | prompt) is the sum of
+  each language (the first few per language and five English ones; a language is scored on its own phrases, the
+  English ones and the teacher's). P(refusal | prompt) is the sum of
   P(opening | prompt) over a prefix-free set of openings (disjoint token sequences, so the sum is a probability).
 * Metrics, under transformers' conventions (`eval_` prefix): per language `eval_selectivity/<lang>/auc`,
   `/harmful_p`, `/benign_p`, `/gap` (harmful_p - benign_p); over languages `eval_selectivity/auc` (mean),
@@ -121,8 +122,10 @@ def refusal_probabilities(
 ) -> list[float]:
     """P(the answer opens with one of `openings` | conversation), one per conversation (a string is one user turn).
 
-    One forward per (conversation, opening) pair, batched by length; only the last positions' logits are computed
-    where the model takes `logits_to_keep`. The model is put in eval mode and restored."""
+    Each batch of `batch_size` conversations (grouped by length) is read once, keeping its KV cache; the first
+    token of every opening is scored from that forward, and the rest of the openings (a few tokens each) continue
+    from the cache, one row per (conversation, opening). So the cost is about one forward per conversation, not one
+    per opening. The model is put in eval mode and restored."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     opening_ids = _opening_ids(tokenizer, openings)
@@ -132,32 +135,51 @@ def refusal_probabilities(
         tokenize_messages(tokenizer, c if isinstance(c, list) else [{"role": "user", "content": c}])
         for c in conversations
     ]
-    pairs = sorted(
-        ((i, k) for i in range(len(prompts)) for k in range(len(opening_ids))),
-        key=lambda pair: len(prompts[pair[0]]) + len(opening_ids[pair[1]]),
-    )
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    longer = [k for k, ids in enumerate(opening_ids) if len(ids) > 1]  # openings that need the continuation
+    tail = max((len(opening_ids[k]) - 1 for k in longer), default=0)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    keep_arg = "logits_to_keep" in _forward_parameters(model)
+    parameters = _forward_parameters(model)
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    cache_arg = "cache" if "cache" in parameters else "past_key_values"  # transformers renamed it (5.x)
     was_training = model.training
     model.eval()
     totals = [0.0] * len(prompts)
     try:
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            rows = [prompts[i] + opening_ids[k] for i, k in chunk]
-            ids, mask = left_padded(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-            longest = max(len(opening_ids[k]) for _, k in chunk)
-            kwargs = {"logits_to_keep": longest + 1} if keep_arg else {}
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **kwargs).logits
-            log_probs = logits[:, -(longest + 1) :].float().log_softmax(-1)  # [B, longest + 1, V]
-            for row, (i, k) in enumerate(chunk):
-                target = opening_ids[k]
-                # Rows are left-padded, so every row ends at the last position: the opening's tokens are the last
-                # len(target), predicted by the positions just before them.
-                first = longest - len(target)
-                positions = torch.arange(first, first + len(target), device=log_probs.device)
-                picked = log_probs[row, positions, torch.tensor(target, device=log_probs.device)]
-                totals[i] += math.exp(float(picked.sum()))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            ids, mask = left_padded([prompts[i] for i in chunk], pad_id)  # [B, Lp]
+            ids, mask = ids.to(device), mask.to(device)
+            out = model(input_ids=ids, attention_mask=mask, use_cache=bool(longer), **keep)
+            first = out.logits[:, -1].float().log_softmax(-1)  # [B, V]: the answer's first token
+            logp = {(row, k): float(first[row, opening_ids[k][0]]) for row in range(len(chunk))
+                    for k in range(len(opening_ids))}  # fmt: skip
+            if longer:
+                # One continuation row per (conversation, longer opening): its tokens but the last, right-padded.
+                pairs = [(row, k) for row in range(len(chunk)) for k in longer]
+                index = torch.tensor([row for row, _ in pairs], device=device)
+                cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+                cache.reorder_cache(index)  # [B, ...] -> [B * len(longer), ...]
+                cont = torch.full((len(pairs), tail), pad_id, dtype=torch.long, device=device)  # [R, T]
+                cont_mask = torch.zeros((len(pairs), tail), dtype=mask.dtype, device=device)
+                for r, (_, k) in enumerate(pairs):
+                    body = opening_ids[k][:-1]
+                    cont[r, : len(body)] = torch.tensor(body, device=device)
+                    cont_mask[r, : len(body)] = 1
+                logits = model(
+                    input_ids=cont,
+                    attention_mask=torch.cat([mask[index], cont_mask], dim=1),
+                    use_cache=False,
+                    **{cache_arg: cache},
+                ).logits  # [R, T, V]: position j predicts the opening's token j + 1
+                log_probs = logits.float().log_softmax(-1)
+                for r, (row, k) in enumerate(pairs):
+                    target = torch.tensor(opening_ids[k][1:], device=device)
+                    picked = log_probs[r, torch.arange(len(target), device=device), target]
+                    logp[(row, k)] += float(picked.sum())
+            for (row, _), value in logp.items():
+                totals[chunk[row]] += math.exp(value)
     finally:
         model.train(was_training)
     return [min(1.0, total) for total in totals]
@@ -246,7 +268,20 @@ class SelectivityMonitor:
         self.harmful = self._select(harmful_rows, limit, max_prompt_tokens, "harmful")
         self.benign = self._select(benign_rows, limit, max_prompt_tokens, "benign")
         self.openings = list(openings) if openings is not None else None
+        # Measured openings hold every monitored language's judge phrases; each language is scored on its own,
+        # English and the teacher's only (the other languages' phrases add cost, not refusals). Given openings are
+        # scored as given, in every language.
+        self.per_language = openings is None
         self.batch_size = batch_size
+
+    def openings_for(self, language: str) -> list[str]:
+        """The openings scored on `language`'s prompts."""
+        if not self.per_language:
+            return list(self.openings)
+        from .evaluation.phrases import REFUSAL_PHRASES
+
+        others = {p for code in self.languages if code not in (language, "en") for p in REFUSAL_PHRASES.get(code, ())}
+        return [opening for opening in self.openings if opening not in others]
 
     def _select(self, rows: list[dict], limit: int | None, max_tokens: int, side: str) -> dict[str, list[dict]]:
         chosen: dict[str, list[dict]] = {}
@@ -300,7 +335,7 @@ class SelectivityMonitor:
                     model,
                     self.tokenizer,
                     [render_student_messages(r) for r in rows],
-                    self.openings,
+                    self.openings_for(language),
                     batch_size=self.batch_size,
                 )  # fmt: skip
                 for language, rows in per_language.items()

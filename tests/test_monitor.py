@@ -122,10 +122,14 @@ def test_callback_logs_every_eval_steps_and_its_auc_equals_a_direct_computation(
     assert logged[-1]["eval_selectivity/seconds"] >= logged[0]["eval_selectivity/seconds"] > 0
     # The last values, recomputed directly on the trained model from the same prompts and openings.
     model = trainer.model
+    openings = {c: monitor.monitor.openings_for(c) for c in ("jv", "sw")}
+    # Measured openings: each language is scored on its own judge phrases, English ones and the teacher's.
+    assert "Samahani" in openings["sw"] and "Samahani" not in openings["jv"]
+    assert "Nyuwun sewu" in openings["jv"] and "Nyuwun sewu" not in openings["sw"]
     harmful = {c: refusal_probabilities(model, tiny_tokenizer, [r["prompt"] for r in HARMFUL if r["language"] == c],
-                                        monitor.openings) for c in ("jv", "sw")}  # fmt: skip
+                                        openings[c]) for c in ("jv", "sw")}  # fmt: skip
     benign = {c: refusal_probabilities(model, tiny_tokenizer, [r["prompt"] for r in BENIGN if r["language"] == c],
-                                       monitor.openings) for c in ("jv", "sw")}  # fmt: skip
+                                       openings[c]) for c in ("jv", "sw")}  # fmt: skip
     for code in ("jv", "sw"):
         assert logged[-1][f"eval_selectivity/{code}/auc"] == pytest.approx(auc(harmful[code], benign[code]))
         assert logged[-1][f"eval_selectivity/{code}/harmful_p"] == pytest.approx(
