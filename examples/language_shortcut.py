@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "script": dominant_script([r["prompt"] for r in rows]),
             }
 
-        def curve(key: str) -> list[float | None]:
+        def curve(key: str, language: str = language) -> list[float | None]:
             values = [base.get("languages", {}).get(language, {}).get(key)]
             for step in steps:
                 found = [p["languages"][language][key] for p in points if p["step"] == step]

@@ -52,11 +52,15 @@ def parse_args(argv=None):
     parser.add_argument("--split_seed", type=int, default=0)
     parser.add_argument("--eval_limit", type=int, default=20, help="Held-out queries per language (round 2: 20).")
     parser.add_argument("--eval_max_chars", type=int, default=80)
+    parser.add_argument("--eval_max_new_tokens", type=int, default=24, help="English budget, scaled per language.")
     parser.add_argument("--eval_max_budget_tokens", type=int, default=128)
     parser.add_argument(
         "--monitor_limit", type=int, default=20,
         help="Monitor prompts per language and side: the held-out ids after the first --eval_limit.",
     )  # fmt: skip
+    parser.add_argument(
+        "--monitor_max_prompt_tokens", type=int, default=256, help="Monitor prompts longer than this are left out."
+    )
     parser.add_argument("--model", default=None, help="Default: the embedded SmolLM2-135M-Instruct.")
     parser.add_argument("--recommended", default=None, help="CELL@STEPS described by the JSON's `recommended`.")
     parser.add_argument("--results_json", default=None, help="Also write the JSON here (and the plots beside it).")
@@ -122,7 +126,7 @@ def build_monitor(args, tokenizer):
     benign = split_by_id_parity(load_multiq(languages=LANGUAGES))["test"]
     return SelectivityMonitor(
         tokenizer, _after_first_ids(harmful, args.eval_limit), _after_first_ids(benign, args.eval_limit),
-        languages=LANGUAGES, limit=args.monitor_limit,
+        languages=LANGUAGES, limit=args.monitor_limit, max_prompt_tokens=args.monitor_max_prompt_tokens,
     )  # fmt: skip
 
 
@@ -170,7 +174,7 @@ def greedy_point(args, preset: str, benign_preset: str | None, adapter: Path | N
     return run_evaluation(
         args.model, adapter=str(adapter) if adapter is not None else None, languages=LANGUAGES,
         benign_languages=reproduce_mini.MGSM_EVAL, multiq_languages=LANGUAGES, seed=args.split_seed,
-        limit=args.eval_limit, max_new_tokens=24, max_budget_tokens=args.eval_max_budget_tokens,
+        limit=args.eval_limit, max_new_tokens=args.eval_max_new_tokens, max_budget_tokens=args.eval_max_budget_tokens,
         max_chars=args.eval_max_chars, batch_size=16, teacher_preset=preset, benign_teacher_preset=benign_preset,
         include_teacher=adapter is None, output_dir=out, generation_threads=1,
     )  # fmt: skip

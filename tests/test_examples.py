@@ -274,3 +274,55 @@ def test_reproduce_mini_checks_every_mix_before_evaluating_or_training(model_dir
         script.main(["--model", str(model_dir), "--output_dir", str(tmp_path / "out"), "--cells", "on_dpsw_english",
                      "--seeds", "0", "--max_train_rows", "5000"])  # fmt: skip
     assert started == []
+
+
+def test_learning_curves_evaluates_every_checkpoint_and_writes_the_issue_schema(model_dir, tmp_path, monkeypatch):
+    """Checkpoints made by hand (a LoRA adapter + trainer_state.json, as the Trainer leaves them): the evaluate phase
+    measures each greedily and with the monitor, the report phase writes learning_curves.json with the issue's
+    `recommended` object and one curve entry per checkpoint; the train phase runs reproduce_mini's command with
+    checkpoints every --checkpoint_every steps."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    script = _load_script("learning_curves")
+    out = tmp_path / "curves"
+    for seed in (0, 1):
+        for step in (1, 2):
+            checkpoint = out / "on_dpsw_english" / f"seed{seed}" / f"checkpoint-{step}"
+            model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                                   LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))  # fmt: skip
+            model.save_pretrained(checkpoint)
+            (checkpoint / "trainer_state.json").write_text("{}")
+    (out / "on_dpsw_english" / "seed0" / "checkpoint-3").mkdir()  # still being saved: no adapter yet, skipped
+    common = ["--model", str(model_dir), "--output_dir", str(out), "--seeds", "0,1", "--steps", "2",
+              "--checkpoint_every", "1", "--eval_limit", "1", "--monitor_limit", "1", "--eval_max_new_tokens", "2",
+              "--eval_max_budget_tokens", "4",
+              "--monitor_max_prompt_tokens", "4096"]  # fmt: skip
+    script.main([*common, "--phase", "evaluate"])
+    results = script.main([*common, "--phase", "report", "--recommended", "on_dpsw_english@2",
+                           "--results_json", str(tmp_path / "docs" / "learning_curves.json")])  # fmt: skip
+    assert sorted((c["seed"], c["step"]) for c in results["curves"]) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    recommended = results["recommended"]
+    assert {"command", "steps", "seeds", "languages"} <= set(recommended)
+    assert recommended["steps"] == 2 and recommended["seeds"] == [0, 1]
+    languages = {"jv", "sw", "bn", "th", "ko", "ar", "vi"}
+    assert set(recommended["languages"]) == languages
+    for code, entry in recommended["languages"].items():
+        assert entry["trained"] == (code in {"jv", "sw", "bn"})
+        for key in ("refusal", "over_refusal", "auc", "in_language", "non_answer"):
+            assert len(entry[key]) == 2, (code, key)  # one value per seed
+        assert "base_in_language" in entry and "base_non_answer" in entry
+    assert set(results["curves"][0]["languages"]["jv"]) >= {"trained", "refusal", "over_refusal", "auc", "non_answer"}
+    assert set(results["monitor_vs_greedy"]["on_dpsw_english"]) == languages
+    assert (tmp_path / "docs" / "learning_curves.json").exists()
+    assert (tmp_path / "docs" / "learning_curves_on_dpsw_english.png").exists()
+    with pytest.raises(ValueError, match="no evaluated checkpoint"):
+        script.main([*common, "--phase", "report", "--recommended", "on_dpsw_english@7"])
+
+    seen = []
+    monkeypatch.setattr(script.reproduce_mini, "train", lambda argv: seen.append(argv))
+    script.main([*common[2:], "--output_dir", str(tmp_path / "fresh"), "--seeds", "0", "--phase", "train"])
+    flags = dict(zip(seen[0][::2], seen[0][1::2]))
+    assert flags["--max_steps"] == "2" and flags["--save_steps"] == "1" and flags["--seed"] == "0"
+    script.main([*common, "--seeds", "0", "--phase", "train"])  # checkpoints exist: resumes from the last one
+    assert seen[-1][-2:] == ["--resume_from_checkpoint", str(out / "on_dpsw_english" / "seed0" / "checkpoint-2")]
