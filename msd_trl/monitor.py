@@ -173,11 +173,15 @@ def refusal_probabilities(
                     use_cache=False,
                     **{cache_arg: cache},
                 ).logits  # [R, T, V]: position j predicts the opening's token j + 1
-                log_probs = logits.float().log_softmax(-1)
-                for r, (row, k) in enumerate(pairs):
-                    target = torch.tensor(opening_ids[k][1:], device=device)
-                    picked = log_probs[r, torch.arange(len(target), device=device), target]
-                    logp[(row, k)] += float(picked.sum())
+                targets = torch.zeros((len(pairs), tail), dtype=torch.long, device=device)  # [R, T]
+                for r, (_, k) in enumerate(pairs):
+                    targets[r, : len(opening_ids[k]) - 1] = torch.tensor(opening_ids[k][1:], device=device)
+                logits = logits.float()
+                # log p(target) = logit(target) - logsumexp(logits): no [R, T, V] log-softmax is materialised.
+                picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+                sums = (picked * cont_mask).sum(-1).tolist()  # [R]
+                for (row, k), value in zip(pairs, sums):
+                    logp[(row, k)] += value
             for (row, _), value in logp.items():
                 totals[chunk[row]] += math.exp(value)
     finally:
