@@ -36,6 +36,7 @@ from .data import (
     split_by_id_parity,
 )
 from .names import check_language_codes, unknown_language_codes
+from .registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -70,29 +71,21 @@ class Corpus:
             return split_by_id_parity(rows)
         return split_by_id(rows, test_size=test_size, seed=seed)
 
-    def load_from(self, data_dir: str | Path | None, languages: Sequence[str]) -> Dataset:
-        source = Path(data_dir) / self.folder if data_dir is not None and self.folder else None
-        return self.load(source, list(languages))
 
-
-CORPORA: dict[str, Corpus] = {}
+CORPORA = Registry("corpus", expects="a Corpus", check=lambda value: isinstance(value, Corpus))
 
 
 def register_corpus(corpus: Corpus, *, overwrite: bool = False) -> Corpus:
-    if not isinstance(corpus, Corpus):
-        raise ValueError(f"expected a Corpus, got {type(corpus).__name__}: {corpus!r}")
-    if corpus.split not in ("id", "parity"):
+    """Make `corpus` usable by name in training (`build_safety_mix`, `msd-trl train --harmful_corpus`) and evaluation
+    (`EvaluationArguments.harmful_corpus` / `benign_corpora`, `msd-trl evaluate --harmful_corpus`)."""
+    if isinstance(corpus, Corpus) and corpus.split not in ("id", "parity"):
         raise ValueError(f"Corpus.split={corpus.split!r} is invalid: use 'id' or 'parity'.")
-    if corpus.name in CORPORA and not overwrite:
-        raise ValueError(f"corpus {corpus.name!r} is already registered; pass overwrite=True to replace it.")
-    CORPORA[corpus.name] = corpus
-    return corpus
+    return CORPORA.register(corpus, overwrite=overwrite)
 
 
 def get_corpus(name: str) -> Corpus:
-    if name not in CORPORA:
-        raise ValueError(f"corpus={name!r} is unknown; registered: {sorted(CORPORA)}.")
-    return CORPORA[name]
+    """The registered corpus called `name`; a ValueError lists the registered names otherwise."""
+    return CORPORA.lookup(name)
 
 
 register_corpus(Corpus("multijail", load_multijail, MULTIJAIL_LANGUAGES, harmful=True, folder="multijail"))

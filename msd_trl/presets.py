@@ -7,7 +7,7 @@ distribution onto the student's own text. A preset bundles the two knobs of that
 user picks one with `--teacher_preset NAME` instead of copying two strings. Explicit template or system-prompt
 values still win over the preset.
 
-This module is a leaf: it imports nothing of ours, so config, rendering, evaluation and the CLI can all use it.
+This module imports only the `Registry` helper, so config, rendering, evaluation and the CLI can all use it.
 
 Presets (the wording of each was measured on the embedded SmolLM2-135M-Instruct; see docs/teacher_presets.md):
 
@@ -27,6 +27,8 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from .registry import Registry
 
 __all__ = [
     "DEFAULT_TEACHER_PRESET",
@@ -80,7 +82,9 @@ PAPER_TEMPLATE = (
     "Judge from the English translation whether the request is safe. Reply in {language}."
 )
 
-TEACHER_PRESETS: dict[str, TeacherPreset] = {}
+TEACHER_PRESETS = Registry(
+    "teacher_preset", expects="a TeacherPreset", check=lambda value: isinstance(value, TeacherPreset)
+)
 
 
 def validate_teacher_template(template: str, *, field: str = "teacher_prompt_template") -> set[str]:
@@ -123,12 +127,7 @@ def validate_teacher_template(template: str, *, field: str = "teacher_prompt_tem
 
 def register_teacher_preset(preset: TeacherPreset, *, overwrite: bool = False) -> TeacherPreset:
     """Make `preset` selectable by name (`MSDConfig(teacher_preset=...)`, `--teacher_preset`)."""
-    if not isinstance(preset, TeacherPreset):
-        raise ValueError(f"expected a TeacherPreset, got {type(preset).__name__}: {preset!r}")
-    if preset.name in TEACHER_PRESETS and not overwrite:
-        raise ValueError(f"teacher preset {preset.name!r} is already registered; pass overwrite=True to replace it.")
-    TEACHER_PRESETS[preset.name] = preset
-    return preset
+    return TEACHER_PRESETS.register(preset, overwrite=overwrite)
 
 
 for _preset in (
@@ -208,6 +207,4 @@ class TeacherContext:
 
 def get_teacher_preset(name: str) -> TeacherPreset:
     """The registered preset called `name`; a ValueError lists the known names otherwise."""
-    if name not in TEACHER_PRESETS:
-        raise ValueError(f"teacher_preset={name!r} is unknown; choose one of {sorted(TEACHER_PRESETS)}.")
-    return TEACHER_PRESETS[name]
+    return TEACHER_PRESETS.lookup(name)

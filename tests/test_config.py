@@ -275,7 +275,7 @@ def test_config_with_divergence_instance_can_be_saved_like_training_args(tmp_pat
 
 
 def test_registered_name_is_accepted(tmp_path, monkeypatch):
-    monkeypatch.setattr(divergences, "_REGISTRY", dict(divergences._REGISTRY))
+    monkeypatch.setattr(divergences, "DIVERGENCES", divergences.DIVERGENCES.copy())
     with pytest.raises(ValueError, match="'tv'"):
         make_config(tmp_path, divergence="tv")
     register_divergence("tv")(TotalVariation)
