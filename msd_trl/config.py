@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -36,15 +36,13 @@ from .divergences import DPSW, MIN_DIVERGENCE_TEMPERATURE, Divergence, available
 from .presets import (
     DEFAULT_TEACHER_PRESET,
     TEACHER_PRESETS,
-    TEMPLATE_PLACEHOLDERS,
     TeacherContext,
-    get_teacher_preset,
     validate_teacher_template,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MSDConfig", "TEMPLATE_PLACEHOLDERS", "bf16_supported", "build_divergence", "upgrade_config"]
+__all__ = ["MSDConfig", "bf16_supported", "build_divergence", "upgrade_config"]
 
 
 def _launched_distributed() -> bool:
@@ -303,21 +301,18 @@ class MSDConfig(GKDConfig):
         self._check_fields()
 
     def _resolve_teacher_preset(self) -> None:
-        # Unset template / system prompt come from the preset. A system prompt of "" (explicitly none) stays "", so
-        # a config saved and loaded again resolves to the same teacher.
-        if not isinstance(self.teacher_preset, str):
-            raise ValueError(f"MSDConfig.teacher_preset={self.teacher_preset!r} is invalid: expected a preset name.")
-        preset = get_teacher_preset(self.teacher_preset)
-        if self.teacher_prompt_template is None:
-            self.teacher_prompt_template = preset.template
-        if self.teacher_system_prompt is None:
-            self.teacher_system_prompt = preset.system_prompt or ""
-        benign = self.benign_teacher_preset
-        if benign is not None and (not isinstance(benign, str) or benign not in TEACHER_PRESETS):
-            raise ValueError(
-                f"MSDConfig.benign_teacher_preset={benign!r} is invalid: choose one of {sorted(TEACHER_PRESETS)}, "
-                "or None for one teacher context on every row."
-            )
+        # Unset template / system prompt come from the preset (presets.TeacherContext.resolve, the one resolver). A
+        # system prompt of "" (explicitly none) stays "", so a config saved and loaded again resolves to the same
+        # teacher.
+        context = TeacherContext.resolve(
+            self.teacher_preset,
+            template=self.teacher_prompt_template,
+            system_prompt=self.teacher_system_prompt,
+            benign_preset=self.benign_teacher_preset,
+            owner="MSDConfig.",
+        )
+        self.teacher_prompt_template = context.template
+        self.teacher_system_prompt = context.system_prompt or ""
 
     @property
     def teacher_context(self) -> TeacherContext:
@@ -328,6 +323,15 @@ class MSDConfig(GKDConfig):
             system_prompt=self.teacher_system_prompt,
             benign_preset=self.benign_teacher_preset,
         )
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of field `name`, read without building a config (which sets up a whole `TrainingArguments`):
+        how code outside this module reads a training default (e.g. teacher text's `max_new_tokens`)."""
+        for item in fields(cls):
+            if item.name == name:
+                return item.default if item.default is not MISSING else item.default_factory()
+        raise ValueError(f"MSDConfig has no field {name!r}.")
 
     def _check_fields(self) -> None:
         def bad(name: str, why: str):
@@ -381,7 +385,6 @@ class MSDConfig(GKDConfig):
             )
         if self.prompt_truncation not in ("left", "error"):
             bad("prompt_truncation", "must be 'left' or 'error'.")
-        validate_teacher_template(self.teacher_prompt_template, field="MSDConfig.teacher_prompt_template")
         if isinstance(self.divergence, DPSW) and self.teacher_cache_top_k is not None:
             if self.teacher_cache_top_k < self.divergence.top_k:
                 bad(

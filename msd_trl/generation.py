@@ -311,24 +311,32 @@ def generate_teacher_completions(
         raise ValueError(f"batch_size must be >= 1, got batch_size={batch_size!r}.")
     if "prompt" not in dataset.column_names:
         raise ValueError(f"dataset has no 'prompt' column; found {dataset.column_names}.")
-    # Every setting is resolved and checked before a model is loaded; an explicit value is never replaced (0 used to
-    # become the default budget, and temperature 0 with sampling used to sample at 1.0).
-    defaults = args or MSDConfig(output_dir="unused", report_to="none")
-    template = teacher_prompt_template if teacher_prompt_template is not None else defaults.teacher_prompt_template
-    system_prompt = teacher_system_prompt if teacher_system_prompt is not None else defaults.teacher_system_prompt
+
+    def setting(name: str, value: Any) -> Any:
+        # An explicit value wins and is used as given (0 used to become the default budget, and temperature 0 with
+        # sampling used to sample at 1.0); then the config's; then MSDConfig's default, read without building one.
+        if value is not None:
+            return value
+        return getattr(args, name) if args is not None else MSDConfig.default(name)
+
+    # Every setting is resolved and checked before a model is loaded. The teacher's context: the config's, else the
+    # default preset's (presets.TeacherContext.resolve, the one resolver); explicit parts win.
+    context = args.teacher_context if args is not None else TeacherContext.resolve(MSDConfig.default("teacher_preset"))
+    template = teacher_prompt_template if teacher_prompt_template is not None else context.template
+    system_prompt = teacher_system_prompt if teacher_system_prompt is not None else context.system_prompt
     validate_teacher_template(template, field="teacher_prompt_template")
     settings = {
-        "max_new_tokens": max_new_tokens if max_new_tokens is not None else defaults.max_new_tokens,
+        "max_new_tokens": setting("max_new_tokens", max_new_tokens),
         "do_sample": do_sample,
-        "temperature": (temperature if temperature is not None else defaults.temperature) if do_sample else None,
-        "top_p": (top_p if top_p is not None else defaults.top_p) if do_sample else None,
-        "top_k": (top_k if top_k is not None else defaults.top_k) if do_sample else None,
+        "temperature": setting("temperature", temperature) if do_sample else None,
+        "top_p": setting("top_p", top_p) if do_sample else None,
+        "top_k": setting("top_k", top_k) if do_sample else None,
     }
     budget = settings["max_new_tokens"]
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise ValueError(
             f"max_new_tokens must be an integer >= 1, got max_new_tokens={budget!r} (None takes "
-            f"args.max_new_tokens={defaults.max_new_tokens})."
+            f"args.max_new_tokens={setting('max_new_tokens', None)})."
         )
     if do_sample and not (
         isinstance(settings["temperature"], (int, float)) and 0 < settings["temperature"] < math.inf
@@ -345,13 +353,13 @@ def generate_teacher_completions(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     # A config with a benign rows' context (MSDConfig.benign_teacher_preset) renders those rows under it.
-    benign = args.teacher_context.benign if args is not None else None
+    benign = context.benign
     if benign is not None:
         settings["benign_template"], settings["benign_system_prompt"] = benign.template, benign.system_prompt
     # The teacher's prompt exactly as the trainers build it: same rendering, same prompt-length rule.
     collator = MSDDataCollator(
         tokenizer, teacher_prompt_template=template, teacher_system_prompt=system_prompt,
-        max_prompt_length=defaults.max_prompt_length, prompt_truncation=defaults.prompt_truncation,
+        max_prompt_length=setting("max_prompt_length", None), prompt_truncation=setting("prompt_truncation", None),
         teacher_context=TeacherContext(template, system_prompt or None, benign),
     )  # fmt: skip
     fitted = [collator.fit(row, "teacher") for row in dataset]

@@ -183,13 +183,18 @@ class TeacherContext:
         template: str | None = None,
         system_prompt: str | None = None,
         benign_preset: str | None = None,
+        owner: str = "",
     ) -> TeacherContext:
-        """The context of a preset, with an explicit `template` / `system_prompt` winning over the preset's, and
-        `benign_preset`'s context (as registered) for benign rows when given."""
-        chosen = get_teacher_preset(preset)
+        """The one resolver of a teacher context (config, evaluation and teacher text all call it): the preset's
+        template and system prompt, an explicit `template` / `system_prompt` winning (`""`: no system prompt), and
+        `benign_preset`'s context (as registered) for benign rows when given. Errors name `owner` + the field
+        (`owner="MSDConfig."` -> `MSDConfig.benign_teacher_preset='x' is unknown; ...`)."""
+        chosen = TEACHER_PRESETS.lookup(preset, field=f"{owner}teacher_preset")
+        if template is not None:
+            validate_teacher_template(template, field=f"{owner}teacher_prompt_template")
         benign = None
         if benign_preset is not None:
-            other = get_teacher_preset(benign_preset)
+            other = TEACHER_PRESETS.lookup(benign_preset, field=f"{owner}benign_teacher_preset")
             benign = cls(other.template, other.system_prompt or None)
         return cls(
             chosen.template if template is None else template,

@@ -63,12 +63,13 @@ class Registry(dict):
         """The registered names, sorted; a family shows the argument it takes (`classifier:<name_or_path>`)."""
         return sorted(name + (f"<{self.argument}>" if name.endswith(":") else "") for name in self)
 
-    def lookup(self, name: Any) -> Any:
-        """The value registered as `name`, or as the family of `"prefix:argument"`."""
+    def lookup(self, name: Any, *, field: str | None = None) -> Any:
+        """The value registered as `name`, or as the family of `"prefix:argument"`; an error names `field` (default:
+        the kind) and the registered names."""
         if isinstance(name, str):
             if name in self and not name.endswith(":"):
                 return self[name]
             prefix, separator, argument = name.partition(":")
             if separator and argument and f"{prefix}:" in self:
                 return self[f"{prefix}:"]
-        raise ValueError(f"{self.kind}={name!r} is unknown; registered: {self.names()}.")
+        raise ValueError(f"{field or self.kind}={name!r} is unknown; registered: {self.names()}.")

@@ -18,9 +18,9 @@ from trl.experimental.gkd import GKDConfig
 
 import msd_trl.config as config_module
 import msd_trl.divergences as divergences
-from msd_trl.config import TEMPLATE_PLACEHOLDERS, MSDConfig, bf16_supported
+from msd_trl.config import MSDConfig, bf16_supported
 from msd_trl.divergences import DPSW, Divergence, ForwardKL, GeneralizedJSD, ReverseKL, register_divergence
-from msd_trl.presets import DEFAULT_TEACHER_PRESET, TEACHER_PRESETS
+from msd_trl.presets import DEFAULT_TEACHER_PRESET, TEACHER_PRESETS, TEMPLATE_PLACEHOLDERS
 from msd_trl.trainer import build_divergence
 
 
