@@ -28,7 +28,7 @@ registry by name), generation from ``msd_trl.generation``, ``runner`` (``evaluat
 
 from __future__ import annotations
 
-from ..generation import _with_system_prompt, generate_responses  # noqa: F401  (_with_system_prompt: kept importable)
+from ..generation import generate_responses
 from ..presets import SAFETY_SYSTEM_PROMPT
 from .judges import JUDGES, ClassifierJudge, Judge, KeywordRefusalJudge, get_judge, parse_llama_guard, register_judge
 from .phrases import REFUSAL_PHRASES, normalize_text

@@ -16,8 +16,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..generation import _with_system_prompt
-from ..rendering import message_text, render_teacher_messages
+from ..rendering import message_text, render_prompt, render_teacher_messages
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +192,7 @@ def build_jobs(
                     "id": columns["id"][index],
                     "language": columns["language"][index],
                     "harmful": kind == "harmful",
-                    "messages": _with_system_prompt(columns["prompt"][index], student_system_prompt),
+                    "messages": render_prompt(columns["prompt"][index], student_system_prompt),
                     "budget": budgets[(set_name, columns["language"][index])],
                     "max_chars": max_chars,
                     "answer": columns["answer"][index] if "answer" in columns else None,

@@ -26,7 +26,6 @@ from ..presets import (
 )
 from ..rendering import message_text
 from .answers import answer_jobs
-from .answers import read_partial_responses as _read_partial_responses  # noqa: F401  (kept importable)
 from .jobs import Selected, build_jobs, generation_budgets, language_budgets, select_set
 from .judges import Judge, KeywordRefusalJudge, get_judge
 from .phrases import REFUSAL_PHRASES
