@@ -17,7 +17,6 @@ from conftest import make_model
 from msd_trl.data import load_mgsm, load_multijail, split_by_id
 from msd_trl.evaluation import (
     REFUSAL_PHRASES,
-    SAFETY_SYSTEM_PROMPT,
     ClassifierJudge,
     Judge,
     KeywordRefusalJudge,
@@ -29,6 +28,7 @@ from msd_trl.evaluation import (
     run_evaluation,
     write_report,
 )
+from msd_trl.presets import SAFETY_SYSTEM_PROMPT
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -311,6 +311,7 @@ def test_evaluate_end_to_end_with_hand_computed_rates(tiny_tokenizer, eval_data)
         benign=benign,
         languages=["jv", "sw"],
         judge=PromptSetJudge(refused),
+        teacher_preset="english_refusal",
         max_new_tokens=2,
         batch_size=4,
         limit=2,
@@ -364,7 +365,7 @@ def test_evaluate_teacher_template_and_no_benign(tiny_tokenizer, eval_data):
         tiny_tokenizer,
         harmful=harmful,
         languages=["sw"],
-        teacher_system_prompt=None,
+        teacher_system_prompt="",
         teacher_prompt_template="{language}: {prompt}\nEnglish: {teacher_prompt}",
         max_new_tokens=1,
         limit=1,

@@ -46,7 +46,6 @@ from __future__ import annotations
 from .loaders import _normalise_answer, _parse_tags, load_mgsm, load_multijail, load_multiq, split_by_id_parity  # noqa: F401
 from .mixing import (  # noqa: F401
     _token_lengths,
-    build_safety_mix,
     filter_by_length,
     mix_datasets,
     mix_harmful_and_benign,
@@ -66,7 +65,6 @@ from .rows import (  # noqa: F401
 )
 
 __all__ = [
-    "build_safety_mix",
     "mix_harmful_and_benign",
     "LANGUAGE_NAMES",
     "MGSM_HUB_NAME",
