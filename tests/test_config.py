@@ -18,10 +18,9 @@ from trl.experimental.gkd import GKDConfig
 
 import msd_trl.config as config_module
 import msd_trl.divergences as divergences
-from msd_trl.config import MSDConfig, bf16_supported
+from msd_trl.config import MSDConfig, bf16_supported, build_divergence
 from msd_trl.divergences import DPSW, Divergence, ForwardKL, GeneralizedJSD, ReverseKL, register_divergence
 from msd_trl.presets import DEFAULT_TEACHER_PRESET, TEACHER_PRESETS, TEMPLATE_PLACEHOLDERS
-from msd_trl.trainer import build_divergence
 
 
 def make_config(tmp_path, **kwargs) -> MSDConfig:
@@ -141,7 +140,7 @@ def test_infinite_divergence_temperature_is_refused(tmp_path):
 
 
 def test_collator_teacher_text_and_evaluation_validate_the_template(tiny_tokenizer):
-    from msd_trl.trainer import MSDDataCollator
+    from msd_trl.rendering import MSDDataCollator
 
     with pytest.raises(ValueError, match="teacher_prompt_template.*format spec"):
         MSDDataCollator(tiny_tokenizer, teacher_prompt_template="{teacher_prompt:{foo}}")

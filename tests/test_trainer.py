@@ -12,7 +12,7 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from msd_trl import Divergence, MSDConfig, OffPolicyMSDTrainer, OnPolicyMSDTrainer, generate_teacher_completions
-from msd_trl.trainer import MSDDataCollator
+from msd_trl.rendering import MSDDataCollator
 
 
 def make_args(tmp_path, **overrides) -> MSDConfig:
@@ -648,7 +648,8 @@ def test_teacher_text_in_another_column_trains_with_a_matching_collator(tmp_path
 
 
 def test_a_trainer_variant_is_one_hook_and_one_registration(tmp_path, tiny_tokenizer, msd_rows):
-    from msd_trl import TRAINERS, MSDTrainer, register_trainer
+    from msd_trl import MSDTrainer, register_trainer
+    from msd_trl.trainer import TRAINERS
 
     seen = []
 
