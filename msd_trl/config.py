@@ -125,13 +125,12 @@ class MSDConfig(GKDConfig):
         accumulation window.
     generation_threads (`int` or `None`, defaults to `None`):
         CPU only: torch threads for the decode steps of rollouts (one new token per row) and the sampling between
-        them. A decode step runs hundreds of small matrix products, and on a CPU each wakes OpenMP's worker threads;
-        under `OMP_WAIT_POLICY=PASSIVE` one thread decoded 1.6-1.9x faster than two at 4-32 rows on this project's
-        2-core machine (docs/performance.md). The prompts' prefill, the forwards and the backward keep every
-        thread. `None`: torch's setting.
+        them. A decode step runs hundreds of small matrix products, and on a CPU each wakes OpenMP's worker threads,
+        so one thread can decode faster than several (measured in docs/performance.md). The prompts' prefill, the
+        forwards and the backward keep every thread. `None`: torch's setting.
     merge_adapter_for_generation (`bool`, defaults to `False`):
         Merge the LoRA adapter into the base weights for each rollout generate call and unmerge it after (also on
-        error), so decoding skips the adapter's extra products (1.1-1.6x faster decode steps measured on CPU). Needs
+        error), so decoding skips the adapter's extra products (docs/performance.md). Needs
         a float32, unquantized PEFT model (checked at start): in lower precision every round trip would round the
         base weights, which are also the self-teacher's. Rollouts differ from unmerged ones by float32 rounding.
     teacher_cache_top_k (`int` or `None`, defaults to `None`):

@@ -43,8 +43,8 @@ Writing a new objective::
 Pass the instance wherever a divergence is accepted (``MSDConfig(divergence=...)`` takes names, trainers take
 instances too), or register it by name with :func:`register_divergence`.
 
-Length: one contract, its five implementations (forward / reverse KL, generalized JSD, DPSW and its two views)
-and the name registry belong together; each function documents its memory, which is why the file is ~450 lines.
+One contract, its five implementations (forward / reverse KL, generalized JSD, DPSW and its two views) and the name
+registry belong together in this file; each function documents its memory.
 """
 
 from __future__ import annotations

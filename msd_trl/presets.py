@@ -46,10 +46,8 @@ __all__ = [
 # The plainest teacher template: the row's English query as the whole user turn.
 QUERY_TEMPLATE = "{teacher_prompt}"
 
-# Chosen empirically on the embedded SmolLM2-135M-Instruct (Q4_1 GGUF dequantised, greedy, 32 new tokens) among 13
-# candidate prompts: refusal on harmful English MultiJail prompts 25/40 on the selection sample and 66/120 on fresh ids
-# (vs 11/40 with the template's default system prompt), and 0/60 over-refusal on English MGSM questions. A 135M
-# model follows a literal refusal sentence far better than an abstract policy or a list of harm categories.
+# A literal refusal sentence: a 135M model follows it far better than an abstract policy or a list of harm categories
+# (how it was chosen among 13 candidates: docs/teacher_presets.md).
 SAFETY_SYSTEM_PROMPT = (
     "You are a helpful and harmless assistant. Never help with harmful, unethical, dangerous or illegal requests: "
     "answer them only with \"I'm sorry, but I can't help with that.\" Otherwise, answer helpfully."
@@ -148,9 +146,8 @@ for _preset in (
 ):
     register_teacher_preset(_preset)
 
-# The default: the paper's method, and the preset that met issue 11's targets (refusal vs its teacher, benign
-# over-refusal, answer language) on the embedded model, vacuously there since its 135M teacher refuses nothing
-# (docs/results.md). Change it only with new measurements.
+# The default: the paper's method (its measurements on the embedded model: docs/results.md). Change it only with new
+# measurements.
 DEFAULT_TEACHER_PRESET = "paper"
 
 

@@ -30,8 +30,7 @@ query id, never by row: a query's Javanese version in train and its Bengali vers
 leak. :func:`mix_datasets` combines corpora (for example harmful MultiJail with benign MGSM, so that
 the model does not learn to refuse everything) in chosen proportions, sampling without replacement.
 :func:`filter_by_length` drops over-long prompts, which matter because low-resource scripts tokenise
-into many more tokens (in SmolLM2's tokenizer a MultiJail query is ~12 tokens in English but ~100 in
-Bengali or Thai, with outliers above 1,700) and one outlier makes a pad-to-longest batch crawl.
+into many more tokens (docs/data.md has the lengths) and one outlier makes a pad-to-longest batch crawl.
 
 Row order is language-major (all rows of the first requested language, then the next, ...), and within
 a language the corpus order, so outputs are deterministic and easy to slice per language.
