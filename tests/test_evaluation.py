@@ -221,6 +221,30 @@ def test_a_new_judge_is_one_registration():
         JUDGES.pop("always"), JUDGES.pop("threshold:")
 
 
+def test_a_registered_judge_is_an_evaluation_setting(tiny_model_dir, tmp_path):
+    """The judge extension point (docs/code_layout.md): one registration, then `EvaluationArguments(judge=name)`
+    (`msd-trl evaluate --judge name`) uses it; nothing of ours changes."""
+    from msd_trl.evaluation import JUDGES, EvaluationArguments, register_judge
+
+    class RefuseAll(Judge):
+        name = "refuse-all"
+
+        def judge(self, prompts, responses):
+            return [True] * len(responses)
+
+    register_judge("refuse-all", lambda _: RefuseAll())
+    try:
+        args = EvaluationArguments(model_name_or_path=str(tiny_model_dir), judge="refuse-all", languages=["jv"],
+                                   benign_languages=[], multiq_languages=[], limit=2, max_new_tokens=1,
+                                   data_dir=str(SHARED_DATA), output_dir=str(tmp_path / "e"), progress=False)  # fmt: skip
+        report = run_evaluation(args)
+        assert report["judge"] == "refuse-all" and report["languages"]["jv"]["refusal_rate"] == 1.0
+    finally:
+        JUDGES.pop("refuse-all")
+    with pytest.raises(ValueError, match="judge='refuse-all' is unknown"):
+        EvaluationArguments(judge="refuse-all")
+
+
 def test_get_judge():
     keyword = KeywordRefusalJudge()
     assert get_judge(keyword) is keyword
