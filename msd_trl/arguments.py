@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_LORA_TARGETS", "TEACHER_COMPLETIONS_FILE", "DataArguments", "build_train_parser", "split_list"]
+from .names import split_list
+
+__all__ = ["DEFAULT_LORA_TARGETS", "TEACHER_COMPLETIONS_FILE", "DataArguments", "build_train_parser"]
 
 # --eval_after's default on MultiJail: the languages trained on by default (the corpus's) and one never trained on.
 DEFAULT_EVAL_LANGUAGES = ("jv", "sw", "bn", "th")
@@ -128,13 +130,9 @@ class DataArguments:
 
     def corpora(self) -> dict[str, list[str]] | None:
         """--benign_corpora as {name: languages} (a bare name: the training languages), or None."""
-        if self.benign_corpora is None:
-            return None
-        chosen = {}
-        for spec in self.benign_corpora:
-            name, _, codes = spec.partition(":")
-            chosen[name] = split_list(codes) if codes else self.train_languages()
-        return chosen
+        from .corpora import corpus_languages
+
+        return None if self.benign_corpora is None else corpus_languages(self.benign_corpora, self.train_languages())
 
     def build_dataset(self, tokenizer, split: str = "train", config=None, plan: dict | None = None):
         """The rows these arguments describe: the user's `dataset_name` (+ `benign_dataset_name`) when given, else
@@ -220,11 +218,6 @@ class DataArguments:
             harmful_name=Path(self.dataset_name).stem,
             plan=plan,
         )
-
-
-def split_list(value: str) -> list[str]:
-    """`"jv, sw,,bn"` -> `["jv", "sw", "bn"]`."""
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def build_train_parser(prog: str = "msd-trl train"):

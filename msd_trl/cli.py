@@ -40,9 +40,9 @@ from .arguments import (  # noqa: F401  (DataArguments and the constants are kep
     TEACHER_COMPLETIONS_FILE,
     DataArguments,
     build_train_parser,
-    split_list,
 )
 from .model_card import hub_id_of, set_adapter_base_model, write_model_card
+from .names import split_list
 
 __all__ = ["DataArguments", "before_after_table", "build_train_parser", "env_report", "main"]
 
@@ -468,6 +468,7 @@ def _evaluate_before_after(data_args, config, model_args, output_dir: Path, data
     """The base model and the new adapter on the same held-out ids (the training split's other side), with
     `EvaluationArguments`' defaults but `AFTER_TRAINING` (a shorter look) and the run's teacher context."""
     from .evaluation import AFTER_TRAINING, EvaluationArguments, run_evaluation
+    from .presets import TEACHER_FIELDS
 
     data_kwargs, sets, said = _evaluation_data(data_args, dataset)
     args = EvaluationArguments(
@@ -478,10 +479,7 @@ def _evaluate_before_after(data_args, config, model_args, output_dir: Path, data
         test_size=data_args.test_size,
         seed=data_args.split_seed,
         limit=data_args.eval_limit,
-        teacher_preset=config.teacher_preset,
-        teacher_prompt_template=config.teacher_prompt_template,
-        teacher_system_prompt=config.teacher_system_prompt,
-        benign_teacher_preset=config.benign_teacher_preset,
+        **{name: getattr(config, name) for name in TEACHER_FIELDS},  # the run's teacher context
         data_dir=data_args.data_dir,
         dtype=model_args.dtype or "auto",
         load_in_4bit=model_args.load_in_4bit,

@@ -303,25 +303,14 @@ class MSDConfig(GKDConfig):
         # Unset template / system prompt come from the preset (presets.TeacherContext.resolve, the one resolver). A
         # system prompt of "" (explicitly none) stays "", so a config saved and loaded again resolves to the same
         # teacher.
-        context = TeacherContext.resolve(
-            self.teacher_preset,
-            template=self.teacher_prompt_template,
-            system_prompt=self.teacher_system_prompt,
-            benign_preset=self.benign_teacher_preset,
-            owner="MSDConfig.",
-        )
+        context = TeacherContext.of(self, owner="MSDConfig.")
         self.teacher_prompt_template = context.template
         self.teacher_system_prompt = context.system_prompt or ""
 
     @property
     def teacher_context(self) -> TeacherContext:
         """The resolved teacher context (template, system prompt, and the benign rows' context if any)."""
-        return TeacherContext.resolve(
-            self.teacher_preset,
-            template=self.teacher_prompt_template,
-            system_prompt=self.teacher_system_prompt,
-            benign_preset=self.benign_teacher_preset,
-        )
+        return TeacherContext.of(self)
 
     @classmethod
     def default(cls, name: str) -> Any:

@@ -34,7 +34,7 @@ from .data import (
     split_by_id,
     split_by_id_parity,
 )
-from .names import check_language_codes, unknown_language_codes
+from .names import check_language_codes, split_list, unknown_language_codes
 from .registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ __all__ = [
     "Corpus",
     "DataFileError",
     "build_safety_mix",
+    "corpus_languages",
     "get_corpus",
     "load_dataset_rows",
     "register_corpus",
@@ -95,6 +96,16 @@ def register_corpus(corpus: Corpus, *, overwrite: bool = False) -> Corpus:
 def get_corpus(name: str) -> Corpus:
     """The registered corpus called `name`; a ValueError lists the registered names otherwise."""
     return CORPORA.lookup(name)
+
+
+def corpus_languages(specs: Sequence[str], languages: Sequence[str]) -> dict[str, list[str]]:
+    """Corpora as the command line names them (`--benign_corpora`): each `NAME` (in `languages`) or
+    `NAME:LANG,LANG` -> `{name: languages}`."""
+    chosen = {}
+    for spec in specs:
+        name, _, codes = spec.partition(":")
+        chosen[name] = split_list(codes) if codes else list(languages)
+    return chosen
 
 
 # MultiJail's default languages are its low-resource ones, where the cross-lingual gap is largest.

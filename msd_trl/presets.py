@@ -33,6 +33,7 @@ from .registry import Registry
 __all__ = [
     "DEFAULT_TEACHER_PRESET",
     "QUERY_TEMPLATE",
+    "TEACHER_FIELDS",
     "TEMPLATE_PLACEHOLDERS",
     "validate_teacher_template",
     "SAFETY_SYSTEM_PROMPT",
@@ -54,6 +55,9 @@ SAFETY_SYSTEM_PROMPT = (
 )
 
 TEMPLATE_PLACEHOLDERS = ("prompt", "teacher_prompt", "language")
+
+# The settings that name a teacher context, spelled the same in MSDConfig and EvaluationArguments.
+TEACHER_FIELDS = ("teacher_preset", "teacher_prompt_template", "teacher_system_prompt", "benign_teacher_preset")
 
 # What `{language}` becomes for a row without a `language` value.
 UNKNOWN_LANGUAGE_NAME = "the language of the original request"
@@ -197,6 +201,17 @@ class TeacherContext:
             chosen.template if template is None else template,
             (chosen.system_prompt if system_prompt is None else system_prompt) or None,
             benign,
+        )
+
+    @classmethod
+    def of(cls, settings: Any, *, owner: str = "") -> TeacherContext:
+        """The context named by a settings object's `TEACHER_FIELDS` (an `MSDConfig`, an `EvaluationArguments`)."""
+        return cls.resolve(
+            settings.teacher_preset,
+            template=settings.teacher_prompt_template,
+            system_prompt=settings.teacher_system_prompt,
+            benign_preset=settings.benign_teacher_preset,
+            owner=owner,
         )
 
     def for_row(self, row: Mapping[str, Any]) -> TeacherContext:

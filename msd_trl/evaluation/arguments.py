@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..names import split_list
 from ..presets import DEFAULT_TEACHER_PRESET, TeacherContext
 
 __all__ = ["AFTER_TRAINING", "EvaluationArguments"]
@@ -27,8 +28,7 @@ def _codes(value: Any) -> list[str] | None:
     """`"jv,sw"`, `["jv,sw", "bn"]` or `("jv", "sw")` -> `["jv", "sw"]`; `None` stays `None`; `""` -> `[]`."""
     if value is None:
         return None
-    parts = [value] if isinstance(value, str) else list(value)
-    return [code.strip() for part in parts for code in str(part).split(",") if code.strip()]
+    return [code for part in ([value] if isinstance(value, str) else value) for code in split_list(str(part))]
 
 
 @dataclass
@@ -248,12 +248,7 @@ class EvaluationArguments:
     @property
     def teacher_context(self) -> TeacherContext:
         """The teacher's context, resolved by `presets.TeacherContext.resolve` (as `MSDConfig` resolves it)."""
-        return TeacherContext.resolve(
-            self.teacher_preset,
-            template=self.teacher_prompt_template,
-            system_prompt=self.teacher_system_prompt,
-            benign_preset=self.benign_teacher_preset,
-        )
+        return TeacherContext.of(self)
 
     def corpus_languages(self, languages: list[str]) -> dict[str, list[str]]:
         """The benign corpora to evaluate, by name, with their languages (`languages`: the harmful set's)."""
@@ -261,8 +256,6 @@ class EvaluationArguments:
             chosen = {"mgsm": list(self.benign_languages)}
             chosen["multiq"] = list(languages) if self.multiq_languages is None else list(self.multiq_languages)
             return {name: codes for name, codes in chosen.items() if codes}
-        chosen = {}
-        for spec in self.benign_corpora:
-            name, _, codes = spec.partition(":")
-            chosen[name] = _codes(codes) if codes else list(languages)
-        return chosen
+        from ..corpora import corpus_languages
+
+        return corpus_languages(self.benign_corpora, languages)
