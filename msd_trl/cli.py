@@ -2,7 +2,8 @@
 
 Design: every subcommand is a thin layer over the public API, parsed with TRL's `TrlParser`, so any
 `MSDConfig` / `TrainingArguments` flag (`--max_steps 1`, `--learning_rate 5e-4`) and TRL's `ModelConfig` flags
-(`--model_name_or_path`, `--lora_r`, `--load_in_4bit`) work, and `--config file.yaml` sets any of them. With no
+(`--model_name_or_path`, `--lora_r`, `--load_in_4bit`) work, every `EvaluationArguments` field is an `evaluate` flag,
+and `--config file.yaml` sets any of them. With no
 model or data flags it trains the embedded SmolLM2-135M-Instruct on MultiJail (+ MGSM benign questions) from
 `../shared/data` or the Hub, with LoRA and the teacher preset of `MSDConfig.teacher_preset` (`--teacher_preset`).
 
@@ -14,8 +15,8 @@ wall time depends on) and, after the first steps, an estimate of the wall time.
 A user error (a bad file, an unknown language, a bad flag value: `ValueError`, `OSError`, `ImportError`) is one line
 on stderr and exit status 2, as argparse does; `--debug` (anywhere on the command line) or `MSD_TRL_DEBUG=1` shows
 the traceback instead. As a command, `msd-trl` keeps bitsandbytes unimported unless 4-bit loading is asked for (it
-costs seconds and prints a warning on CPU), and `train --help` is served from a cache keyed by the versions and the
-flag definitions, so it is instant after the first time.
+costs seconds and prints a warning on CPU), and `train --help` (and `evaluate --help`) is served from a cache keyed by
+the versions and the flag definitions, so it is instant after the first time.
 """
 
 from __future__ import annotations

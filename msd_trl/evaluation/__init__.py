@@ -11,8 +11,8 @@ measures three things with the same judge:
   ``teacher_system_prompt`` as the system prompt;
 - per-language over-refusal rate on benign MGSM math questions (a refusal there is a failure).
 
-Data flows one way: rows -> chat conversations -> :func:`generate_responses` (one batched, length-grouped, greedy
-pass over every prompt) -> :class:`Judge` verdicts -> records (one per prompt) -> report (rates) ->
+Data flows one way: rows -> chat conversations -> ``generation.generate_responses`` (one batched, length-grouped,
+greedy pass over every prompt) -> :class:`Judge` verdicts -> records (one per prompt) -> report (rates) ->
 :func:`write_report` (``report.json``, ``responses.csv``, ``report.md``, ``refusal_rate.png``).
 
 Judges share one tiny interface (:class:`Judge`): a list of prompts and responses in, one bool per response out,
