@@ -234,25 +234,23 @@ def _check_writable(output_dir: Path) -> None:
         ) from err
 
 
+def _corpus_rows(name: str, languages: list[str], args: EvaluationArguments):
+    """A registered corpus's rows in `languages`, from `args.data_dir`, on the `args.split` side of its own split rule
+    (`Corpus.split_rows`: by id with the run's test size and seed, MultiQ by id parity)."""
+    corpus = get_corpus(name)
+    rows = corpus.read(languages, data_dir=args.data_dir)
+    if args.split == "all":
+        return rows
+    return corpus.split_rows(rows, test_size=args.test_size, seed=args.seed)[args.split]
+
+
 def _corpus_evaluation_data(args: EvaluationArguments):
-    """The registered corpora's rows: the harmful corpus in `args.languages` (default: its default languages) and
-    the benign corpora (`EvaluationArguments.corpus_languages`), each loaded from `args.data_dir` and split by its own
-    rule (`Corpus.split_rows`: by id with the run's test size and seed, MultiQ by id parity)."""
-    corpus = get_corpus(args.harmful_corpus)
-    languages = list(args.languages) if args.languages is not None else list(corpus.default_languages)
-
-    def held_out(name: str, codes: list[str]):
-        spec = get_corpus(name)
-        rows = spec.read(codes, data_dir=args.data_dir)
-        return (
-            rows
-            if args.split == "all"
-            else spec.split_rows(rows, test_size=args.test_size, seed=args.seed)[args.split]
-        )
-
+    """The harmful corpus in `args.languages` (default: its default languages) and the benign corpora
+    (`EvaluationArguments.corpus_languages`)."""
+    languages = list(args.languages or get_corpus(args.harmful_corpus).default_languages)
     benign_by_set = args.corpus_languages(languages)
-    benign = {name: held_out(name, codes) for name, codes in benign_by_set.items()}
-    return held_out(args.harmful_corpus, languages), benign, benign_by_set, languages
+    benign = {name: _corpus_rows(name, codes, args) for name, codes in benign_by_set.items()}
+    return _corpus_rows(args.harmful_corpus, languages, args), benign, benign_by_set, languages
 
 
 def _user_data_with_corpora(args: EvaluationArguments):
@@ -278,14 +276,7 @@ def _user_data_with_corpora(args: EvaluationArguments):
             wanted = args.corpus_languages(languages)
         for name, codes in wanted.items():
             if codes:
-                spec = get_corpus(name)
-                rows = spec.read(codes, data_dir=args.data_dir)
-                benign[name] = (
-                    rows
-                    if args.split == "all"
-                    else spec.split_rows(rows, test_size=args.test_size, seed=args.seed)[args.split]
-                )
-                benign_by_set[name] = codes
+                benign[name], benign_by_set[name] = _corpus_rows(name, codes, args), codes
     return harmful, benign, benign_by_set, languages
 
 
