@@ -23,9 +23,8 @@ from typing import Any
 
 import torch
 
-from .decoding import cut_at_stop, left_padded, pad, stop_token_ids  # noqa: F401  (stop_token_ids: until trainer/base.py imports it from decoding)
+from .decoding import cut_at_stop, left_padded, pad
 from .names import (
-    TEACHER_CACHE_FINGERPRINT,  # noqa: F401  (until trainer/base.py imports the cache names from names)
     TEACHER_CACHE_IDS,
     TEACHER_CACHE_KEY,
     TEACHER_CACHE_LOGPROBS,

@@ -66,12 +66,12 @@ from ..config import (
     build_divergence,
     upgrade_config,
 )
-from ..decoding import check_adapter_mergeable, decode_threads, merged_adapter
+from ..decoding import check_adapter_mergeable, decode_threads, merged_adapter, stop_token_ids
 from ..divergences import DPSW
 from ..fingerprint import teacher_fingerprint
 from ..models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
-from ..names import TEACHER_COMPLETION_COLUMN
-from ..rendering import TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS, MSDDataCollator, stop_token_ids
+from ..names import TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS, TEACHER_COMPLETION_COLUMN
+from ..rendering import MSDDataCollator
 from ..row_checks import check_columns, check_privileged_context, named_datasets, validate_rows
 from ..scale_out import check_scale_out
 from ..teacher_cache import dense_from_topk
