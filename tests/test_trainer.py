@@ -677,7 +677,7 @@ def test_a_trainer_variant_is_one_hook_and_one_registration(tmp_path, tiny_token
         assert seen == [True, True] and ratios == [1.0, 0.0]
     finally:
         TRAINERS.pop("alternate-test", None)
-    with pytest.raises(TypeError, match="needs an MSDTrainer subclass"):
+    with pytest.raises(ValueError, match="needs an MSDTrainer subclass"):
         register_trainer("not-a-trainer")(dict)
     with pytest.raises(NotImplementedError, match="MSDTrainer must implement use_fixed_completion"):
         MSDTrainer(model=make_model(tiny_tokenizer), args=make_args(tmp_path, max_steps=1), train_dataset=msd_rows,

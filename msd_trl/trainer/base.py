@@ -23,7 +23,7 @@ with token weights -> loss.
 Layout: the pure pieces live beside this file and are tested there (`completions`: masks, the scoring batch,
 completion logits, step statistics; `row_checks`; `teacher_cache`; `rendering`: the collator). What stays here is
 one cohesive thing, the Trainer overrides that must sit on the class (set-up and the self-teacher, rollouts inside
-`get_batch_samples`, resume order of the RNG, the plain and chunked loss, metrics): about 550 lines. The variants
+`get_batch_samples`, resume order of the RNG, the plain and chunked loss, metrics). The variants
 live in `on_policy.py` and `off_policy.py`.
 """
 
@@ -71,6 +71,7 @@ from ..divergences import DPSW
 from ..fingerprint import teacher_fingerprint
 from ..models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
 from ..names import TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS, TEACHER_COMPLETION_COLUMN
+from ..registry import Registry
 from ..rendering import MSDDataCollator
 from ..row_checks import check_columns, check_privileged_context, named_datasets, validate_rows
 from ..scale_out import check_scale_out
@@ -607,22 +608,16 @@ class MSDTrainer(SFTTrainer):
         return loss.detach(), None, None
 
 
-# The base's name before it was public.
-_MSDTrainerBase = MSDTrainer
+TRAINERS = Registry(
+    "trainer",
+    expects="an MSDTrainer subclass",
+    check=lambda value: isinstance(value, type) and issubclass(value, MSDTrainer),
+)
 
-TRAINERS: dict[str, type[MSDTrainer]] = {}
 
-
-def register_trainer(name: str) -> Callable[[type[MSDTrainer]], type[MSDTrainer]]:
+def register_trainer(name: str, *, overwrite: bool = False) -> Callable[[type[MSDTrainer]], type[MSDTrainer]]:
     """Class decorator: make an `MSDTrainer` variant available as `msd-trl train --trainer <name>`."""
-
-    def decorator(cls: type[MSDTrainer]) -> type[MSDTrainer]:
-        if not (isinstance(cls, type) and issubclass(cls, MSDTrainer)):
-            raise TypeError(f"register_trainer({name!r}) needs an MSDTrainer subclass, got {cls!r}.")
-        TRAINERS[name] = cls
-        return cls
-
-    return decorator
+    return TRAINERS.register(name, overwrite=overwrite)
 
 
 class _PendingCollator:
