@@ -51,22 +51,21 @@ from trl.trainer.utils import disable_dropout_in_model, use_adapter
 
 from ..checkpoints import check_resume_config, checkpoint_save_error, resolve_resume_checkpoint, write_run_config
 from ..chunked_loss import ChunkedOutput, check_output_head, chunked_divergence
-from ..completions import (
-    STEP_STATISTICS,
-    build_scoring_batch,
-    completion_logits,
-    completion_mask,
-    ends_with_stop,
-    generate_grouped,
-    step_statistics,
-)
+from ..completions import STEP_STATISTICS, build_scoring_batch, completion_logits, generate_grouped, step_statistics
 from ..config import (
     GKDConfig,  # imported there without TRL's experimental-API warning
     MSDConfig,
     build_divergence,
     upgrade_config,
 )
-from ..decoding import check_adapter_mergeable, decode_threads, merged_adapter, stop_token_ids
+from ..decoding import (
+    check_adapter_mergeable,
+    completion_mask,
+    decode_threads,
+    ends_with_stop,
+    merged_adapter,
+    stop_token_ids,
+)
 from ..divergences import DPSW
 from ..fingerprint import teacher_fingerprint
 from ..models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
