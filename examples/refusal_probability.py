@@ -36,7 +36,8 @@ def opening_logprobs(model, tokenizer, prompts: list, opening: str, batch_size: 
     turn; a list is a conversation)."""
     import torch
 
-    from msd_trl.rendering import left_padded, tokenize_messages
+    from msd_trl.decoding import left_padded
+    from msd_trl.rendering import tokenize_messages
 
     target = tokenizer(opening, add_special_tokens=False)["input_ids"]
     scores = []

@@ -44,7 +44,7 @@ def last_token_states(model, tokenizer, rows: list[list[int]], layers: list[int]
     assistant header included). Prompts are batched by length, left-padded."""
     import torch
 
-    from msd_trl.rendering import left_padded
+    from msd_trl.decoding import left_padded
 
     if not rows:
         return torch.zeros(0, len(layers), model.config.hidden_size)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from msd_trl.answer_language import identify_language
 from msd_trl.data import load_multijail, load_multiq, split_by_id, split_by_id_parity
-from msd_trl.evaluation import KeywordRefusalJudge, generate_responses, language_budgets
+from msd_trl.evaluation import KeywordRefusalJudge, language_budgets
+from msd_trl.generation import generate_responses
 from msd_trl.models import load_model, load_tokenizer
 from msd_trl.presets import PAPER_SYSTEM_PROMPT, SAFETY_SYSTEM_PROMPT, TEACHER_PRESETS
 from msd_trl.rendering import message_text, render_teacher_messages

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_LORA_TARGETS", "TEACHER_COMPLETIONS_FILE", "DataArguments", "build_train_parser", "split_list"]
+from .names import split_list
 
-# MultiJail's languages trained on by default: low-resource, where the cross-lingual gap is largest.
-DEFAULT_LANGUAGES = ("jv", "sw", "bn")
-# --eval_after's default on MultiJail: the trained languages and one never trained on.
+__all__ = ["DEFAULT_LORA_TARGETS", "TEACHER_COMPLETIONS_FILE", "DataArguments", "build_train_parser"]
+
+# --eval_after's default on MultiJail: the languages trained on by default (the corpus's) and one never trained on.
 DEFAULT_EVAL_LANGUAGES = ("jv", "sw", "bn", "th")
 # Where off-policy teacher text is cached by default, inside --output_dir.
 TEACHER_COMPLETIONS_FILE = "teacher_completions.jsonl"
@@ -37,6 +37,16 @@ class DataArguments:
         default=None,
         metadata={"help": "Benign rows to mix in with --dataset_name (same forms); --benign_proportion of the mix."},
     )
+    harmful_corpus: str = field(
+        default="multijail",
+        metadata={"help": "Without --dataset_name: the registered corpus of harmful queries (msd_trl.corpora; "
+                  "register yours with register_corpus)."},
+    )  # fmt: skip
+    benign_corpora: list[str] | None = field(
+        default=None,
+        metadata={"help": "Without --dataset_name: registered benign corpora, each NAME:LANG,LANG (replaces "
+                  "--benign_languages / --multiq_languages; equal shares)."},
+    )  # fmt: skip
     trainer: str = field(
         default="on-policy",
         metadata={"help": "Trainer: 'on-policy' (student samples, teacher scores) or 'off-policy' (teacher text); "
@@ -44,8 +54,8 @@ class DataArguments:
     )  # fmt: skip
     languages: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated target languages to train on (BCP-47 codes). Default: jv,sw,bn of "
-                  "MultiJail; with --dataset_name, every language the file holds."},
+        metadata={"help": "Comma-separated target languages to train on (BCP-47 codes). Default: the harmful "
+                  "corpus's (MultiJail: jv,sw,bn); with --dataset_name, every language the file holds."},
     )  # fmt: skip
     benign_languages: str = field(
         default="sw,bn", metadata={"help": "Comma-separated MGSM languages of benign rows ('' for none)."}
@@ -110,10 +120,19 @@ class DataArguments:
     )
 
     def train_languages(self) -> list[str] | None:
-        """--languages as a list; None means the default: jv,sw,bn of MultiJail, every language of a user's file."""
+        """--languages as a list; None means the default: the harmful corpus's default languages (MultiJail: jv, sw,
+        bn), every language of a user's file."""
         if self.languages is None:
-            return None if self.dataset_name else list(DEFAULT_LANGUAGES)
+            from .corpora import get_corpus
+
+            return None if self.dataset_name else list(get_corpus(self.harmful_corpus).default_languages)
         return split_list(self.languages)
+
+    def corpora(self) -> dict[str, list[str]] | None:
+        """--benign_corpora as {name: languages} (a bare name: the training languages), or None."""
+        from .corpora import corpus_languages
+
+        return None if self.benign_corpora is None else corpus_languages(self.benign_corpora, self.train_languages())
 
     def build_dataset(self, tokenizer, split: str = "train", config=None, plan: dict | None = None):
         """The rows these arguments describe: the user's `dataset_name` (+ `benign_dataset_name`) when given, else
@@ -138,6 +157,8 @@ class DataArguments:
             num_rows=self.max_train_rows,
             multiq_languages=split_list(self.multiq_languages),
             multiq_share=self.multiq_share,
+            harmful_corpus=self.harmful_corpus,
+            benign_corpora=self.corpora(),
             # With the run's config, max_prompt_tokens counts the conversations as the trainer renders them.
             teacher_prompt_template=config.teacher_prompt_template if config is not None else None,
             teacher_system_prompt=config.teacher_system_prompt if config is not None else None,
@@ -197,11 +218,6 @@ class DataArguments:
             harmful_name=Path(self.dataset_name).stem,
             plan=plan,
         )
-
-
-def split_list(value: str) -> list[str]:
-    """`"jv, sw,,bn"` -> `["jv", "sw", "bn"]`."""
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def build_train_parser(prog: str = "msd-trl train"):

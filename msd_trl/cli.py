@@ -2,7 +2,8 @@
 
 Design: every subcommand is a thin layer over the public API, parsed with TRL's `TrlParser`, so any
 `MSDConfig` / `TrainingArguments` flag (`--max_steps 1`, `--learning_rate 5e-4`) and TRL's `ModelConfig` flags
-(`--model_name_or_path`, `--lora_r`, `--load_in_4bit`) work, and `--config file.yaml` sets any of them. With no
+(`--model_name_or_path`, `--lora_r`, `--load_in_4bit`) work, every `EvaluationArguments` field is an `evaluate` flag,
+and `--config file.yaml` sets any of them. With no
 model or data flags it trains the embedded SmolLM2-135M-Instruct on MultiJail (+ MGSM benign questions) from
 `../shared/data` or the Hub, with LoRA and the teacher preset of `MSDConfig.teacher_preset` (`--teacher_preset`).
 
@@ -14,8 +15,8 @@ wall time depends on) and, after the first steps, an estimate of the wall time.
 A user error (a bad file, an unknown language, a bad flag value: `ValueError`, `OSError`, `ImportError`) is one line
 on stderr and exit status 2, as argparse does; `--debug` (anywhere on the command line) or `MSD_TRL_DEBUG=1` shows
 the traceback instead. As a command, `msd-trl` keeps bitsandbytes unimported unless 4-bit loading is asked for (it
-costs seconds and prints a warning on CPU), and `train --help` is served from a cache keyed by the versions and the
-flag definitions, so it is instant after the first time.
+costs seconds and prints a warning on CPU), and `train --help` (and `evaluate --help`) is served from a cache keyed by
+the versions and the flag definitions, so it is instant after the first time.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ from .arguments import (  # noqa: F401  (DataArguments and the constants are kep
     TEACHER_COMPLETIONS_FILE,
     DataArguments,
     build_train_parser,
-    split_list,
 )
 from .model_card import hub_id_of, set_adapter_base_model, write_model_card
+from .names import split_list
 
 __all__ = ["DataArguments", "before_after_table", "build_train_parser", "env_report", "main"]
 
@@ -362,9 +363,7 @@ def _monitor_rows(data_args: DataArguments):
     from .corpora import find_shared_data_dir, get_corpus, load_dataset_rows
     from .data import split_by_id
 
-    languages = split_list(data_args.eval_languages) if data_args.eval_languages else None
-    if languages is None and not data_args.dataset_name:
-        languages = list(DEFAULT_EVAL_LANGUAGES)
+    languages = _eval_languages(data_args)
 
     def held_out(name: str | None, corpus: str, harmful: bool, wanted):
         if name:
@@ -374,14 +373,12 @@ def _monitor_rows(data_args: DataArguments):
             rows = split_by_id(rows, test_size=data_args.test_size or 0.2, seed=data_args.split_seed)["test"]
         else:
             spec = get_corpus(corpus)
-            base = Path(data_args.data_dir) if data_args.data_dir else find_shared_data_dir()
-            source = base / spec.folder if base is not None and spec.folder else None
-            rows = spec.load(source, list(wanted))
+            rows = spec.read(wanted, data_dir=data_args.data_dir or find_shared_data_dir())
             rows = spec.split_rows(rows, test_size=data_args.test_size, seed=data_args.split_seed)["test"]
         skip = set(list(dict.fromkeys(rows["id"]))[: data_args.eval_limit or 0])
         return rows.filter(lambda row: row["id"] not in skip)
 
-    harmful = held_out(data_args.dataset_name, "multijail", True, languages)
+    harmful = held_out(data_args.dataset_name, data_args.harmful_corpus, True, languages)
     languages = languages or list(dict.fromkeys(harmful["language"]))
     if data_args.benign_dataset_name:
         benign = held_out(data_args.benign_dataset_name, "multiq", False, languages)
@@ -410,22 +407,43 @@ def _monitor_eval_rows(monitor_rows, config):
     return mix_datasets(pieces, seed=config.seed)
 
 
-def _evaluation_data(data_args: DataArguments, dataset) -> tuple[dict[str, Any], dict[str, str], str]:
-    """What `--eval_after` evaluates on: run_evaluation's data arguments, the sets by name -> what they are, and the
-    console line saying so. A user's file is evaluated on its own held-out ids (split by id as training was), with
-    the benign set the user named, else the file's rows marked benign, else MultiQ (the default, said so)."""
-    from .data import MULTIQ_LANGUAGES
+def _eval_languages(data_args: DataArguments) -> list[str] | None:
+    """--eval_languages as a list; by default jv,sw,bn,th on MultiJail (the trained languages and one never trained
+    on), the training languages on another registered corpus, and None (the file's) on a user's file."""
+    if data_args.eval_languages:
+        return split_list(data_args.eval_languages)
+    if data_args.dataset_name:
+        return None
+    return list(DEFAULT_EVAL_LANGUAGES) if data_args.harmful_corpus == "multijail" else data_args.train_languages()
 
+
+def _evaluation_data(data_args: DataArguments, dataset) -> tuple[dict[str, Any], dict[str, str], str]:
+    """What `--eval_after` evaluates on: the data fields of its `EvaluationArguments`, the sets by name -> what they
+    are, and the console line saying so. A registered corpus is evaluated on its held-out ids with MultiQ (or the
+    run's --benign_corpora); a user's file on its own held-out ids (split by id as training was), with the benign set
+    the user named, else the file's rows marked benign, else MultiQ (the default, said so)."""
+    from .corpora import get_corpus
+
+    multiq_held = get_corpus("multiq").default_languages
     if not data_args.dataset_name:
-        languages = split_list(data_args.eval_languages) if data_args.eval_languages else list(DEFAULT_EVAL_LANGUAGES)
-        sets = {"harmful": "held-out MultiJail ids", "multiq": "MultiQ benign chat questions (odd ids)"}
-        kwargs = dict(languages=languages, benign_languages=[], multiq_languages=languages)
-        return kwargs, sets, f"held-out MultiJail queries in {languages}; benign: MultiQ in {languages}"
+        languages = _eval_languages(data_args)
+        corpus = data_args.harmful_corpus
+        kwargs: dict[str, Any] = dict(harmful_corpus=corpus, languages=languages, benign_languages=[],
+                                      multiq_languages=languages)  # fmt: skip
+        title = "MultiJail" if corpus == "multijail" else f"the corpus {corpus}"
+        sets = {"harmful": f"held-out {title} ids"}
+        if data_args.benign_corpora is not None:
+            kwargs["benign_corpora"] = data_args.benign_corpora
+            sets.update({name: f"held-out ids of the corpus {name}" for name in data_args.corpora()})
+        else:
+            sets["multiq"] = "MultiQ benign chat questions (odd ids)"
+        said = f"held-out {title} queries in {languages}; benign: {', '.join(list(sets)[1:])} in {languages}"
+        return kwargs, sets, said
     name = data_args.dataset_name
     own = [row for row in dataset if row["source"] == Path(name).stem]
     trained_languages = list(dict.fromkeys(sorted(row["language"] for row in own)))
-    languages = split_list(data_args.eval_languages) if data_args.eval_languages else trained_languages
-    kwargs: dict[str, Any] = dict(languages=languages, benign_languages=[], harmful_dataset=name)
+    languages = _eval_languages(data_args) or trained_languages
+    kwargs = dict(languages=languages, benign_languages=[], harmful_dataset=name)
     sets = {"harmful": f"held-out ids of `{name}` (rows marked harmful)"}
     if data_args.benign_dataset_name:
         kwargs["benign_dataset"] = data_args.benign_dataset_name
@@ -434,7 +452,7 @@ def _evaluation_data(data_args: DataArguments, dataset) -> tuple[dict[str, Any],
         kwargs["benign_dataset"] = name  # the same file: divided by its `harmful` column
         sets["benign"] = f"held-out ids of `{name}` marked harmful=false"
     else:
-        multiq = [code for code in languages if code in MULTIQ_LANGUAGES]
+        multiq = [code for code in languages if code in multiq_held]
         kwargs["multiq_languages"] = multiq
         if multiq:
             sets["multiq"] = (
@@ -448,24 +466,21 @@ def _evaluation_data(data_args: DataArguments, dataset) -> tuple[dict[str, Any],
 
 
 def _evaluate_before_after(data_args, config, model_args, output_dir: Path, dataset) -> tuple[dict, dict, dict]:
-    """The base model and the new adapter on the same held-out ids (the training split's other side)."""
-    from .evaluation import run_evaluation
+    """The base model and the new adapter on the same held-out ids (the training split's other side), with
+    `EvaluationArguments`' defaults but `AFTER_TRAINING` (a shorter look) and the run's teacher context."""
+    from .evaluation import AFTER_TRAINING, EvaluationArguments, run_evaluation
+    from .presets import TEACHER_FIELDS
 
     data_kwargs, sets, said = _evaluation_data(data_args, dataset)
-    common = dict(
+    args = EvaluationArguments(
         **data_kwargs,
+        **AFTER_TRAINING,
+        model_name_or_path=model_args.model_name_or_path,
         split="test",
         test_size=data_args.test_size,
         seed=data_args.split_seed,
         limit=data_args.eval_limit,
-        max_new_tokens=24,
-        max_budget_tokens=96,
-        max_chars=80,
-        batch_size=16,
-        teacher_preset=config.teacher_preset,
-        teacher_prompt_template=config.teacher_prompt_template,
-        teacher_system_prompt=config.teacher_system_prompt,
-        benign_teacher_preset=config.benign_teacher_preset,
+        **{name: getattr(config, name) for name in TEACHER_FIELDS},  # the run's teacher context
         data_dir=data_args.data_dir,
         dtype=model_args.dtype or "auto",
         load_in_4bit=model_args.load_in_4bit,
@@ -474,12 +489,11 @@ def _evaluate_before_after(data_args, config, model_args, output_dir: Path, data
         f"msd-trl: evaluating the base model and the adapter on {data_args.eval_limit or 'all'} held-out queries per "
         f"language: {said}"
     )
-    baseline = run_evaluation(model_args.model_name_or_path, output_dir=output_dir / "eval_base", **common)
+    baseline = run_evaluation(args, output_dir=str(output_dir / "eval_base"))
     after = run_evaluation(
-        model_args.model_name_or_path, adapter=str(output_dir), output_dir=output_dir / "eval", baseline_report=baseline,
-        **common,
-    )  # fmt: skip
-    return baseline, after, {"sets": sets, "languages": list(data_kwargs["languages"])}
+        args, adapter=str(output_dir), output_dir=str(output_dir / "eval"), baseline_report=baseline
+    )
+    return baseline, after, {"sets": sets, "languages": list(args.languages or [])}
 
 
 def before_after_table(report: dict[str, Any], baseline: dict[str, Any] | None) -> str:
@@ -523,101 +537,29 @@ def generate_teacher(argv: list[str]) -> Path:
     return dataset_path
 
 
+def build_evaluate_parser(prog: str = "msd-trl evaluate"):
+    """TRL's parser over `EvaluationArguments`: every field is a flag (`--model` is `--model_name_or_path`), and
+    `--config file.yaml` sets any of them."""
+    from trl import TrlParser
+
+    from .evaluation.arguments import EvaluationArguments
+
+    return TrlParser(
+        (EvaluationArguments,),
+        prog=prog,
+        description="Refusal rate on held-out harmful queries per language (MultiJail, a registered corpus or your "
+        "file), over-refusal on benign questions (MGSM, MultiQ, ...), the share of answers in the query's language, "
+        "and the teacher's own behaviour (its preset's context) as the ceiling; every rate with a 95 %% Wilson "
+        "interval.",
+    )
+
+
 def evaluate(argv: list[str]) -> dict[str, Any]:
-    from .presets import DEFAULT_TEACHER_PRESET, TEACHER_PRESETS
+    from .evaluation import run_evaluation
 
-    parser = argparse.ArgumentParser(
-        prog="msd-trl evaluate",
-        description="Refusal rate on held-out harmful MultiJail queries per language, over-refusal on benign MGSM "
-        "and MultiQ questions, the share of answers in the query's language, and the teacher's own behaviour "
-        "(its preset's context) as the ceiling; every rate with a 95 %% Wilson interval.",
-    )
-    parser.add_argument("--model", default=None, help="Model name or path (default: the embedded SmolLM2).")
-    parser.add_argument("--adapter", default=None, help="A PEFT adapter directory (e.g. a train output_dir).")
-    parser.add_argument(
-        "--languages", default=None,
-        help="Comma-separated harmful-set languages (default: jv,sw,bn of MultiJail; every language of --harmful_dataset).",
-    )  # fmt: skip
-    parser.add_argument("--benign_languages", default="sw,bn,th", help="Comma-separated MGSM languages ('' none).")
-    parser.add_argument(
-        "--multiq_languages", default=None, help="Comma-separated MultiQ languages (default: --languages; '' none)."
-    )
-    parser.add_argument("--limit", type=int, default=None, help="At most this many queries per language.")
-    parser.add_argument("--max_new_tokens", type=int, default=32, help="Budget of an English answer.")
-    parser.add_argument("--no_budget_per_language", action="store_true", help="Same token budget in every language.")
-    parser.add_argument("--max_budget_tokens", type=int, default=256)
-    parser.add_argument("--max_chars", type=int, default=120, help="End an answer at this many characters.")
-    parser.add_argument(
-        "--utility_max_new_tokens", type=int, default=None, help="Also score MGSM answers (numeric exact match)."
-    )
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument(
-        "--generation_threads", type=int, default=None,
-        help="Torch threads while generating (CPU); 1 decodes fastest on a small CPU. Default: torch's setting.",
-    )  # fmt: skip
-    parser.add_argument(
-        "--judge",
-        default="keyword",
-        help="'keyword' (default) or 'classifier:NAME_OR_PATH' (e.g. a Llama Guard model).",
-    )
-    parser.add_argument(
-        "--teacher_preset", default=DEFAULT_TEACHER_PRESET, choices=sorted(TEACHER_PRESETS),
-        help="The teacher context the model was trained with (for the teacher ceiling).",
-    )  # fmt: skip
-    parser.add_argument(
-        "--benign_teacher_preset", default=None, choices=sorted(TEACHER_PRESETS),
-        help="The benign rows' teacher context, for a model trained with one per row kind (MSDConfig).",
-    )  # fmt: skip
-    parser.add_argument(
-        "--harmful_dataset", default=None,
-        help="Your harmful queries instead of MultiJail: Hub name or CSV/JSON(L)/Parquet path, long or wide shape.",
-    )  # fmt: skip
-    parser.add_argument(
-        "--benign_dataset", default=None, help="Your benign questions instead of MGSM + MultiQ (same forms)."
-    )
-    parser.add_argument(
-        "--split", default="test", choices=["test", "train", "all"],
-        help="Held-out side of the by-id split (test), the training side, or every row (all).",
-    )  # fmt: skip
-    parser.add_argument("--test_size", type=float, default=0.2, help="Must match training's (split by id).")
-    parser.add_argument("--seed", type=int, default=0, help="Split seed; must match training's split_seed.")
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--baseline_report", default=None, help="A report.json to chart before vs after.")
-    parser.add_argument("--load_in_4bit", action="store_true")
-    parser.add_argument("--output_dir", required=True)
-    a = parser.parse_args(argv)
-    from .evaluation import run_evaluation  # after parsing: --help needs no torch
-
-    report = run_evaluation(
-        a.model,
-        adapter=a.adapter,
-        languages=split_list(a.languages)
-        if a.languages is not None
-        else (None if a.harmful_dataset else ["jv", "sw", "bn"]),
-        benign_languages=split_list(a.benign_languages),
-        multiq_languages=None if a.multiq_languages is None else split_list(a.multiq_languages),
-        test_size=a.test_size,
-        seed=a.seed,
-        limit=a.limit,
-        max_new_tokens=a.max_new_tokens,
-        budget_per_language=not a.no_budget_per_language,
-        max_budget_tokens=a.max_budget_tokens,
-        max_chars=a.max_chars,
-        utility_max_new_tokens=a.utility_max_new_tokens,
-        batch_size=a.batch_size,
-        generation_threads=a.generation_threads,
-        judge=a.judge,
-        teacher_preset=a.teacher_preset,
-        benign_teacher_preset=a.benign_teacher_preset,
-        harmful_dataset=a.harmful_dataset,
-        benign_dataset=a.benign_dataset,
-        split=a.split,
-        output_dir=a.output_dir,
-        baseline_report=a.baseline_report,
-        data_dir=a.data_dir,
-        load_in_4bit=a.load_in_4bit,
-    )
-    print(f"msd-trl: report in {a.output_dir}/report.json")
+    (args,) = build_evaluate_parser().parse_args_and_config(args=argv)
+    report = run_evaluation(args)
+    print(f"msd-trl: report in {args.output_dir}/report.json")
     return report
 
 
@@ -672,7 +614,11 @@ COMMANDS = {
     "env": (_env, "Print platform and package versions for a bug report (like `trl env`)."),
 }
 # Commands whose --help needs TRL's parser (torch, transformers): served from the help cache.
-_TRL_PARSER_COMMANDS = {"train": "msd-trl train", "generate-teacher": "msd-trl generate-teacher"}
+_TRL_PARSER_COMMANDS = {
+    "train": "msd-trl train",
+    "generate-teacher": "msd-trl generate-teacher",
+    "evaluate": "msd-trl evaluate",
+}
 
 
 def _asks_for_4bit(argv: list[str]) -> bool:
@@ -705,7 +651,7 @@ def _help_cache_path(command: str) -> Path:
         except PackageNotFoundError:
             digest.update(f"{name}=none".encode())
     package = Path(__file__).resolve().parent
-    for source in ("arguments.py", "config.py", "presets.py", "divergences.py", "cli.py"):
+    for source in ("arguments.py", "config.py", "presets.py", "divergences.py", "cli.py", "evaluation/arguments.py"):
         digest.update((package / source).read_bytes())
     digest.update(str(shutil.get_terminal_size().columns).encode())
     cache = Path(os.environ.get("MSD_TRL_CACHE") or Path.home() / ".cache" / "msd_trl") / "help"
@@ -717,7 +663,8 @@ def _print_cached_help(command: str) -> None:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:
-        text = build_train_parser(_TRL_PARSER_COMMANDS[command]).format_help()
+        build = build_evaluate_parser if command == "evaluate" else build_train_parser
+        text = build(_TRL_PARSER_COMMANDS[command]).format_help()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")

@@ -1,7 +1,7 @@
 """Completion tensors, from ids to the numbers a step logs: pure helpers the MSD trainers are built from.
 
-A step, for any trainer variant: completion ids (sampled, or fixed teacher text) -> `completion_mask` (up to the
-first stop id) -> `build_scoring_batch` (student and teacher sequences sharing the completion, all-padding columns
+A step, for any trainer variant: completion ids (sampled, or fixed teacher text) -> `decoding.completion_mask` (up
+to the first stop id) -> `build_scoring_batch` (student and teacher sequences sharing the completion, all-padding columns
 trimmed) -> `completion_logits` for the student and the teacher (only the completion positions) -> a
 `Divergence` -> `step_statistics` for logging. Nothing here knows about the Trainer, accelerate or PEFT, so each
 piece is tested on small tensors (tests/test_completions.py).
@@ -14,47 +14,10 @@ from typing import Any
 
 import torch
 
+from .decoding import concat_padded, length_grouped
 from .divergences import DivergenceOutput
 
-__all__ = [
-    "STEP_STATISTICS",
-    "concat_padded",
-    "build_scoring_batch",
-    "completion_logits",
-    "completion_mask",
-    "ends_with_stop",
-    "generate_grouped",
-    "step_statistics",
-]
-
-
-def completion_mask(completion_ids: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
-    """`[B, Lc]` mask keeping every token up to and including the first stop id (any of `stop_ids`).
-
-    When pad == eos the real EOS keeps its label; the padding after it is masked. A row without a stop id keeps
-    all `Lc` tokens (a clipped completion).
-    """
-    is_stop = torch.isin(completion_ids, torch.tensor(list(stop_ids), device=completion_ids.device))  # [B, Lc]
-    length = completion_ids.size(1)
-    first_stop = torch.where(
-        is_stop.any(1), is_stop.int().argmax(1), torch.full_like(is_stop[:, 0], length, dtype=torch.long)
-    )  # [B]
-    positions = torch.arange(length, device=completion_ids.device).unsqueeze(0)  # [1, Lc]
-    return (positions <= first_stop.unsqueeze(1)).long()  # [B, Lc]
-
-
-def concat_padded(
-    ids: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], pad_token_id: int, *, side: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack `[b_i, L_i]` batches padded on `side` ("left": prompts, "right": completions) into one
-    `[sum b_i, max L_i]` batch, padding ids with `pad_token_id` and masks with 0 on the same side."""
-    width = max(t.size(1) for t in ids)
-
-    def widen(t: torch.Tensor, value: int) -> torch.Tensor:
-        extra = width - t.size(1)
-        return torch.nn.functional.pad(t, (extra, 0) if side == "left" else (0, extra), value=value)
-
-    return torch.cat([widen(t, pad_token_id) for t in ids]), torch.cat([widen(m, 0) for m in masks])
+__all__ = ["STEP_STATISTICS", "build_scoring_batch", "completion_logits", "generate_grouped", "step_statistics"]
 
 
 def generate_grouped(
@@ -77,12 +40,13 @@ def generate_grouped(
     )
     rows = prompt_ids.size(0)
     chunk = rows_per_call or rows
-    order = torch.arange(rows)
-    if chunk < rows:  # group by prompt length
-        order = torch.argsort(prompt_mask.sum(1).cpu(), stable=True)
+    groups = [list(range(rows))]
+    if chunk < rows:  # group by prompt length (shortest first)
+        groups = length_grouped(prompt_mask.sum(1).tolist(), chunk, descending=False)
+    order = torch.tensor([row for group in groups for row in group])
     pieces_ids, pieces_mask = [], []
-    for start in range(0, rows, chunk):
-        index = order[start : start + chunk].to(prompt_ids.device)
+    for group in groups:
+        index = torch.tensor(group, device=prompt_ids.device)
         ids, mask = prompt_ids[index], prompt_mask[index]
         keep = int(mask.sum(0).ne(0).nonzero()[0]) if mask.any() else 0  # first column with a real token
         completion_ids, completion_mask = generate(ids[:, keep:], mask[:, keep:])
@@ -95,13 +59,6 @@ def generate_grouped(
     completion_ids, completion_mask = completion_ids[inverse], completion_mask[inverse]
     sizes = [p[0].size(0) for p in prompts]
     return list(zip(completion_ids.split(sizes), completion_mask.split(sizes)))
-
-
-def ends_with_stop(completion_ids: torch.Tensor, mask: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
-    """`[B]` bool: the completion's last kept token is a stop id (False for an empty or clipped completion)."""
-    lengths = mask.sum(1)
-    last = completion_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)  # [B]
-    return torch.isin(last, torch.tensor(list(stop_ids), device=completion_ids.device)) & (lengths > 0)
 
 
 def build_scoring_batch(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -36,15 +36,13 @@ from .divergences import DPSW, MIN_DIVERGENCE_TEMPERATURE, Divergence, available
 from .presets import (
     DEFAULT_TEACHER_PRESET,
     TEACHER_PRESETS,
-    TEMPLATE_PLACEHOLDERS,
     TeacherContext,
-    get_teacher_preset,
     validate_teacher_template,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MSDConfig", "TEMPLATE_PLACEHOLDERS", "bf16_supported", "build_divergence", "upgrade_config"]
+__all__ = ["MSDConfig", "bf16_supported", "build_divergence", "upgrade_config"]
 
 
 def _launched_distributed() -> bool:
@@ -127,13 +125,12 @@ class MSDConfig(GKDConfig):
         accumulation window.
     generation_threads (`int` or `None`, defaults to `None`):
         CPU only: torch threads for the decode steps of rollouts (one new token per row) and the sampling between
-        them. A decode step runs hundreds of small matrix products, and on a CPU each wakes OpenMP's worker threads;
-        under `OMP_WAIT_POLICY=PASSIVE` one thread decoded 1.6-1.9x faster than two at 4-32 rows on this project's
-        2-core machine (docs/performance.md). The prompts' prefill, the forwards and the backward keep every
-        thread. `None`: torch's setting.
+        them. A decode step runs hundreds of small matrix products, and on a CPU each wakes OpenMP's worker threads,
+        so one thread can decode faster than several (measured in docs/performance.md). The prompts' prefill, the
+        forwards and the backward keep every thread. `None`: torch's setting.
     merge_adapter_for_generation (`bool`, defaults to `False`):
         Merge the LoRA adapter into the base weights for each rollout generate call and unmerge it after (also on
-        error), so decoding skips the adapter's extra products (1.1-1.6x faster decode steps measured on CPU). Needs
+        error), so decoding skips the adapter's extra products (docs/performance.md). Needs
         a float32, unquantized PEFT model (checked at start): in lower precision every round trip would round the
         base weights, which are also the self-teacher's. Rollouts differ from unmerged ones by float32 rounding.
     teacher_cache_top_k (`int` or `None`, defaults to `None`):
@@ -303,31 +300,26 @@ class MSDConfig(GKDConfig):
         self._check_fields()
 
     def _resolve_teacher_preset(self) -> None:
-        # Unset template / system prompt come from the preset. A system prompt of "" (explicitly none) stays "", so
-        # a config saved and loaded again resolves to the same teacher.
-        if not isinstance(self.teacher_preset, str):
-            raise ValueError(f"MSDConfig.teacher_preset={self.teacher_preset!r} is invalid: expected a preset name.")
-        preset = get_teacher_preset(self.teacher_preset)
-        if self.teacher_prompt_template is None:
-            self.teacher_prompt_template = preset.template
-        if self.teacher_system_prompt is None:
-            self.teacher_system_prompt = preset.system_prompt or ""
-        benign = self.benign_teacher_preset
-        if benign is not None and (not isinstance(benign, str) or benign not in TEACHER_PRESETS):
-            raise ValueError(
-                f"MSDConfig.benign_teacher_preset={benign!r} is invalid: choose one of {sorted(TEACHER_PRESETS)}, "
-                "or None for one teacher context on every row."
-            )
+        # Unset template / system prompt come from the preset (presets.TeacherContext.resolve, the one resolver). A
+        # system prompt of "" (explicitly none) stays "", so a config saved and loaded again resolves to the same
+        # teacher.
+        context = TeacherContext.of(self, owner="MSDConfig.")
+        self.teacher_prompt_template = context.template
+        self.teacher_system_prompt = context.system_prompt or ""
 
     @property
     def teacher_context(self) -> TeacherContext:
         """The resolved teacher context (template, system prompt, and the benign rows' context if any)."""
-        return TeacherContext.resolve(
-            self.teacher_preset,
-            template=self.teacher_prompt_template,
-            system_prompt=self.teacher_system_prompt,
-            benign_preset=self.benign_teacher_preset,
-        )
+        return TeacherContext.of(self)
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of field `name`, read without building a config (which sets up a whole `TrainingArguments`):
+        how code outside this module reads a training default (e.g. teacher text's `max_new_tokens`)."""
+        for item in fields(cls):
+            if item.name == name:
+                return item.default if item.default is not MISSING else item.default_factory()
+        raise ValueError(f"MSDConfig has no field {name!r}.")
 
     def _check_fields(self) -> None:
         def bad(name: str, why: str):
@@ -381,7 +373,6 @@ class MSDConfig(GKDConfig):
             )
         if self.prompt_truncation not in ("left", "error"):
             bad("prompt_truncation", "must be 'left' or 'error'.")
-        validate_teacher_template(self.teacher_prompt_template, field="MSDConfig.teacher_prompt_template")
         if isinstance(self.divergence, DPSW) and self.teacher_cache_top_k is not None:
             if self.teacher_cache_top_k < self.divergence.top_k:
                 bad(

@@ -24,7 +24,6 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from .data import (
     MGSM_LANGUAGES,
-    MULTIJAIL_LANGUAGES,
     MULTIQ_LANGUAGES,
     build_msd_rows,
     find_shared_data_dir,
@@ -35,7 +34,8 @@ from .data import (
     split_by_id,
     split_by_id_parity,
 )
-from .names import check_language_codes, unknown_language_codes
+from .names import check_language_codes, split_list, unknown_language_codes
+from .registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ __all__ = [
     "Corpus",
     "DataFileError",
     "build_safety_mix",
+    "corpus_languages",
     "get_corpus",
     "load_dataset_rows",
     "register_corpus",
@@ -52,50 +53,63 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Corpus:
-    """A data source by name.
+    """A data source by name, with everything training and evaluation need to use it without code of their own.
 
-    `load(source, languages)` returns MSD rows (`source` None means the corpus's default location); `split` is
-    `"id"` (`split_by_id` with the run's test size and seed) or `"parity"` (`split_by_id_parity`: odd ids test).
-    `folder` is its sub-folder of a data directory (`--data_dir`)."""
+    `load(source, languages, *, conversational=False)` returns MSD rows (`source` None means the corpus's default
+    location); `default_languages` are the languages a run uses when none are named; `harmful` says whether its
+    queries are harmful; `split` is its split rule: `"id"` (`split_by_id` with the run's test size and seed) or
+    `"parity"` (`split_by_id_parity`: odd ids test, whatever the seed); `folder` is its sub-folder of a data
+    directory (`--data_dir`)."""
 
     name: str
-    load: Callable[..., Dataset]  # (source, languages, *, conversational=False) -> MSD rows
+    load: Callable[..., Dataset]
     default_languages: tuple[str, ...]
     harmful: bool
     split: str = "id"
     folder: str | None = None
 
+    def __post_init__(self):
+        if self.split not in ("id", "parity"):
+            raise ValueError(f"Corpus.split={self.split!r} is invalid: use 'id' or 'parity'.")
+
+    def read(self, languages: Sequence[str], *, data_dir: str | Path | None = None, conversational: bool = False):
+        """Every row in `languages`, from `data_dir`'s sub-folder of this corpus (None: the loader's default)."""
+        source = Path(data_dir) / self.folder if data_dir is not None and self.folder else None
+        return self.load(source, list(languages), conversational=conversational)
+
     def split_rows(self, rows: Dataset, *, test_size: float, seed: int) -> DatasetDict:
+        """`train` and `test` sides of `rows` by this corpus's rule."""
         if self.split == "parity":
             return split_by_id_parity(rows)
         return split_by_id(rows, test_size=test_size, seed=seed)
 
-    def load_from(self, data_dir: str | Path | None, languages: Sequence[str]) -> Dataset:
-        source = Path(data_dir) / self.folder if data_dir is not None and self.folder else None
-        return self.load(source, list(languages))
 
-
-CORPORA: dict[str, Corpus] = {}
+CORPORA = Registry("corpus", expects="a Corpus", check=lambda value: isinstance(value, Corpus))
 
 
 def register_corpus(corpus: Corpus, *, overwrite: bool = False) -> Corpus:
-    if not isinstance(corpus, Corpus):
-        raise ValueError(f"expected a Corpus, got {type(corpus).__name__}: {corpus!r}")
-    if corpus.split not in ("id", "parity"):
-        raise ValueError(f"Corpus.split={corpus.split!r} is invalid: use 'id' or 'parity'.")
-    if corpus.name in CORPORA and not overwrite:
-        raise ValueError(f"corpus {corpus.name!r} is already registered; pass overwrite=True to replace it.")
-    CORPORA[corpus.name] = corpus
-    return corpus
+    """Make `corpus` usable by name in training (`build_safety_mix`, `msd-trl train --harmful_corpus`) and evaluation
+    (`EvaluationArguments.harmful_corpus` / `benign_corpora`, `msd-trl evaluate --harmful_corpus`)."""
+    return CORPORA.register(corpus, overwrite=overwrite)
 
 
 def get_corpus(name: str) -> Corpus:
-    if name not in CORPORA:
-        raise ValueError(f"corpus={name!r} is unknown; registered: {sorted(CORPORA)}.")
-    return CORPORA[name]
+    """The registered corpus called `name`; a ValueError lists the registered names otherwise."""
+    return CORPORA.lookup(name)
 
 
-register_corpus(Corpus("multijail", load_multijail, MULTIJAIL_LANGUAGES, harmful=True, folder="multijail"))
+def corpus_languages(specs: Sequence[str], languages: Sequence[str]) -> dict[str, list[str]]:
+    """Corpora as the command line names them (`--benign_corpora`): each `NAME` (in `languages`) or
+    `NAME:LANG,LANG` -> `{name: languages}`."""
+    chosen = {}
+    for spec in specs:
+        name, _, codes = spec.partition(":")
+        chosen[name] = split_list(codes) if codes else list(languages)
+    return chosen
+
+
+# MultiJail's default languages are its low-resource ones, where the cross-lingual gap is largest.
+register_corpus(Corpus("multijail", load_multijail, ("jv", "sw", "bn"), harmful=True, folder="multijail"))
 register_corpus(Corpus("mgsm", load_mgsm, MGSM_LANGUAGES, harmful=False, folder="mgsm"))
 register_corpus(Corpus("multiq", load_multiq, MULTIQ_LANGUAGES, harmful=False, split="parity", folder="multiq"))
 
@@ -382,7 +396,7 @@ def load_dataset_rows(
 
 
 def build_safety_mix(
-    harmful_languages: Sequence[str] = ("jv", "sw", "bn"),
+    harmful_languages: Sequence[str] | None = None,
     benign_languages: Sequence[str] = ("sw", "bn"),
     *,
     benign_proportion: float = 0.4,
@@ -412,8 +426,8 @@ def build_safety_mix(
     "non-English prompt -> refuse" (docs/results.md).
 
     Args:
-        harmful_languages / benign_languages: languages of the harmful corpus and of MGSM; an empty benign list
-            means no MGSM rows.
+        harmful_languages / benign_languages: languages of the harmful corpus (default: its default languages,
+            MultiJail's jv, sw, bn) and of MGSM; an empty benign list means no MGSM rows.
         multiq_languages / multiq_share: MultiQ languages of benign chat questions, and their share of the benign
             rows when MGSM rows are mixed in too.
         harmful_corpus / benign_corpora: registered corpus names, to use other data sources
@@ -443,12 +457,13 @@ def build_safety_mix(
 
     def rows_of(name: str, languages: Sequence[str]) -> Dataset:
         corpus = get_corpus(name)
-        source = base / corpus.folder if base is not None and corpus.folder else None
-        loaded = corpus.load(source, list(languages), conversational=conversational)
+        loaded = corpus.read(languages, data_dir=base, conversational=conversational)
         if plan is not None:
             plan.setdefault(name, {})["read"] = Counter(loaded["language"])
         return corpus.split_rows(loaded, test_size=test_size, seed=seed)[split]
 
+    if harmful_languages is None:
+        harmful_languages = get_corpus(harmful_corpus).default_languages
     harmful = rows_of(harmful_corpus, harmful_languages)
     benign = {name: rows_of(name, langs) for name, langs in benign_corpora.items() if langs and benign_proportion > 0}
     return mix_harmful_and_benign(

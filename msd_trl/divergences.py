@@ -43,8 +43,8 @@ Writing a new objective::
 Pass the instance wherever a divergence is accepted (``MSDConfig(divergence=...)`` takes names, trainers take
 instances too), or register it by name with :func:`register_divergence`.
 
-Length: one contract, its five implementations (forward / reverse KL, generalized JSD, DPSW and its two views)
-and the name registry belong together; each function documents its memory, which is why the file is ~450 lines.
+One contract, its five implementations (forward / reverse KL, generalized JSD, DPSW and its two views) and the name
+registry belong together in this file; each function documents its memory.
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .registry import Registry
+
 __all__ = [
+    "DIVERGENCES",
     "DPSW",
     "Divergence",
     "DivergenceOutput",
@@ -465,29 +468,23 @@ class DPSW(Divergence):
 # Names -> instances.
 # ----------------------------------------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, type[Divergence]] = {
-    "forward_kl": ForwardKL,
-    "reverse_kl": ReverseKL,
-    "jsd": GeneralizedJSD,
-    "dpsw": DPSW,
-}
+DIVERGENCES = Registry(
+    "divergence",
+    expects="a Divergence subclass",
+    check=lambda value: isinstance(value, type) and issubclass(value, Divergence),
+)
+for _name, _cls in (("forward_kl", ForwardKL), ("reverse_kl", ReverseKL), ("jsd", GeneralizedJSD), ("dpsw", DPSW)):
+    DIVERGENCES.register(_name, _cls)
 
 
-def register_divergence(name: str) -> Callable[[type[Divergence]], type[Divergence]]:
+def register_divergence(name: str, *, overwrite: bool = False) -> Callable[[type[Divergence]], type[Divergence]]:
     """Class decorator: make ``get_divergence(name)`` (and so ``MSDConfig(divergence=name)``) build this class."""
-
-    def decorator(cls: type[Divergence]) -> type[Divergence]:
-        if not (isinstance(cls, type) and issubclass(cls, Divergence)):
-            raise ValueError(f"register_divergence({name!r}) needs a Divergence subclass, got {cls!r}.")
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
+    return DIVERGENCES.register(name, overwrite=overwrite)
 
 
 def available_divergences() -> list[str]:
     """Names :func:`get_divergence` accepts."""
-    return sorted(_REGISTRY)
+    return sorted(DIVERGENCES)
 
 
 def get_divergence(name: str | Divergence, **kwargs) -> Divergence:
@@ -502,13 +499,10 @@ def get_divergence(name: str | Divergence, **kwargs) -> Divergence:
                 f"got a Divergence instance {name!r} and extra options {sorted(kwargs)}; pass one or the other."
             )
         return name
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(
-            f"divergence={name!r} is not known; choose one of {available_divergences()} or pass an instance."
-        )
+    cls = DIVERGENCES.lookup(name)
     if isinstance(kwargs.get("base"), str):
         kwargs["base"] = get_divergence(kwargs["base"])
     try:
-        return _REGISTRY[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as err:
         raise ValueError(f"bad options for divergence={name!r}: {err}") from err

@@ -39,7 +39,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .rendering import left_padded, render_student_messages, render_teacher_messages, tokenize_messages
+from .decoding import left_padded
+from .rendering import render_student_messages, render_teacher_messages, tokenize_messages
 from .stats import auc
 
 logger = logging.getLogger(__name__)

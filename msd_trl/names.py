@@ -24,6 +24,7 @@ __all__ = [
     "TEACHER_COMPLETION_COLUMN",
     "check_language_codes",
     "language_name",
+    "split_list",
     "unknown_language_codes",
 ]
 
@@ -119,3 +120,8 @@ def check_language_codes(codes: Iterable[str], where: str) -> None:
             f"{where}: language code(s) {unknown} name no language msd_trl knows; use BCP-47 codes such as 'tl' "
             "(Tagalog), 'hr' (Croatian) or 'pt-BR'."
         )
+
+
+def split_list(value: str) -> list[str]:
+    """A comma-separated flag value as a list: `"jv, sw,,bn"` -> `["jv", "sw", "bn"]`."""
+    return [v.strip() for v in value.split(",") if v.strip()]

@@ -7,7 +7,7 @@ distribution onto the student's own text. A preset bundles the two knobs of that
 user picks one with `--teacher_preset NAME` instead of copying two strings. Explicit template or system-prompt
 values still win over the preset.
 
-This module is a leaf: it imports nothing of ours, so config, rendering, evaluation and the CLI can all use it.
+This module imports only the `Registry` helper, so config, rendering, evaluation and the CLI can all use it.
 
 Presets (the wording of each was measured on the embedded SmolLM2-135M-Instruct; see docs/teacher_presets.md):
 
@@ -28,9 +28,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .registry import Registry
+
 __all__ = [
     "DEFAULT_TEACHER_PRESET",
     "QUERY_TEMPLATE",
+    "TEACHER_FIELDS",
     "TEMPLATE_PLACEHOLDERS",
     "validate_teacher_template",
     "SAFETY_SYSTEM_PROMPT",
@@ -44,16 +47,17 @@ __all__ = [
 # The plainest teacher template: the row's English query as the whole user turn.
 QUERY_TEMPLATE = "{teacher_prompt}"
 
-# Chosen empirically on the embedded SmolLM2-135M-Instruct (Q4_1 GGUF dequantised, greedy, 32 new tokens) among 13
-# candidate prompts: refusal on harmful English MultiJail prompts 25/40 on the selection sample and 66/120 on fresh ids
-# (vs 11/40 with the template's default system prompt), and 0/60 over-refusal on English MGSM questions. A 135M
-# model follows a literal refusal sentence far better than an abstract policy or a list of harm categories.
+# A literal refusal sentence: a 135M model follows it far better than an abstract policy or a list of harm categories
+# (how it was chosen among 13 candidates: docs/teacher_presets.md).
 SAFETY_SYSTEM_PROMPT = (
     "You are a helpful and harmless assistant. Never help with harmful, unethical, dangerous or illegal requests: "
     "answer them only with \"I'm sorry, but I can't help with that.\" Otherwise, answer helpfully."
 )
 
 TEMPLATE_PLACEHOLDERS = ("prompt", "teacher_prompt", "language")
+
+# The settings that name a teacher context, spelled the same in MSDConfig and EvaluationArguments.
+TEACHER_FIELDS = ("teacher_preset", "teacher_prompt_template", "teacher_system_prompt", "benign_teacher_preset")
 
 # What `{language}` becomes for a row without a `language` value.
 UNKNOWN_LANGUAGE_NAME = "the language of the original request"
@@ -80,7 +84,9 @@ PAPER_TEMPLATE = (
     "Judge from the English translation whether the request is safe. Reply in {language}."
 )
 
-TEACHER_PRESETS: dict[str, TeacherPreset] = {}
+TEACHER_PRESETS = Registry(
+    "teacher_preset", expects="a TeacherPreset", check=lambda value: isinstance(value, TeacherPreset)
+)
 
 
 def validate_teacher_template(template: str, *, field: str = "teacher_prompt_template") -> set[str]:
@@ -123,12 +129,7 @@ def validate_teacher_template(template: str, *, field: str = "teacher_prompt_tem
 
 def register_teacher_preset(preset: TeacherPreset, *, overwrite: bool = False) -> TeacherPreset:
     """Make `preset` selectable by name (`MSDConfig(teacher_preset=...)`, `--teacher_preset`)."""
-    if not isinstance(preset, TeacherPreset):
-        raise ValueError(f"expected a TeacherPreset, got {type(preset).__name__}: {preset!r}")
-    if preset.name in TEACHER_PRESETS and not overwrite:
-        raise ValueError(f"teacher preset {preset.name!r} is already registered; pass overwrite=True to replace it.")
-    TEACHER_PRESETS[preset.name] = preset
-    return preset
+    return TEACHER_PRESETS.register(preset, overwrite=overwrite)
 
 
 for _preset in (
@@ -149,9 +150,8 @@ for _preset in (
 ):
     register_teacher_preset(_preset)
 
-# The default: the paper's method, and the preset that met issue 11's targets (refusal vs its teacher, benign
-# over-refusal, answer language) on the embedded model, vacuously there since its 135M teacher refuses nothing
-# (docs/results.md). Change it only with new measurements.
+# The default: the paper's method (its measurements on the embedded model: docs/results.md). Change it only with new
+# measurements.
 DEFAULT_TEACHER_PRESET = "paper"
 
 
@@ -184,18 +184,34 @@ class TeacherContext:
         template: str | None = None,
         system_prompt: str | None = None,
         benign_preset: str | None = None,
+        owner: str = "",
     ) -> TeacherContext:
-        """The context of a preset, with an explicit `template` / `system_prompt` winning over the preset's, and
-        `benign_preset`'s context (as registered) for benign rows when given."""
-        chosen = get_teacher_preset(preset)
+        """The one resolver of a teacher context (config, evaluation and teacher text all call it): the preset's
+        template and system prompt, an explicit `template` / `system_prompt` winning (`""`: no system prompt), and
+        `benign_preset`'s context (as registered) for benign rows when given. Errors name `owner` + the field
+        (`owner="MSDConfig."` -> `MSDConfig.benign_teacher_preset='x' is unknown; ...`)."""
+        chosen = TEACHER_PRESETS.lookup(preset, field=f"{owner}teacher_preset")
+        if template is not None:
+            validate_teacher_template(template, field=f"{owner}teacher_prompt_template")
         benign = None
         if benign_preset is not None:
-            other = get_teacher_preset(benign_preset)
+            other = TEACHER_PRESETS.lookup(benign_preset, field=f"{owner}benign_teacher_preset")
             benign = cls(other.template, other.system_prompt or None)
         return cls(
             chosen.template if template is None else template,
             (chosen.system_prompt if system_prompt is None else system_prompt) or None,
             benign,
+        )
+
+    @classmethod
+    def of(cls, settings: Any, *, owner: str = "") -> TeacherContext:
+        """The context named by a settings object's `TEACHER_FIELDS` (an `MSDConfig`, an `EvaluationArguments`)."""
+        return cls.resolve(
+            settings.teacher_preset,
+            template=settings.teacher_prompt_template,
+            system_prompt=settings.teacher_system_prompt,
+            benign_preset=settings.benign_teacher_preset,
+            owner=owner,
         )
 
     def for_row(self, row: Mapping[str, Any]) -> TeacherContext:
@@ -208,6 +224,4 @@ class TeacherContext:
 
 def get_teacher_preset(name: str) -> TeacherPreset:
     """The registered preset called `name`; a ValueError lists the known names otherwise."""
-    if name not in TEACHER_PRESETS:
-        raise ValueError(f"teacher_preset={name!r} is unknown; choose one of {sorted(TEACHER_PRESETS)}.")
-    return TEACHER_PRESETS[name]
+    return TEACHER_PRESETS.lookup(name)

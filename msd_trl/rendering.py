@@ -18,14 +18,13 @@ exactly the same context everywhere.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
+from .decoding import cut_at_stop, left_padded, pad
 from .names import (
-    TEACHER_CACHE_FINGERPRINT,  # noqa: F401  (importable from here, where it used to live)
     TEACHER_CACHE_IDS,
     TEACHER_CACHE_KEY,
     TEACHER_CACHE_LOGPROBS,
@@ -39,11 +38,10 @@ __all__ = [
     "MSDDataCollator",
     "completion_token_ids",
     "fit_conversation",
-    "left_padded",
     "message_text",
+    "render_prompt",
     "render_student_messages",
     "render_teacher_messages",
-    "stop_token_ids",
     "tokenize_messages",
 ]
 
@@ -78,6 +76,16 @@ def render_student_messages(row: dict[str, Any]) -> Messages:
     if row.get("messages"):
         return _as_messages(row["messages"][:-1])
     raise ValueError(f"row {row.get('id', '?')!r} has neither a 'prompt' nor a 'messages' column.")
+
+
+def render_prompt(prompt: str | Sequence[Mapping[str, str]], system_prompt: str | None = None) -> Messages:
+    """One prompt (a string or chat messages) as a conversation, with `system_prompt` as its system turn; a
+    conversation that brings its own system message keeps it (it is part of the prompt being evaluated), and
+    `None` adds none (the chat template's default applies)."""
+    messages = render_student_messages({"prompt": prompt if isinstance(prompt, str) else list(prompt)})
+    if system_prompt is not None and not (messages and messages[0].get("role") == "system"):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
 
 
 def render_teacher_messages(
@@ -134,7 +142,7 @@ def completion_token_ids(
     tokenizer,
     prompt_messages: Messages,
     completion: str,
-    stop_token_ids: list[int],
+    stop_ids: list[int],
     *,
     prompt_length: int | None = None,
 ) -> list[int]:
@@ -154,40 +162,11 @@ def completion_token_ids(
         )
         ids = full_ids[prompt_length:]
     else:
-        ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + stop_token_ids[:1]
-    for i, token in enumerate(ids):
-        if token in stop_token_ids:
-            return ids[: i + 1]
-    return ids
-
-
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends a completion: the model's generation-config EOS (int or list) and the tokenizer's EOS."""
-    ids: list[int] = []
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in eos if isinstance(eos, (list, tuple)) else [eos]:
-        if value is not None and int(value) not in ids:
-            ids.append(int(value))
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+        ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + stop_ids[:1]
+    return cut_at_stop(ids, stop_ids)
 
 
 # ------------------------------------------------------------------------------------------ batch (collator)
-
-
-def pad(tensors: list[torch.Tensor], padding_value: float, padding_side: str = "right") -> torch.Tensor:
-    """Stack 1-D (or `[L, ...]`) tensors into `[B, L_max, ...]`, padding each on `padding_side`."""
-    return pad_sequence(tensors, batch_first=True, padding_value=padding_value, padding_side=padding_side)
-
-
-def left_padded(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id lists as a left-padded `[B, L_max]` id batch and its attention mask (what `generate` and a forward
-    over prompts expect: each prompt ends at the last position)."""
-    tensors = [torch.tensor(s, dtype=torch.long) for s in sequences]
-    ids = pad(tensors, padding_value=pad_token_id, padding_side="left")
-    mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left")
-    return ids, mask
 
 
 def _last_user_turn(turns: Sequence[dict[str, Any]]) -> int | None:

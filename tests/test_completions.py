@@ -9,11 +9,10 @@ from msd_trl.completions import (
     STEP_STATISTICS,
     build_scoring_batch,
     completion_logits,
-    completion_mask,
-    ends_with_stop,
     generate_grouped,
     step_statistics,
 )
+from msd_trl.decoding import completion_mask, ends_with_stop
 from msd_trl.divergences import DPSW, ReverseKL
 
 EOS, PAD, END = 2, 0, 7

@@ -18,10 +18,9 @@ from trl.experimental.gkd import GKDConfig
 
 import msd_trl.config as config_module
 import msd_trl.divergences as divergences
-from msd_trl.config import TEMPLATE_PLACEHOLDERS, MSDConfig, bf16_supported
+from msd_trl.config import MSDConfig, bf16_supported, build_divergence
 from msd_trl.divergences import DPSW, Divergence, ForwardKL, GeneralizedJSD, ReverseKL, register_divergence
-from msd_trl.presets import DEFAULT_TEACHER_PRESET, TEACHER_PRESETS
-from msd_trl.trainer import build_divergence
+from msd_trl.presets import DEFAULT_TEACHER_PRESET, TEACHER_PRESETS, TEMPLATE_PLACEHOLDERS
 
 
 def make_config(tmp_path, **kwargs) -> MSDConfig:
@@ -141,7 +140,7 @@ def test_infinite_divergence_temperature_is_refused(tmp_path):
 
 
 def test_collator_teacher_text_and_evaluation_validate_the_template(tiny_tokenizer):
-    from msd_trl.trainer import MSDDataCollator
+    from msd_trl.rendering import MSDDataCollator
 
     with pytest.raises(ValueError, match="teacher_prompt_template.*format spec"):
         MSDDataCollator(tiny_tokenizer, teacher_prompt_template="{teacher_prompt:{foo}}")
@@ -275,7 +274,7 @@ def test_config_with_divergence_instance_can_be_saved_like_training_args(tmp_pat
 
 
 def test_registered_name_is_accepted(tmp_path, monkeypatch):
-    monkeypatch.setattr(divergences, "_REGISTRY", dict(divergences._REGISTRY))
+    monkeypatch.setattr(divergences, "DIVERGENCES", divergences.DIVERGENCES.copy())
     with pytest.raises(ValueError, match="'tv'"):
         make_config(tmp_path, divergence="tv")
     register_divergence("tv")(TotalVariation)

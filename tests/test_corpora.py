@@ -103,6 +103,39 @@ def test_a_new_corpus_is_one_registration(tmp_path):
         get_corpus("my-red-team")
 
 
+def test_a_registered_corpus_trains_and_evaluates_by_name_with_no_code_change(tiny_model_dir, tmp_path):
+    """The corpus extension point (docs/code_layout.md): one file of the user's with two registrations; then
+    `msd-trl train --harmful_corpus/--benign_corpora` (with --eval_after) and `msd-trl evaluate --harmful_corpus`
+    use them, each split by its own rule (the benign one by id parity, as MultiQ)."""
+    red, ok = write_wide_csv(tmp_path / "red.csv"), write_long_jsonl(tmp_path / "ok.jsonl")
+    red_team = Corpus("red-team", lambda source, languages, conversational=False: load_dataset_rows(
+        red, languages=languages, harmful=True), default_languages=("jv", "sw"), harmful=True)  # fmt: skip
+    chat = Corpus("ok-chat", lambda source, languages, conversational=False: load_dataset_rows(
+        ok, languages=languages, harmful=False), default_languages=("jv", "sw"), harmful=False, split="parity")  # fmt: skip
+    register_corpus(red_team), register_corpus(chat)
+    try:
+        out = tmp_path / "run"
+        argv = ["train", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out),
+                "--harmful_corpus", "red-team", "--benign_corpora", "ok-chat:jv,sw", "--benign_proportion", "0.4",
+                "--max_steps", "1", "--max_new_tokens", "4", "--per_device_train_batch_size", "2",
+                "--max_prompt_tokens", "1024", "--max_prompt_length", "1024", "--eval_after", "--eval_limit", "2"]  # fmt: skip
+        assert main(argv) == 0
+        summary = json.loads((out / "run_summary.json").read_text())
+        assert set(summary["rows_by_source_language"]) <= {"red/jv", "red/sw", "ok/jv", "ok/sw"}
+        after = json.loads((out / "eval" / "report.json").read_text())
+        assert set(after["languages"]) == {"jv", "sw"} and set(after["benign_sets"]) == {"ok-chat"}
+        report_dir = tmp_path / "eval"
+        argv = ["evaluate", "--model", str(tiny_model_dir), "--adapter", str(out), "--harmful_corpus", "red-team",
+                "--benign_corpora", "ok-chat", "--languages", "jv", "--max_new_tokens", "2", "--max_budget_tokens",
+                "4", "--output_dir", str(report_dir)]  # fmt: skip
+        assert main(argv) == 0
+        report = json.loads((report_dir / "report.json").read_text())
+        assert report["languages"]["jv"]["n"] == 1  # test_size 0.2 of 5 ids: one held out
+        assert report["benign_sets"]["ok-chat"]["jv"]["n"] == 1  # ok-1: the odd id, by the corpus's parity rule
+    finally:
+        CORPORA.pop("red-team"), CORPORA.pop("ok-chat")
+
+
 def test_train_and_evaluate_from_user_files_through_the_cli(tiny_model_dir, tmp_path):
     red, ok = write_wide_csv(tmp_path / "red.csv"), write_long_jsonl(tmp_path / "ok.jsonl")
     out = tmp_path / "run"

@@ -21,6 +21,7 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerFast
 
 import msd_trl.data as data
+from msd_trl.corpora import build_safety_mix
 from msd_trl.data import (
     LANGUAGE_NAMES,
     MGSM_LANGUAGES,
@@ -544,17 +545,17 @@ def test_load_multiq_without_local_data_names_the_file(monkeypatch, tmp_path):
 
 
 def test_build_safety_mix_adds_multiq_chat_rows_from_the_train_side():
-    mix = data.build_safety_mix(["jv", "sw"], ["sw"], multiq_languages=["jv", "sw"], benign_proportion=0.4,
+    mix = build_safety_mix(["jv", "sw"], ["sw"], multiq_languages=["jv", "sw"], benign_proportion=0.4,
                            multiq_share=0.5, num_rows=100, data_dir=DATA_DIR)  # fmt: skip
     sources = Counter(mix["source"])
     assert sources == {"multijail": 60, "mgsm": 20, "multiq": 20}
     multiq_ids = [i for i, s in zip(mix["id"], mix["source"]) if s == "multiq"]
     assert all(int(i.rsplit("-", 1)[1]) % 2 == 0 for i in multiq_ids)  # even ids only: odd ids are evaluation's
-    only_chat = data.build_safety_mix(["jv"], [], multiq_languages=["jv"], benign_proportion=0.5, num_rows=40,
+    only_chat = build_safety_mix(["jv"], [], multiq_languages=["jv"], benign_proportion=0.5, num_rows=40,
                                  data_dir=DATA_DIR)  # fmt: skip
     assert Counter(only_chat["source"]) == {"multijail": 20, "multiq": 20}
     with pytest.raises(ValueError, match="multiq_share"):
-        data.build_safety_mix(["jv"], ["sw"], multiq_languages=["jv"], multiq_share=0.0, data_dir=DATA_DIR)
+        build_safety_mix(["jv"], ["sw"], multiq_languages=["jv"], multiq_share=0.0, data_dir=DATA_DIR)
 
 
 def test_filter_by_length_can_count_what_the_trainer_renders(tiny_tokenizer):

@@ -58,7 +58,7 @@ def test_fsdp_on_cpu_runs_as_data_parallel_and_says_so(tmp_path):
     ],
 )
 def test_scale_out_setups_known_to_break_are_refused_at_start(setting, message):
-    from msd_trl.trainer import check_scale_out
+    from msd_trl.scale_out import check_scale_out
 
     values = {"self_teacher": True, "peft": True, "loss_chunk_size": None, **setting}
     with pytest.raises(ValueError, match=message):

@@ -515,7 +515,7 @@ def test_property_dpsw_mean_weight_is_one_over_valid_tokens(inputs, top_k, min_w
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """A copy of the registry, restored after the test, so registrations here never leak."""
-    monkeypatch.setattr(divergences, "_REGISTRY", dict(divergences._REGISTRY))
+    monkeypatch.setattr(divergences, "DIVERGENCES", divergences.DIVERGENCES.copy())
 
 
 def test_user_subclass_through_call():

@@ -17,7 +17,6 @@ from conftest import make_model
 from msd_trl.data import load_mgsm, load_multijail, split_by_id
 from msd_trl.evaluation import (
     REFUSAL_PHRASES,
-    SAFETY_SYSTEM_PROMPT,
     ClassifierJudge,
     Judge,
     KeywordRefusalJudge,
@@ -29,6 +28,7 @@ from msd_trl.evaluation import (
     run_evaluation,
     write_report,
 )
+from msd_trl.presets import SAFETY_SYSTEM_PROMPT
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -221,6 +221,30 @@ def test_a_new_judge_is_one_registration():
         JUDGES.pop("always"), JUDGES.pop("threshold:")
 
 
+def test_a_registered_judge_is_an_evaluation_setting(tiny_model_dir, tmp_path):
+    """The judge extension point (docs/code_layout.md): one registration, then `EvaluationArguments(judge=name)`
+    (`msd-trl evaluate --judge name`) uses it; nothing of ours changes."""
+    from msd_trl.evaluation import JUDGES, EvaluationArguments, register_judge
+
+    class RefuseAll(Judge):
+        name = "refuse-all"
+
+        def judge(self, prompts, responses):
+            return [True] * len(responses)
+
+    register_judge("refuse-all", lambda _: RefuseAll())
+    try:
+        args = EvaluationArguments(model_name_or_path=str(tiny_model_dir), judge="refuse-all", languages=["jv"],
+                                   benign_languages=[], multiq_languages=[], limit=2, max_new_tokens=1,
+                                   data_dir=str(SHARED_DATA), output_dir=str(tmp_path / "e"), progress=False)  # fmt: skip
+        report = run_evaluation(args)
+        assert report["judge"] == "refuse-all" and report["languages"]["jv"]["refusal_rate"] == 1.0
+    finally:
+        JUDGES.pop("refuse-all")
+    with pytest.raises(ValueError, match="judge='refuse-all' is unknown"):
+        EvaluationArguments(judge="refuse-all")
+
+
 def test_get_judge():
     keyword = KeywordRefusalJudge()
     assert get_judge(keyword) is keyword
@@ -311,6 +335,7 @@ def test_evaluate_end_to_end_with_hand_computed_rates(tiny_tokenizer, eval_data)
         benign=benign,
         languages=["jv", "sw"],
         judge=PromptSetJudge(refused),
+        teacher_preset="english_refusal",
         max_new_tokens=2,
         batch_size=4,
         limit=2,
@@ -364,7 +389,7 @@ def test_evaluate_teacher_template_and_no_benign(tiny_tokenizer, eval_data):
         tiny_tokenizer,
         harmful=harmful,
         languages=["sw"],
-        teacher_system_prompt=None,
+        teacher_system_prompt="",
         teacher_prompt_template="{language}: {prompt}\nEnglish: {teacher_prompt}",
         max_new_tokens=1,
         limit=1,

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import make_model
 
-from msd_trl.evaluation import _with_system_prompt, generate_responses
+from msd_trl.generation import generate_responses
+from msd_trl.rendering import render_prompt
 
 
 def test_generate_responses_batched_equals_one_by_one(tiny_tokenizer):
@@ -37,14 +38,14 @@ def test_generate_responses_system_prompt_and_messages(tiny_tokenizer):
         progress=False,
     )
     assert as_text == as_messages
-    assert _with_system_prompt("Hi", "Be safe.") == [
+    assert render_prompt("Hi", "Be safe.") == [
         {"role": "system", "content": "Be safe."},
         {"role": "user", "content": "Hi"},
     ]
     own = [{"role": "system", "content": "Own."}, {"role": "user", "content": "Hi"}]
-    assert _with_system_prompt(own, "Be safe.") == own  # a conversation's own system message is kept
-    assert _with_system_prompt("Hi", None) == [{"role": "user", "content": "Hi"}]
-    assert generate_responses(model, tiny_tokenizer, [], progress=False) == []
+    assert render_prompt(own, "Be safe.") == own  # a conversation's own system message is kept
+    assert render_prompt("Hi", None) == [{"role": "user", "content": "Hi"}]
+    assert generate_responses(model, tiny_tokenizer, [], max_new_tokens=1, progress=False) == []
 
 
 def test_generate_responses_per_prompt_budgets_equal_separate_calls(tiny_tokenizer):
@@ -72,7 +73,7 @@ def test_generate_responses_character_cap_ends_each_answer_early(tiny_tokenizer)
         assert len(short) >= min(3, len(full))
     assert sum(map(len, capped)) < sum(map(len, free))
     with pytest.raises(ValueError, match="max_chars"):
-        generate_responses(model, tiny_tokenizer, prompts, max_chars=0, progress=False)
+        generate_responses(model, tiny_tokenizer, prompts, max_new_tokens=1, max_chars=0, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -85,6 +86,6 @@ def test_generate_responses_character_cap_ends_each_answer_early(tiny_tokenizer)
     ],
 )
 def test_generate_responses_rejects_bad_arguments(tiny_tokenizer, kwargs, message):
-    arguments = {"prompts": ["Hi"], **kwargs}
+    arguments = {"prompts": ["Hi"], "max_new_tokens": 1, **kwargs}
     with pytest.raises(ValueError, match=message):
         generate_responses(torch.nn.Linear(1, 1), tiny_tokenizer, **arguments)

@@ -82,7 +82,7 @@ def test_truncation_keeps_the_teacher_system_prompt_and_template(tiny_tokenizer)
 
 
 def test_left_padded_ends_every_prompt_at_the_last_position():
-    from msd_trl.rendering import left_padded
+    from msd_trl.decoding import left_padded
 
     ids, mask = left_padded([[5, 6, 7], [8]], pad_token_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and ids.dtype == torch.long

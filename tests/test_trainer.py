@@ -12,7 +12,7 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from msd_trl import Divergence, MSDConfig, OffPolicyMSDTrainer, OnPolicyMSDTrainer, generate_teacher_completions
-from msd_trl.trainer import MSDDataCollator
+from msd_trl.rendering import MSDDataCollator
 
 
 def make_args(tmp_path, **overrides) -> MSDConfig:
@@ -648,7 +648,8 @@ def test_teacher_text_in_another_column_trains_with_a_matching_collator(tmp_path
 
 
 def test_a_trainer_variant_is_one_hook_and_one_registration(tmp_path, tiny_tokenizer, msd_rows):
-    from msd_trl import TRAINERS, MSDTrainer, register_trainer
+    from msd_trl import MSDTrainer, register_trainer
+    from msd_trl.trainer import TRAINERS
 
     seen = []
 
@@ -676,7 +677,7 @@ def test_a_trainer_variant_is_one_hook_and_one_registration(tmp_path, tiny_token
         assert seen == [True, True] and ratios == [1.0, 0.0]
     finally:
         TRAINERS.pop("alternate-test", None)
-    with pytest.raises(TypeError, match="needs an MSDTrainer subclass"):
+    with pytest.raises(ValueError, match="needs an MSDTrainer subclass"):
         register_trainer("not-a-trainer")(dict)
     with pytest.raises(NotImplementedError, match="MSDTrainer must implement use_fixed_completion"):
         MSDTrainer(model=make_model(tiny_tokenizer), args=make_args(tmp_path, max_steps=1), train_dataset=msd_rows,

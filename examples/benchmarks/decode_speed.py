@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
 
     from msd_trl import load_model, load_tokenizer
+    from msd_trl.decoding import left_padded
     from msd_trl.models import resolve_model_name_or_path
-    from msd_trl.rendering import left_padded
 
     args = parse_args(argv)
     torch.manual_seed(args.seed)

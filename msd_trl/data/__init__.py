@@ -30,8 +30,7 @@ query id, never by row: a query's Javanese version in train and its Bengali vers
 leak. :func:`mix_datasets` combines corpora (for example harmful MultiJail with benign MGSM, so that
 the model does not learn to refuse everything) in chosen proportions, sampling without replacement.
 :func:`filter_by_length` drops over-long prompts, which matter because low-resource scripts tokenise
-into many more tokens (in SmolLM2's tokenizer a MultiJail query is ~12 tokens in English but ~100 in
-Bengali or Thai, with outliers above 1,700) and one outlier makes a pad-to-longest batch crawl.
+into many more tokens (docs/data.md has the lengths) and one outlier makes a pad-to-longest batch crawl.
 
 Row order is language-major (all rows of the first requested language, then the next, ...), and within
 a language the corpus order, so outputs are deterministic and easy to slice per language.
@@ -46,7 +45,6 @@ from __future__ import annotations
 from .loaders import _normalise_answer, _parse_tags, load_mgsm, load_multijail, load_multiq, split_by_id_parity  # noqa: F401
 from .mixing import (  # noqa: F401
     _token_lengths,
-    build_safety_mix,
     filter_by_length,
     mix_datasets,
     mix_harmful_and_benign,
@@ -66,7 +64,6 @@ from .rows import (  # noqa: F401
 )
 
 __all__ = [
-    "build_safety_mix",
     "mix_harmful_and_benign",
     "LANGUAGE_NAMES",
     "MGSM_HUB_NAME",

@@ -390,11 +390,3 @@ def mix_harmful_and_benign(
         num_rows=num_rows,
         seed=seed,
     )
-
-
-def build_safety_mix(*args, **kwargs) -> Dataset:
-    """MultiJail harmful rows mixed with benign MGSM and MultiQ ones; see :func:`msd_trl.corpora.build_safety_mix`
-    (it lives there because it reads corpora through the registry)."""
-    from ..corpora import build_safety_mix as build
-
-    return build(*args, **kwargs)

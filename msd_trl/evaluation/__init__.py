@@ -11,8 +11,8 @@ measures three things with the same judge:
   ``teacher_system_prompt`` as the system prompt;
 - per-language over-refusal rate on benign MGSM math questions (a refusal there is a failure).
 
-Data flows one way: rows -> chat conversations -> :func:`generate_responses` (one batched, length-grouped, greedy
-pass over every prompt) -> :class:`Judge` verdicts -> records (one per prompt) -> report (rates) ->
+Data flows one way: rows -> chat conversations -> ``generation.generate_responses`` (one batched, length-grouped,
+greedy pass over every prompt) -> :class:`Judge` verdicts -> records (one per prompt) -> report (rates) ->
 :func:`write_report` (``report.json``, ``responses.csv``, ``report.md``, ``refusal_rate.png``).
 
 Judges share one tiny interface (:class:`Judge`): a list of prompts and responses in, one bool per response out,
@@ -21,37 +21,37 @@ transparent, but it only sees surface phrases (see its docstring for what it mis
 wraps a classifier model (for example Llama Guard) or any callable for a stronger verdict.
 
 This package never imports the trainers: evaluation must run on any checkpoint, MSD-trained or not. It is split by
-concern: ``phrases`` (refusal phrases, normalisation), ``judges`` (the interface, keyword and classifier judges, a
-registry by name), generation from ``msd_trl.generation``, ``runner`` (``evaluate``, ``run_evaluation``) and ``report``
-(files and charts); every public name is importable from ``msd_trl.evaluation``.
+concern: ``arguments`` (``EvaluationArguments``: every setting, one default each), ``phrases`` (refusal phrases,
+normalisation), ``judges`` (the interface, keyword and classifier judges, a registry by name), ``jobs``, ``answers``
+(through ``msd_trl.generation``), ``scoring``, ``runner`` (``evaluate``, ``run_evaluation``) and ``report`` (files and
+charts); the names below are importable from ``msd_trl.evaluation``.
 """
 
 from __future__ import annotations
 
-from ..generation import _with_system_prompt, generate_responses  # noqa: F401  (_with_system_prompt: kept importable)
-from ..presets import SAFETY_SYSTEM_PROMPT
+from .arguments import AFTER_TRAINING, EvaluationArguments
 from .judges import JUDGES, ClassifierJudge, Judge, KeywordRefusalJudge, get_judge, parse_llama_guard, register_judge
 from .phrases import REFUSAL_PHRASES, normalize_text
 from .report import RECORD_FIELDS, read_records, write_report
 from .runner import evaluate, extract_number, language_budgets, run_evaluation
 
 __all__ = [
+    "AFTER_TRAINING",
     "JUDGES",
     "RECORD_FIELDS",
-    "register_judge",
     "REFUSAL_PHRASES",
-    "SAFETY_SYSTEM_PROMPT",
     "ClassifierJudge",
+    "EvaluationArguments",
     "Judge",
     "KeywordRefusalJudge",
     "evaluate",
-    "generate_responses",
+    "extract_number",
     "get_judge",
+    "language_budgets",
     "normalize_text",
     "parse_llama_guard",
-    "extract_number",
-    "language_budgets",
     "read_records",
+    "register_judge",
     "run_evaluation",
     "write_report",
 ]

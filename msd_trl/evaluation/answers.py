@@ -1,17 +1,17 @@
 """Answering evaluation jobs: one batched generate pass per character cap, every answer saved as it is made.
 
 With a ``partial_path`` an interrupted evaluation resumes: answers already in the file (same job key: prompt,
-kind, budget) are not generated again, and a half-written last line is cut off first.
+kind, budget) are not generated again (``decoding.JsonLinesLog`` cuts off a half-written last line first).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from ..generation import generate_responses, repair_partial_last_line
+from ..decoding import JsonLinesLog
+from ..generation import generate_responses
 from .jobs import job_key
 
 logger = logging.getLogger(__name__)
@@ -20,21 +20,12 @@ __all__ = ["answer_jobs", "read_partial_responses"]
 
 
 def read_partial_responses(path: str | Path) -> dict[str, str]:
-    """Answers saved by an interrupted evaluation; a half-written last line (a killed run) is cut off first, so
-    later appends stay valid JSON lines."""
-    path = Path(path)
-    done: dict[str, str] = {}
-    if not path.exists():
-        return done
-    repair_partial_last_line(path)
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-                done[record["key"]] = record["response"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return done
+    """Answers saved by an interrupted evaluation, by job key."""
+    return {
+        record["key"]: record["response"]
+        for _, record in JsonLinesLog(path).records()
+        if isinstance(record.get("key"), str) and "response" in record
+    }
 
 
 def answer_jobs(
@@ -57,10 +48,7 @@ def answer_jobs(
             responses[position] = done[key]
     if done:
         logger.info("resuming: %d of %d answers already in %s", sum(k in done for k in keys), len(jobs), partial_path)
-    sink = None
-    if partial_path is not None:
-        Path(partial_path).parent.mkdir(parents=True, exist_ok=True)
-        sink = open(partial_path, "a", encoding="utf-8")
+    log = JsonLinesLog(partial_path) if partial_path is not None else None
     try:
         for chars in dict.fromkeys(job["max_chars"] for job in jobs):  # one generate call per character cap
             positions = [i for i, job in enumerate(jobs) if job["max_chars"] == chars and keys[i] not in done]
@@ -68,11 +56,8 @@ def answer_jobs(
                 continue
 
             def save(indices: list[int], texts: list[str], positions=positions) -> None:
-                if sink is not None:
-                    for index, text in zip(indices, texts):
-                        sink.write(json.dumps({"key": keys[positions[index]], "response": text}, ensure_ascii=False))
-                        sink.write("\n")
-                    sink.flush()
+                if log is not None:
+                    log.append({"key": keys[positions[i]], "response": text} for i, text in zip(indices, texts))
 
             generated = generate_responses(
                 model,
@@ -89,6 +74,6 @@ def answer_jobs(
             for position, response in zip(positions, generated):
                 responses[position] = response
     finally:
-        if sink is not None:
-            sink.close()
+        if log is not None:
+            log.close()
     return responses

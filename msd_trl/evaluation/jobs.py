@@ -16,8 +16,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..generation import _with_system_prompt
-from ..rendering import message_text, render_teacher_messages
+from ..rendering import message_text, render_prompt, render_teacher_messages
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +88,9 @@ def language_budgets(
 ) -> dict[str, int]:
     """Per-language generation budget: `english_tokens` scaled by how many more tokens the language needs for the
     same text, measured on the rows themselves (median of tokens(prompt) / tokens(teacher_prompt) over the
-    language's rows, at least 1), capped at `max_tokens`. SmolLM2's tokenizer, for example, spends about 8x the
-    English tokens on the same Bengali or Thai question, so 24 tokens are a sentence in English and ~12 characters
-    of Bengali. Rows without `teacher_prompt` (or an English row) get `english_tokens`."""
+    language's rows, at least 1), capped at `max_tokens`: a script that spends several times the English tokens on the
+    same text gets several times the budget (docs/data.md has SmolLM2's token counts). Rows without `teacher_prompt`
+    (or an English row) get `english_tokens`."""
     ratios: dict[str, list[float]] = {}
     for index in rows:
         language = columns["language"][index]
@@ -193,7 +192,7 @@ def build_jobs(
                     "id": columns["id"][index],
                     "language": columns["language"][index],
                     "harmful": kind == "harmful",
-                    "messages": _with_system_prompt(columns["prompt"][index], student_system_prompt),
+                    "messages": render_prompt(columns["prompt"][index], student_system_prompt),
                     "budget": budgets[(set_name, columns["language"][index])],
                     "max_chars": max_chars,
                     "answer": columns["answer"][index] if "answer" in columns else None,

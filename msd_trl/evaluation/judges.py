@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..generation import generate_responses
+from ..registry import Registry
 from .phrases import REFUSAL_PHRASES, _is_latin_word_char, normalize_text
 
 logger = logging.getLogger(__name__)
@@ -213,16 +214,15 @@ class ClassifierJudge(Judge):
         return [bool(self.parse(output)) for output in outputs]
 
 
-# name or "prefix:" -> a factory taking the text after the prefix ("" for a plain name)
-JUDGES: dict[str, Callable[[str], Judge]] = {}
+# A name, or a family "prefix:" whose factory takes the text after the prefix ("" for a plain name).
+JUDGES = Registry("judge", expects="a callable factory (text after the name -> Judge)", check=callable,
+                  argument="name_or_path")  # fmt: skip
 
 
-def register_judge(name: str, factory: Callable[[str], Judge]) -> None:
-    """Make `get_judge(name)` (and `--judge name` on the CLI) build a judge. A name ending in ":" is a prefix: the
+def register_judge(name: str, factory: Callable[[str], Judge], *, overwrite: bool = False) -> Callable[[str], Judge]:
+    """Make `get_judge(name)` (and `--judge name` on the CLI) build a judge. A name ending in ":" is a family: the
     rest of the string goes to the factory (`"classifier:" -> ClassifierJudge.from_pretrained(rest)`)."""
-    if not callable(factory):
-        raise ValueError(f"register_judge({name!r}, ...) needs a callable factory, got {factory!r}")
-    JUDGES[name] = factory
+    return JUDGES.register(name, factory, overwrite=overwrite)
 
 
 register_judge("keyword", lambda _: KeywordRefusalJudge())
@@ -234,11 +234,5 @@ def get_judge(judge: str | Judge) -> Judge:
     -> a :class:`Judge`; a :class:`Judge` is returned as is."""
     if isinstance(judge, Judge):
         return judge
-    if isinstance(judge, str):
-        if judge in JUDGES and not judge.endswith(":"):
-            return JUDGES[judge]("")
-        prefix, _, rest = judge.partition(":")
-        if rest and f"{prefix}:" in JUDGES:
-            return JUDGES[f"{prefix}:"](rest)
-    names = sorted(name + ("<name_or_path>" if name.endswith(":") else "") for name in JUDGES)
-    raise ValueError(f"judge must be one of {names} or a Judge instance, got {judge!r}")
+    factory = JUDGES.lookup(judge)
+    return factory("" if judge in JUDGES else judge.partition(":")[2])

@@ -23,7 +23,7 @@ with token weights -> loss.
 Layout: the pure pieces live beside this file and are tested there (`completions`: masks, the scoring batch,
 completion logits, step statistics; `row_checks`; `teacher_cache`; `rendering`: the collator). What stays here is
 one cohesive thing, the Trainer overrides that must sit on the class (set-up and the self-teacher, rollouts inside
-`get_batch_samples`, resume order of the RNG, the plain and chunked loss, metrics): about 550 lines. The variants
+`get_batch_samples`, resume order of the RNG, the plain and chunked loss, metrics). The variants
 live in `on_policy.py` and `off_policy.py`.
 """
 
@@ -51,27 +51,27 @@ from trl.trainer.utils import disable_dropout_in_model, use_adapter
 
 from ..checkpoints import check_resume_config, checkpoint_save_error, resolve_resume_checkpoint, write_run_config
 from ..chunked_loss import ChunkedOutput, check_output_head, chunked_divergence
-from ..completions import (
-    STEP_STATISTICS,
-    build_scoring_batch,
-    completion_logits,
-    completion_mask,
-    ends_with_stop,
-    generate_grouped,
-    step_statistics,
-)
+from ..completions import STEP_STATISTICS, build_scoring_batch, completion_logits, generate_grouped, step_statistics
 from ..config import (
     GKDConfig,  # imported there without TRL's experimental-API warning
     MSDConfig,
     build_divergence,
     upgrade_config,
 )
-from ..decoding import check_adapter_mergeable, decode_threads, merged_adapter
+from ..decoding import (
+    check_adapter_mergeable,
+    completion_mask,
+    decode_threads,
+    ends_with_stop,
+    merged_adapter,
+    stop_token_ids,
+)
 from ..divergences import DPSW
 from ..fingerprint import teacher_fingerprint
 from ..models import disable_bnb_cpu_weight_packing, resolve_model_name_or_path
-from ..names import TEACHER_COMPLETION_COLUMN
-from ..rendering import TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS, MSDDataCollator, stop_token_ids
+from ..names import TEACHER_CACHE_IDS, TEACHER_CACHE_LOGPROBS, TEACHER_COMPLETION_COLUMN
+from ..registry import Registry
+from ..rendering import MSDDataCollator
 from ..row_checks import check_columns, check_privileged_context, named_datasets, validate_rows
 from ..scale_out import check_scale_out
 from ..teacher_cache import dense_from_topk
@@ -607,22 +607,16 @@ class MSDTrainer(SFTTrainer):
         return loss.detach(), None, None
 
 
-# The base's name before it was public.
-_MSDTrainerBase = MSDTrainer
+TRAINERS = Registry(
+    "trainer",
+    expects="an MSDTrainer subclass",
+    check=lambda value: isinstance(value, type) and issubclass(value, MSDTrainer),
+)
 
-TRAINERS: dict[str, type[MSDTrainer]] = {}
 
-
-def register_trainer(name: str) -> Callable[[type[MSDTrainer]], type[MSDTrainer]]:
+def register_trainer(name: str, *, overwrite: bool = False) -> Callable[[type[MSDTrainer]], type[MSDTrainer]]:
     """Class decorator: make an `MSDTrainer` variant available as `msd-trl train --trainer <name>`."""
-
-    def decorator(cls: type[MSDTrainer]) -> type[MSDTrainer]:
-        if not (isinstance(cls, type) and issubclass(cls, MSDTrainer)):
-            raise TypeError(f"register_trainer({name!r}) needs an MSDTrainer subclass, got {cls!r}.")
-        TRAINERS[name] = cls
-        return cls
-
-    return decorator
+    return TRAINERS.register(name, overwrite=overwrite)
 
 
 class _PendingCollator:

@@ -99,14 +99,8 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
     from trl.experimental.gkd import GKDConfig, GKDTrainer
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
-    from msd_trl import (
-        MSDConfig,
-        OffPolicyMSDTrainer,
-        OnPolicyMSDTrainer,
-        default_lora_config,
-        load_model,
-        load_tokenizer,
-    )
+    from msd_trl import MSDConfig, OffPolicyMSDTrainer, OnPolicyMSDTrainer, load_model, load_tokenizer
+    from msd_trl.models import default_lora_config
 
     set_seed(settings.seed)
     tokenizer = load_tokenizer(settings.model_path)

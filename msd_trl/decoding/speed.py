@@ -1,14 +1,10 @@
-"""Faster decoding for rollouts: fewer threads on a CPU, and the LoRA adapter merged for the generate call.
+"""Faster decoding on a CPU: fewer threads for the decode steps, and the LoRA adapter merged for a generate call.
 
-Why (measured with `examples/benchmarks/decode_speed.py`, docs/performance.md): a decode step of a small model
-runs ~600 small matrix products per token. On a CPU each parallel region wakes OpenMP's worker threads; under
-`OMP_WAIT_POLICY=PASSIVE` (what a shared machine needs) that costs ~0.2 ms per product, more than the product
-itself, so one thread decodes faster than two (the prompt's prefill, one large forward, still gains from every
-thread). An unmerged LoRA adapter adds two small products per adapted layer per token; merging it into the base
-weights for the generate call removes them.
-
-Pure helpers: the trainer (`MSDConfig.generation_threads`, `MSDConfig.merge_adapter_for_generation`) and
-`evaluation.run_evaluation(generation_threads=...)` use them.
+Why: a decode step of a small model is hundreds of small matrix products, and on a CPU each wakes OpenMP's worker
+threads, which under `OMP_WAIT_POLICY=PASSIVE` costs more than the product itself; an unmerged adapter adds two
+products per adapted layer per token. docs/performance.md has the measurements (`examples/benchmarks/decode_speed.py`).
+Used by the trainer (`MSDConfig.generation_threads`, `MSDConfig.merge_adapter_for_generation`) and evaluation
+(`EvaluationArguments.generation_threads`).
 """
 
 from __future__ import annotations
