@@ -108,6 +108,12 @@ def load_prompts(tokenizer, count: int, max_prompt_tokens: int, seed: int) -> li
     return [tokenize_messages(tokenizer, render_student_messages(row)) for row in dataset.select(range(count))]
 
 
+def _ratio(value: float | None) -> str:
+    """A ratio for the console; "n/a" when the decode step was not measurable (at 3 tokens on a loaded machine the
+    prefill can take the whole generate time)."""
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def generation_kwargs(variant: str, new_tokens: int, pad_id: int) -> dict[str, Any]:
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import CompileConfig
@@ -224,8 +230,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 cells.append(cell)
                 print(
                     f"{variant:>15} threads {threads} batch {batch:>3}: decode step {cell['decode_step_s'] * 1e3:7.1f} ms "
-                    f"(floor {floor_s * 1e3:.1f} ms, ratio {cell['floor_ratio']:.2f}; roofline ratio "
-                    f"{cell['roofline_ratio']:.2f}), prefill {cell['prefill_s']:.2f} s, "
+                    f"(floor {floor_s * 1e3:.1f} ms, ratio {_ratio(cell['floor_ratio'])}; roofline ratio "
+                    f"{_ratio(cell['roofline_ratio'])}), prefill {cell['prefill_s']:.2f} s, "
                     f"{cell['tokens_per_s']:.1f} tok/s, warm-up {cell['warmup_s']:.1f} s",
                     flush=True,
                 )
