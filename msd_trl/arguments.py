@@ -116,7 +116,7 @@ class DataArguments:
                   "the held-out ids after the first --eval_limit, so --eval_after reports on other ids."},
     )  # fmt: skip
     monitor_limit: int = field(
-        default=20, metadata={"help": "--selectivity_monitor: held-out prompts per language on each side."}
+        default=16, metadata={"help": "--selectivity_monitor: held-out prompts per language on each side."}
     )
 
     def train_languages(self) -> list[str] | None:
