@@ -298,11 +298,17 @@ def recommended_entry(args, collected: dict, command: str) -> dict | None:
             "base_in_language": base["languages"][code]["in_language"] if base else None,
             "base_non_answer": base["languages"][code]["non_answer"] if base else None,
         }
-    train_command = "python examples/learning_curves.py " + " ".join(
+    # The msd-trl command of the first seed, trained for the recommended number of steps (the others differ in --seed).
+    argv = reproduce_mini.train_argv(reproduce_args(args, int(steps)), cell, points[0]["seed"], Path("outputs/msd"))
+    for flag in ("--save_strategy", "--save_steps"):  # the curves' checkpoints, not part of the recipe
+        while flag in argv:
+            del argv[argv.index(flag) : argv.index(flag) + 2]
+    curves_command = "python examples/learning_curves.py " + " ".join(
         shlex.quote(a) for a in ["--cells", cell, "--seeds", ",".join(str(p["seed"]) for p in points)]
     )
     return {
-        "cell": cell, "command": train_command, "steps": int(steps), "seeds": [p["seed"] for p in points],
+        "cell": cell, "command": "msd-trl train " + " ".join(shlex.quote(a) for a in argv),
+        "curves_command": curves_command, "steps": int(steps), "seeds": [p["seed"] for p in points],
         "languages": languages,
         "mgsm_over_refusal": {code: [p["mgsm_over_refusal"].get(code) for p in points]
                               for code in reproduce_mini.MGSM_EVAL},

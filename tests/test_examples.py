@@ -305,6 +305,11 @@ def test_learning_curves_evaluates_every_checkpoint_and_writes_the_issue_schema(
     recommended = results["recommended"]
     assert {"command", "steps", "seeds", "languages"} <= set(recommended)
     assert recommended["steps"] == 2 and recommended["seeds"] == [0, 1]
+    assert (
+        recommended["command"].startswith("msd-trl train --trainer on-policy")
+        and "--max_steps 2 " in recommended["command"]
+    )
+    assert "--save_steps" not in recommended["command"]
     languages = {"jv", "sw", "bn", "th", "ko", "ar", "vi"}
     assert set(recommended["languages"]) == languages
     for code, entry in recommended["languages"].items():
