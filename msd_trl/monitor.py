@@ -19,7 +19,7 @@ enough to run every few dozen steps.
   `metric_for_best_model="selectivity/auc"`, `load_best_model_at_end` and `EarlyStoppingCallback` (listed after
   this callback) work unchanged, and the values reach `trainer.state.log_history` and every tracker.
 * When: at every evaluation when the trainer evaluates (`eval_strategy != "no"`), else every `eval_steps` steps;
-  and once before the first step, so the base model's values are the first point of the curve.
+  with `at_start=True` also once before the first step (the base model's values, the first point of a curve).
 
 The validation prompts must be held out from training (split by id) and, to pick a checkpoint without biasing the
 final evaluation, disjoint from the ids that evaluation reports on (`msd-trl train --selectivity_monitor` takes
@@ -374,7 +374,8 @@ class SelectivityCallback(TrainerCallback):
         eval_steps: when the trainer does not evaluate, score every this many steps (default: `args.eval_steps`,
             else `args.save_steps` when saving by steps, so each checkpoint has its values, else a tenth of
             `max_steps`).
-        at_start: also score once before the first step (the base model's values).
+        at_start: also score once before the first step (the base model's values; one more measurement, so off by
+            default: the base model's values are the same in every run).
     """
 
     def __init__(
@@ -390,7 +391,7 @@ class SelectivityCallback(TrainerCallback):
         eval_steps: int | None = None,
         batch_size: int = 16,
         max_prompt_tokens: int = 256,
-        at_start: bool = True,
+        at_start: bool = False,
     ):
         if eval_steps is not None and eval_steps < 1:
             raise ValueError(f"SelectivityCallback: eval_steps must be >= 1 or None, got {eval_steps!r}")

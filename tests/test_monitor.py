@@ -113,7 +113,7 @@ def _trainer(tmp_path, tokenizer, **overrides):
 
 def test_callback_logs_every_eval_steps_and_its_auc_equals_a_direct_computation(tmp_path, tiny_tokenizer):
     trainer = _trainer(tmp_path, tiny_tokenizer)
-    monitor = SelectivityCallback(trainer, HARMFUL, BENIGN, eval_steps=2, batch_size=3)
+    monitor = SelectivityCallback(trainer, HARMFUL, BENIGN, eval_steps=2, batch_size=3, at_start=True)
     trainer.add_callback(monitor)
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "eval_selectivity/auc" in entry]
@@ -168,7 +168,7 @@ def test_callback_works_with_a_plain_trl_trainer(tmp_path, tiny_tokenizer):
     trainer.add_callback(SelectivityCallback(trainer, HARMFUL, BENIGN, eval_steps=1, teacher_samples=2))
     trainer.train()
     steps = [e["step"] for e in trainer.state.log_history if "eval_selectivity/auc" in e]
-    assert steps == [0, 1, 2]
+    assert steps == [1, 2]  # not before the first step unless at_start=True
 
 
 def test_callback_errors_name_the_problem(tmp_path, tiny_tokenizer):
