@@ -1,5 +1,5 @@
 """The defaults the docs state are the code's: the tables of docs/cli.md (evaluate's `EvaluationArguments`, train's
-`DataArguments` and the defaults the train parser sets).
+`DataArguments` and the defaults the train parser sets) and CHANGELOG.md's old -> new table of `evaluate()`.
 
 Tables are read as a user reads them: a row names one or more flags (a `--no_x` twin and a `(--alias)` name the same
 setting) and gives one default, or one per flag separated by ", ". A default is a literal (`8`, `0.2`, `` `test` ``,
@@ -9,15 +9,19 @@ setting) and gives one default, or one per flag separated by ", ". A default is 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from pathlib import Path
+
+import pytest
 
 from msd_trl.arguments import TEACHER_COMPLETIONS_FILE, DataArguments, build_train_parser
 from msd_trl.evaluation import EvaluationArguments
 from msd_trl.names import split_list
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
 COMPUTED = object()  # a default described in words: computed at run time, `None` in the code
 
 
@@ -160,3 +164,83 @@ def test_the_cli_docs_train_tables_give_the_data_arguments_and_parser_defaults()
             assert float(value) == default, f"--{name}: docs {value!r}, parser {default!r}"
         else:
             assert value == default, f"--{name}: docs {value!r}, parser {default!r}"
+
+
+# ------------------------------------------------------------------------------------------------ the changelog
+
+# evaluate()'s defaults before issue 25, read from `git show 897d659^1:msd_trl/evaluation/runner.py`.
+EVALUATE_BEFORE = {"max_new_tokens": 64, "max_chars": None, "teacher_prompt_template": "{teacher_prompt}"}
+
+
+def _changelog_section() -> str:
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    heading = next(line for line in text.splitlines() if line.startswith("### Changed in this version: `evaluate()`"))
+    return _section(text, heading)
+
+
+def _python(cell: str):
+    """The value a changelog cell gives in code font: "`None` (no character cap)" -> None."""
+    return ast.literal_eval(re.match(r"`([^`]*)`", cell).group(1))
+
+
+def _keywords(source: str) -> dict:
+    """`a=1, b="x"` (a call's keyword arguments, as the changelog writes them) -> {"a": 1, "b": "x"}."""
+    call = ast.parse(f"f({source})", mode="eval").body
+    return {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+
+
+def test_the_changelog_gives_evaluates_old_and_new_defaults_and_how_to_keep_the_old():
+    from msd_trl.presets import DEFAULT_TEACHER_PRESET, SAFETY_SYSTEM_PROMPT, TeacherContext
+
+    rows = {row["setting of `evaluate()`"]: row for row in _table(_changelog_section(), "setting of `evaluate()`")}
+    defaults = EvaluationArguments()
+    for name in ("max_new_tokens", "max_chars"):
+        row = rows[f"`{name}`"]
+        before, now = _python(row["before"]), _python(row["now"])
+        assert before == EVALUATE_BEFORE[name] and now == getattr(defaults, name), row
+        assert (
+            getattr(EvaluationArguments(**_keywords(row["to get the old behaviour, pass"].strip("`"))), name) == before
+        )
+    # The teacher context: before, the English query under the safety system prompt; now the default preset's.
+    row = rows["teacher context"]
+    assert f"`{DEFAULT_TEACHER_PRESET}`" in row["now"] and defaults.teacher_preset == DEFAULT_TEACHER_PRESET
+    old = EvaluationArguments(**_keywords(row["to get the old behaviour, pass"].strip("`"))).teacher_context
+    assert old == TeacherContext(EVALUATE_BEFORE["teacher_prompt_template"], SAFETY_SYSTEM_PROMPT)
+    # teacher_system_prompt=None: before, no system prompt; now the preset's; "" is none.
+    row = rows["`teacher_system_prompt=None`"]
+    assert EvaluationArguments(teacher_system_prompt=None).teacher_context.system_prompt is not None
+    keep = _keywords(row["to get the old behaviour, pass"].strip("`"))
+    assert EvaluationArguments(teacher_preset="english_refusal", **keep).teacher_context == TeacherContext(
+        EVALUATE_BEFORE["teacher_prompt_template"], None
+    )
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "multijail").exists(), reason="needs ../shared/data")
+def test_the_changelogs_old_defaults_call_answers_as_evaluate_did_before(tiny_tokenizer):
+    """The changelog's one call with the old defaults, run: 64-token answers without a character cap, the teacher
+    on the English query under the safety system prompt, as `evaluate()` answered before issue 25."""
+    from conftest import make_model
+
+    from msd_trl.data import load_multijail
+    from msd_trl.evaluation import evaluate
+    from msd_trl.presets import SAFETY_SYSTEM_PROMPT
+
+    code = re.search(r"```python\n(.*?)```", _changelog_section(), re.S).group(1)
+    call = next(
+        node for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Call) and node.func.id == "evaluate"
+    )
+    restore = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg not in ("harmful", "benign")}
+    assert restore == {"teacher_preset": "english_refusal", "max_new_tokens": 64, "max_chars": None}
+    harmful = load_multijail(SHARED_DATA / "multijail", ["jv"])
+    model = make_model(tiny_tokenizer)
+    common = dict(harmful=harmful, languages=["jv"], limit=1, progress=False, answer_language=False)
+    old, old_records = evaluate(model, tiny_tokenizer, **common, **restore)
+    assert {k: old["settings"][k] for k in EVALUATE_BEFORE} == EVALUATE_BEFORE
+    assert old["settings"]["budgets"]["harmful/jv"] >= 64  # the English budget, scaled up for Javanese
+    teacher = [r for r in old_records if r["kind"] == "teacher"]
+    assert teacher and all(r["system_prompt"] == SAFETY_SYSTEM_PROMPT for r in teacher)
+    assert [r["prompt"] for r in teacher] == harmful.select([0])["teacher_prompt"]
+    new, _ = evaluate(model, tiny_tokenizer, **common)
+    defaults = EvaluationArguments()
+    assert (new["settings"]["max_new_tokens"], new["settings"]["max_chars"]) == (defaults.max_new_tokens, 120)
+    assert new["settings"]["teacher_prompt_template"] == defaults.teacher_context.template
