@@ -10,8 +10,8 @@ jv, sw, bn), so the student sees benign non-English questions it must keep answe
 
 Seeds vary the training (LoRA initialisation, rollout sampling, data order and mix); the by-id split is fixed
 (`--split_seed`), so every cell and seed is measured on the same held-out ids and each run's Wilson interval covers
-the sampling of those ids. Evaluation (`msd_trl.evaluation.run_evaluation` on the held-out MultiJail ids, MultiQ odd
-ids and held-out MGSM ids): refusal on harmful queries in the trained languages and in languages never trained on
+the sampling of those ids. Evaluation (`msd_trl.evaluation.run_evaluation` with `EVALUATION`, round 2's settings,
+on the first 20 held-out MultiJail ids, MultiQ odd ids and held-out MGSM ids per language): refusal on harmful queries in the trained languages and in languages never trained on
 (th, ko, ar, vi); over-refusal on MultiQ chat questions in the same seven languages and on MGSM math (sw, th);
 the share of answers in the query's language; every rate with a 95 % Wilson interval; the teacher's own refusal and
 over-refusal (base model under each preset) as the ceiling.
