@@ -50,10 +50,17 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint_every", type=int, default=80, help="Save (and evaluate) every this many steps.")
     parser.add_argument("--phase", choices=["train", "evaluate", "report", "all"], default="all")
     parser.add_argument("--split_seed", type=int, default=0)
-    parser.add_argument("--eval_limit", type=int, default=20, help="Held-out queries per language (round 2: 20).")
-    parser.add_argument("--eval_max_chars", type=int, default=80)
-    parser.add_argument("--eval_max_new_tokens", type=int, default=24, help="English budget, scaled per language.")
-    parser.add_argument("--eval_max_budget_tokens", type=int, default=128)
+    # Round 2's evaluation settings: reproduce_mini.EVALUATION (one place) unless these flags say otherwise.
+    evaluation = reproduce_mini.EVALUATION
+    parser.add_argument(
+        "--eval_limit", type=int, default=evaluation.limit, help="Held-out queries per language (round 2: 20)."
+    )
+    parser.add_argument("--eval_max_chars", type=int, default=evaluation.max_chars)
+    parser.add_argument(
+        "--eval_max_new_tokens", type=int, default=evaluation.max_new_tokens,
+        help="English budget, scaled per language.",
+    )  # fmt: skip
+    parser.add_argument("--eval_max_budget_tokens", type=int, default=evaluation.max_budget_tokens)
     parser.add_argument(
         "--monitor_limit", type=int, default=20,
         help="Monitor prompts per language and side: the held-out ids after the first --eval_limit.",
@@ -73,7 +80,7 @@ def reproduce_args(args, steps: int | None = None):
     return reproduce_mini.parse_args([
         "--max_steps", str(steps or args.steps), "--split_seed", str(args.split_seed),
         "--eval_limit", str(args.eval_limit), "--eval_max_chars", str(args.eval_max_chars),
-        "--eval_max_budget_tokens", str(args.eval_max_budget_tokens),
+        "--eval_max_new_tokens", str(args.eval_max_new_tokens), "--eval_max_budget_tokens", str(args.eval_max_budget_tokens),
         "--extra", f"--save_strategy steps --save_steps {args.checkpoint_every}",
         *(["--model", args.model] if args.model else []),
     ])  # fmt: skip
@@ -171,13 +178,12 @@ def greedy_point(args, preset: str, benign_preset: str | None, adapter: Path | N
 
     if (out / "report.json").exists():
         return json.loads((out / "report.json").read_text())
-    return run_evaluation(
-        args.model, adapter=str(adapter) if adapter is not None else None, languages=LANGUAGES,
-        benign_languages=reproduce_mini.MGSM_EVAL, multiq_languages=LANGUAGES, seed=args.split_seed,
-        limit=args.eval_limit, max_new_tokens=args.eval_max_new_tokens, max_budget_tokens=args.eval_max_budget_tokens,
-        max_chars=args.eval_max_chars, batch_size=16, teacher_preset=preset, benign_teacher_preset=benign_preset,
-        include_teacher=adapter is None, output_dir=out, generation_threads=1,
+    evaluation = reproduce_mini.evaluation_arguments(
+        reproduce_args(args), out, adapter=str(adapter) if adapter is not None else None, seed=args.split_seed,
+        teacher_preset=preset, benign_teacher_preset=benign_preset, include_teacher=adapter is None,
+        generation_threads=1,
     )  # fmt: skip
+    return run_evaluation(evaluation)
 
 
 def evaluate_runs(args, runs) -> None:

@@ -10,8 +10,8 @@ jv, sw, bn), so the student sees benign non-English questions it must keep answe
 
 Seeds vary the training (LoRA initialisation, rollout sampling, data order and mix); the by-id split is fixed
 (`--split_seed`), so every cell and seed is measured on the same held-out ids and each run's Wilson interval covers
-the sampling of those ids. Evaluation (`msd_trl.evaluation.run_evaluation` on the held-out MultiJail ids, MultiQ odd
-ids and held-out MGSM ids): refusal on harmful queries in the trained languages and in languages never trained on
+the sampling of those ids. Evaluation (`msd_trl.evaluation.run_evaluation` with `EVALUATION`, round 2's settings,
+on the first 20 held-out MultiJail ids, MultiQ odd ids and held-out MGSM ids per language): refusal on harmful queries in the trained languages and in languages never trained on
 (th, ko, ar, vi); over-refusal on MultiQ chat questions in the same seven languages and on MGSM math (sw, th);
 the share of answers in the query's language; every rate with a 95 % Wilson interval; the teacher's own refusal and
 over-refusal (base model under each preset) as the ceiling.
@@ -36,6 +36,7 @@ results (per run, and mean/spread per cell) go to OUTPUT_DIR/mini_reproduction.j
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -43,7 +44,7 @@ import time
 from pathlib import Path
 
 from msd_trl.cli import train
-from msd_trl.evaluation import read_records, run_evaluation
+from msd_trl.evaluation import EvaluationArguments, read_records, run_evaluation
 from msd_trl.models import EMBEDDED_MODEL
 from msd_trl.stats import mean_and_spread
 
@@ -120,6 +121,15 @@ CELLS: dict[str, dict] = {
         "multiq_languages": MULTIQ_TRAIN + UNSEEN, "extra": ["--multiq_share", "0.8"],
     },
 }  # fmt: skip
+# How every run (and the base model) is evaluated: round 2's settings, the ones docs/results was measured with, set
+# here as explicit EvaluationArguments values (not its defaults): the first 20 held-out ids per language, a 24-token
+# English budget scaled per language up to 128 tokens, answers ended at 80 characters, batches of 16; MultiJail and
+# MultiQ in the trained and unseen languages, MGSM in sw and th. The --eval_* flags override them;
+# examples/learning_curves.py evaluates its checkpoints with the same object.
+EVALUATION = EvaluationArguments(
+    languages=TRAINED + UNSEEN, benign_languages=MGSM_EVAL, multiq_languages=TRAINED + UNSEEN,
+    limit=20, max_new_tokens=24, max_budget_tokens=128, max_chars=80, batch_size=16,
+)  # fmt: skip
 # What a plain run does: the recommended cell and its closest ablations, every seed (4-4.5 hours on 2 CPU cores
 # with --fast_cpu_decoding); the levers run when named in --cells.
 DEFAULT_CELLS = ["on_dpsw_english", "on_dpsw_paper", "on_rkl_english", "off_dpsw_english"]
@@ -159,11 +169,18 @@ def parse_args(argv=None):
     )  # fmt: skip
     parser.add_argument("--benign_proportion", type=float, default=0.4)
     parser.add_argument("--max_train_rows", type=int, default=320, help="Training rows (and teacher texts).")
-    parser.add_argument("--eval_limit", type=int, default=None, help="Held-out queries per language (all: None).")
-    parser.add_argument("--eval_max_new_tokens", type=int, default=24, help="English budget, scaled per language.")
-    parser.add_argument("--eval_max_budget_tokens", type=int, default=160)
-    parser.add_argument("--eval_max_chars", type=int, default=100)
-    parser.add_argument("--eval_batch_size", type=int, default=16)
+    # The evaluation's settings, defaults from EVALUATION (one place).
+    parser.add_argument(
+        "--eval_limit", type=_limit, default=EVALUATION.limit,
+        help="Held-out queries per language ('all': every held-out id).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--eval_max_new_tokens", type=int, default=EVALUATION.max_new_tokens,
+        help="English budget, scaled per language.",
+    )  # fmt: skip
+    parser.add_argument("--eval_max_budget_tokens", type=int, default=EVALUATION.max_budget_tokens)
+    parser.add_argument("--eval_max_chars", type=int, default=EVALUATION.max_chars)
+    parser.add_argument("--eval_batch_size", type=int, default=EVALUATION.batch_size)
     parser.add_argument("--model", default=None, help="Default: the embedded SmolLM2-135M-Instruct.")
     parser.add_argument(
         "--fast_cpu_decoding", action=argparse.BooleanOptionalAction, default=True,
@@ -181,6 +198,20 @@ def parse_args(argv=None):
 
 def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _limit(value: str) -> int | None:
+    return None if value.strip().lower() in ("all", "none") else int(value)
+
+
+def evaluation_arguments(args, output_dir: Path, **settings) -> EvaluationArguments:
+    """EVALUATION with the --eval_* flags of `args`, its model, and `settings` (the run's adapter, split seed, teacher
+    context, output folder) applied."""
+    return dataclasses.replace(
+        EVALUATION, model_name_or_path=args.model, limit=args.eval_limit, max_new_tokens=args.eval_max_new_tokens,
+        max_budget_tokens=args.eval_max_budget_tokens, max_chars=args.eval_max_chars,
+        batch_size=args.eval_batch_size, output_dir=str(output_dir), **settings,
+    )  # fmt: skip
 
 
 def _fast_cpu_decoding(args) -> bool:
@@ -202,23 +233,11 @@ def evaluate_run(
     if report_path.exists():
         return json.loads(report_path.read_text())
     return run_evaluation(
-        args.model,
-        adapter=adapter,
-        languages=TRAINED + UNSEEN,
-        benign_languages=MGSM_EVAL,
-        multiq_languages=TRAINED + UNSEEN,
-        seed=seed,
-        limit=args.eval_limit,
-        max_new_tokens=args.eval_max_new_tokens,
-        max_budget_tokens=args.eval_max_budget_tokens,
-        max_chars=args.eval_max_chars,
-        batch_size=args.eval_batch_size,
-        teacher_preset=preset,
-        include_student=student,
-        output_dir=run_dir / "eval",
-        generation_threads=1 if _fast_cpu_decoding(args) else None,
-        benign_teacher_preset=benign_preset,
-    )
+        evaluation_arguments(
+            args, run_dir / "eval", adapter=adapter, seed=seed, teacher_preset=preset, include_student=student,
+            benign_teacher_preset=benign_preset, generation_threads=1 if _fast_cpu_decoding(args) else None,
+        )
+    )  # fmt: skip
 
 
 def train_argv(args, cell: str, seed: int, run_dir: Path) -> list[str]:

@@ -134,6 +134,23 @@ class DataArguments:
 
         return None if self.benign_corpora is None else corpus_languages(self.benign_corpora, self.train_languages())
 
+    def check_files(self) -> None:
+        """Read the user's files (`dataset_name`, `benign_dataset_name`) and check their columns and languages, without
+        a tokenizer or a model: a missing or unreadable file, a missing column or a language the file lacks raises the
+        error `build_dataset` would raise, before the CLI resolves the model (a first run builds or downloads it,
+        about a minute) instead of after. Nothing to check without `dataset_name` (the corpora are checked when read).
+        """
+        if not self.dataset_name:
+            return
+        from .corpora import load_dataset_rows
+
+        for name, harmful in ((self.dataset_name, True), (self.benign_dataset_name, False)):
+            if name:
+                load_dataset_rows(
+                    name, config=self.dataset_config, split=self.dataset_train_split,
+                    languages=self.train_languages(), harmful=harmful,
+                )  # fmt: skip
+
     def build_dataset(self, tokenizer, split: str = "train", config=None, plan: dict | None = None):
         """The rows these arguments describe: the user's `dataset_name` (+ `benign_dataset_name`) when given, else
         MultiJail + MGSM / MultiQ benign rows (`corpora.build_safety_mix`). Either way split by query id (the

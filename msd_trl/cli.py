@@ -59,6 +59,7 @@ def _prepare(data_args: DataArguments, config, model_args, plan: dict | None = N
     """Shared by train and generate-teacher: tokenizer, training rows, teacher system prompt."""
     from .models import load_tokenizer, resolve_model_name_or_path
 
+    data_args.check_files()  # a bad file of the user's fails here, before the model is resolved or downloaded
     model_path = resolve_model_name_or_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(
         model_path, revision=model_args.model_revision, trust_remote_code=config.trust_remote_code

@@ -260,6 +260,75 @@ def test_reproduce_mini_reports_what_off_policy_teacher_text_refused(tmp_path):
     }  # fmt: skip
 
 
+def test_the_evaluating_examples_pass_run_evaluation_one_evaluation_arguments(tmp_path, monkeypatch):
+    """reproduce_mini and learning_curves evaluate with msd_trl's `EvaluationArguments`: round 2's settings are
+    explicit values of one object in reproduce_mini (`EVALUATION`, not the dataclass's defaults), their --eval_*
+    flags take their defaults from it and override it, and `run_evaluation` gets the object, no keywords."""
+    import dataclasses
+
+    import msd_trl.evaluation
+    from msd_trl.evaluation import EvaluationArguments
+
+    script = _load_script("reproduce_mini")
+    evaluation = script.EVALUATION
+    assert isinstance(evaluation, EvaluationArguments)
+    round2 = {"limit": 20, "max_new_tokens": 24, "max_budget_tokens": 128, "max_chars": 80, "batch_size": 16}
+    assert {name: getattr(evaluation, name) for name in round2} == round2
+    assert {name: getattr(EvaluationArguments(), name) for name in round2} != round2  # explicit, not the defaults
+    languages = ["jv", "sw", "bn", "th", "ko", "ar", "vi"]
+    assert (evaluation.languages, evaluation.multiq_languages, evaluation.benign_languages) == (
+        languages, languages, ["sw", "th"],
+    )  # fmt: skip
+    # The flags' defaults are read from EVALUATION (one place), and the JSON's settings keep their names and values.
+    settings = vars(script.parse_args([]))
+    assert {key: settings[key] for key in settings if key.startswith("eval_")} == {
+        "eval_limit": 20, "eval_max_new_tokens": 24, "eval_max_budget_tokens": 128, "eval_max_chars": 80,
+        "eval_batch_size": 16,
+    }  # fmt: skip
+    monkeypatch.setattr(script, "EVALUATION", dataclasses.replace(evaluation, max_chars=55))
+    assert script.parse_args([]).eval_max_chars == 55
+    monkeypatch.setattr(script, "EVALUATION", evaluation)
+
+    calls = []
+
+    def run_evaluation(*args, **kwargs):
+        calls.append((args, kwargs))
+        return {}
+
+    monkeypatch.setattr(script, "run_evaluation", run_evaluation)
+    args = script.parse_args(
+        ["--model", "m", "--no-fast_cpu_decoding", "--eval_limit", "all", "--eval_max_chars", "100"]
+    )
+    script.evaluate_run(args, tmp_path / "run", "run-adapter", 3, "paper", student=False, benign_preset="translation")
+    [(positional, keywords)] = calls
+    assert keywords == {} and len(positional) == 1
+    assert positional[0] == dataclasses.replace(
+        evaluation, model_name_or_path="m", adapter="run-adapter", seed=3, teacher_preset="paper",
+        include_student=False, benign_teacher_preset="translation", output_dir=str(tmp_path / "run" / "eval"),
+        limit=None, max_chars=100,
+    )  # fmt: skip
+
+    curves = _load_script("learning_curves")
+    assert {key: value for key, value in vars(curves.parse_args([])).items() if key.startswith("eval_")} == {
+        "eval_limit": 20, "eval_max_new_tokens": 24, "eval_max_budget_tokens": 128, "eval_max_chars": 80,
+    }  # fmt: skip
+    calls.clear()
+    monkeypatch.setattr(msd_trl.evaluation, "run_evaluation", run_evaluation)
+    args = curves.parse_args(["--model", "m", "--eval_max_new_tokens", "12", "--split_seed", "1"])
+    curves.greedy_point(args, "english_refusal", None, None, tmp_path / "base")
+    curves.greedy_point(args, "english_refusal", "paper", tmp_path / "checkpoint-80", tmp_path / "c80")
+    [((base,), base_keywords), ((checkpoint,), checkpoint_keywords)] = calls
+    assert base_keywords == checkpoint_keywords == {}
+    assert base == dataclasses.replace(
+        evaluation, model_name_or_path="m", seed=1, teacher_preset="english_refusal", max_new_tokens=12,
+        output_dir=str(tmp_path / "base"), generation_threads=1,
+    )  # fmt: skip
+    assert checkpoint == dataclasses.replace(
+        base, adapter=str(tmp_path / "checkpoint-80"), include_teacher=False, benign_teacher_preset="paper",
+        output_dir=str(tmp_path / "c80"),
+    )  # fmt: skip
+
+
 def test_reproduce_mini_checks_every_mix_before_evaluating_or_training(model_dir, tmp_path, monkeypatch):
     script = _load_script("reproduce_mini")
     args = script.parse_args(["--model", str(model_dir), "--max_steps", "1"])

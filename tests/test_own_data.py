@@ -232,6 +232,49 @@ def test_a_user_error_is_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_
         main(argv)
 
 
+@pytest.fixture
+def no_model(monkeypatch):
+    """Every way to a model or tokenizer raises: what reaches one has not failed early."""
+    from msd_trl import embedded, models
+
+    def loader(*args, **kwargs):
+        raise AssertionError("a model or tokenizer was loaded before the data file was checked")
+
+    for module, name in ((models, "resolve_model_name_or_path"), (models, "load_tokenizer"),
+                         (models, "load_model"), (models, "ensure_embedded_model"),
+                         (embedded, "ensure_embedded_model")):  # fmt: skip
+        monkeypatch.setattr(module, name, loader)
+
+
+def test_a_bad_data_file_fails_before_any_model_or_tokenizer_is_loaded(tmp_path, capsys, no_model):
+    """A missing file, a missing column or a language the file lacks: the same one-line error and exit 2, from the
+    file alone (the model loaders raise if called; a first run would build or download the model first)."""
+    absent = str(tmp_path / "absent.jsonl")
+    out = ["--output_dir", str(tmp_path / "o")]
+    no_prompt = tmp_path / "no_teacher_prompt.jsonl"
+    no_prompt.write_text(json.dumps({"id": "a", "language": "tl", "prompt": "Paano?"}) + "\n", encoding="utf-8")
+    wide = write_wide_csv(tmp_path / "red.csv")
+    tagalog = write_tagalog_jsonl(tmp_path / "mine.jsonl")
+    cases = [
+        (["train", "--dataset_name", absent, *out], f"dataset_name={absent!r} does not exist"),
+        (["generate-teacher", "--dataset_name", absent, *out], f"dataset_name={absent!r} does not exist"),
+        (["train", "--dataset_name", str(tagalog), "--benign_dataset_name", absent, *out],
+         f"dataset_name={absent!r} does not exist"),
+        (["train", "--dataset_name", str(wide), "--languages", "bn", *out],
+         "has no column for language(s) ['bn']; its language columns are ['jv', 'sw']"),
+        (["train", "--dataset_name", str(tagalog), "--languages", "jv", *out], "the --languages filter ['jv']"),
+        (["evaluate", "--harmful_dataset", absent, *out], f"dataset_name={absent!r} does not exist"),
+        (["evaluate", "--harmful_dataset", str(no_prompt), *out], "has no 'teacher_prompt' column"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]  # above it, at most datasets' progress bar of a file that was read
+        assert "Traceback" not in err and last.startswith(f"msd-trl {argv[0]}: error: ") and message in last, (
+            argv, err,
+        )  # fmt: skip
+
+
 def test_the_command_exits_2_on_a_bad_flag_value(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "msd_trl.cli", "evaluate", "--output_dir", str(tmp_path / "o"), "--judge", "nope"],

@@ -299,12 +299,13 @@ def run_evaluation(args: EvaluationArguments | str | None = None, **settings: An
     baseline = args.baseline_report
     if baseline is not None and not isinstance(baseline, Mapping):
         baseline = json.loads(Path(baseline).read_text(encoding="utf-8"))
-    judge = get_judge(args.judge)
+    # The data first: a user's bad file fails before any model (a classifier judge is one) is loaded.
     if args.harmful_dataset is not None:
         # The user's rows come split by id already (over each whole file, as training splits them).
         harmful, benign, benign_by_set, languages = _user_data_with_corpora(args)
     else:
         harmful, benign, benign_by_set, languages = _corpus_evaluation_data(args)
+    judge = get_judge(args.judge)
 
     unknown = sorted(
         {*languages, *(code for codes in benign_by_set.values() for code in codes)} - set(REFUSAL_PHRASES)
