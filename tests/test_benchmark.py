@@ -71,8 +71,11 @@ def test_quick_run_on_a_tiny_model_writes_the_report_schema(bench, tmp_path, tin
         assert math.isfinite(result["final_loss"]), name
         expected = {"model": str(model_dir), "batch_size": 2, "gradient_accumulation": 1, "label": "2x1"}
         if name == "msd_on_policy":  # on a CPU in float32 MSD's rollouts run on one thread with the adapter merged
-            expected.update(generation_threads=1, merge_adapter_for_generation=True)
+            expected.update(generation_threads=1, merge_adapter_for_generation=True, rollout_batch_size=None)
         assert result["settings"] == expected, name
+        # Peak RSS per section (which phase sets the peak): never above the run's peak.
+        by_section = result["peak_rss_by_section_mb"]
+        assert by_section and all(0 < value <= result["peak_rss_mb"] for value in by_section.values()), name
         trainable.add(result["trainable_params"])
     assert len(trainable) == 1  # the same LoRA adapter in every run
     for name in ("msd_on_policy", "gkd_on_policy", "sdft", "distillation"):

@@ -150,6 +150,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "generation_threads=1, merge_adapter_for_generation=True), as the project's CPU configs run; default on",
     )  # fmt: skip
     parser.add_argument(
+        "--msd_rollout_batch_size", type=int, default=None,
+        help="MSDConfig.rollout_batch_size of the MSD on-policy rows: rows per generate call (default: every rollout "
+        "of an optimizer step in one call)",
+    )  # fmt: skip
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="keep DIR/work's rows, fixed teacher text and each trainer's result from an earlier run with the same "
@@ -194,6 +199,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         model_path=model_path,
         msd_generation_threads=1 if fast else None,
         msd_merge_adapter_for_generation=fast,
+        msd_rollout_batch_size=args.msd_rollout_batch_size,
         seed=args.seed,
         isolate=args.isolate,
         quick=args.quick,

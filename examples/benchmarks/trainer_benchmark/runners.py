@@ -120,6 +120,7 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
             train_sampling_strategy="sequential",
             generation_threads=settings.msd_generation_threads,
             merge_adapter_for_generation=settings.msd_merge_adapter_for_generation and name in MSD_ON_POLICY,
+            rollout_batch_size=settings.msd_rollout_batch_size,
             loss_chunk_size=LOSS_CHUNK_SIZE if name == "msd_on_policy_chunked" else None,
         )
         columns = ("id", "language", "prompt", "teacher_prompt")
@@ -285,7 +286,7 @@ def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    with PeakRSSSampler() as rss:
+    with PeakRSSSampler(section=profiler.current) as rss:
         trainer = build_trainer(name, settings, rows, work_dir / "runs" / name, [callback])
         build_s = time.perf_counter() - start
         trainer.remove_callback(PrinterCallback)  # its per-step log dicts would drown the progress lines
@@ -306,6 +307,7 @@ def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_
                 {
                     "generation_threads": settings.msd_generation_threads,
                     "merge_adapter_for_generation": settings.msd_merge_adapter_for_generation,
+                    "rollout_batch_size": settings.msd_rollout_batch_size,
                 }
                 if name in MSD_ON_POLICY
                 else {}
@@ -315,6 +317,8 @@ def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_
         "description": TRAINER_DESCRIPTIONS[name],
         **_summarise_steps(profiler.steps, settings.warmup),
         "peak_rss_mb": rss.peak_mb,
+        # The largest RSS sample inside each section (20 ms sampling): which phase of a step sets the peak.
+        "peak_rss_by_section_mb": dict(sorted(rss.peak_by_section_mb.items())),
         "rss_start_mb": rss.start_mb,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "trainable_dtypes": sorted({str(p.dtype) for p in trainer.model.parameters() if p.requires_grad}),

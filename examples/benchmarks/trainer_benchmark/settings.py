@@ -136,6 +136,8 @@ class Settings:
     # a CPU in float32, as the project's CPU configs use them; TRL's trainers have no such options.
     msd_generation_threads: int | None = None
     msd_merge_adapter_for_generation: bool = False
+    # MSDConfig.rollout_batch_size of the MSD on-policy rows (None: every rollout of an optimizer step in one call).
+    msd_rollout_batch_size: int | None = None
 
     @property
     def num_rows(self) -> int:
