@@ -54,8 +54,9 @@ def add_fixed_completions(rows: list[dict[str, Any]], settings: Settings) -> flo
     from msd_trl import generate_teacher_completions, load_model, load_tokenizer
 
     start = time.perf_counter()
-    model = load_model(settings.model_path, dtype=settings.dtype)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(settings.model_path, dtype=settings.dtype, load_in_4bit=settings.load_in_4bit)
+    if not settings.load_in_4bit:  # a 4-bit model is placed by load_model and cannot be moved
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
     dataset = generate_teacher_completions(
         model,
         Dataset.from_list(rows),
@@ -104,7 +105,7 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
 
     set_seed(settings.seed)
     tokenizer = load_tokenizer(settings.model_path)
-    model = load_model(settings.model_path, dtype=settings.dtype)
+    model = load_model(settings.model_path, dtype=settings.dtype, load_in_4bit=settings.load_in_4bit)
     peft_config = default_lora_config(**settings.lora)  # a fresh one per run: trainers may edit it
     common = _common_args(settings, output_dir)
 
@@ -122,6 +123,7 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
             merge_adapter_for_generation=settings.msd_merge_adapter_for_generation and name in MSD_ON_POLICY,
             rollout_batch_size=settings.msd_rollout_batch_size,
             loss_chunk_size=LOSS_CHUNK_SIZE if name == "msd_on_policy_chunked" else None,
+            **({"max_prompt_length": settings.msd_max_prompt_length} if settings.msd_max_prompt_length else {}),
         )
         columns = ("id", "language", "prompt", "teacher_prompt")
         if name not in MSD_ON_POLICY:
@@ -158,7 +160,7 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
                 for row in rows
             ]
         )
-        teacher = load_model(settings.model_path, dtype=settings.dtype)
+        teacher = load_model(settings.model_path, dtype=settings.dtype, load_in_4bit=settings.load_in_4bit)
         return GKDTrainer(
             model=model,
             teacher_model=teacher,
@@ -210,7 +212,7 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
             shuffle_dataset=False,
         )
         dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": row["prompt"]}]} for row in rows])
-        teacher = load_model(settings.model_path, dtype=settings.dtype)
+        teacher = load_model(settings.model_path, dtype=settings.dtype, load_in_4bit=settings.load_in_4bit)
         return DistillationTrainer(
             model=model,
             teacher_model=teacher,
