@@ -21,5 +21,5 @@ case " $* " in
     fi
     ;;
 esac
-export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"  # msd_trl from this tree, installed or not
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # msd_trl from this tree, installed or not
 exec "$PYTHON" examples/benchmarks/gpu_check.py "$@"

@@ -83,3 +83,15 @@ def test_a_run_that_would_end_past_the_time_budget_is_skipped_and_recorded(gpu_c
     assert entry["skipped"].startswith("time budget")
     assert report["targets"]["qwen2.5-7b-shaped"] == {"status": "no MSD measurement"}
     assert json.loads((tmp_path / "gpu_check.json").read_text())["results"] == report["results"]
+
+
+def test_isolated_runs_go_through_compare_trainers_worker(gpu_check, tmp_path):
+    report = gpu_check.run_check(
+        gpu_check.parse_args(["--tiny", "--isolate", "--work_dir", str(tmp_path),
+                              "--only", "llama-3-8b-shaped:msd_on_policy"])
+    )  # fmt: skip
+    assert report["isolated_runs"] is True
+    entry = report["results"]["llama-3-8b-shaped"]["msd_on_policy"]
+    assert "error" not in entry, entry
+    assert entry["peak_mem_gib"] > 0 and entry["run"]["trainer"] == "OnPolicyMSDTrainer"
+    assert (tmp_path / "llama-3-8b-shaped" / "results" / "msd_on_policy.json").is_file()  # the worker's own file

@@ -18,7 +18,8 @@ Design
   linear layers. Random weights never sample the stop id, so every rollout is the full completion budget.
 * **The runs are compare_trainers.py's.** Each (shape, trainer) is ``trainer_benchmark.runners.run_trainer``: the
   same trainer set-up, step clock, breakdown keys and peak-memory reading (``torch.cuda.max_memory_allocated``,
-  reset per run) as the CPU benchmark, in this one process, one after another. Trainers: on-policy MSD with the
+  reset per run) as the CPU benchmark, one after another, each in a fresh process on a GPU (compare_trainers'
+  worker: an OOM or leftover memory of one run cannot change the next one's peak). Trainers: on-policy MSD with the
   self-teacher (``msd_on_policy``; ``msd_on_policy_chunked`` with ``loss_chunk_size``), ``distillation`` and
   ``gkd_on_policy`` (teacher = a second 4-bit copy, as they need one). Settings: batch 4 x accumulation 4, 512-token
   prompts, 256 new tokens, bf16 compute, gradient checkpointing.
@@ -116,6 +117,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key in ("steps", "warmup", "max_new_tokens", "prompt_tokens", "batch_size", "gradient_accumulation"):
         parser.add_argument(f"--{key}", type=int, default=None)
     parser.add_argument("--time_budget_s", type=float, default=None, help="no run starts when it would end past this")
+    parser.add_argument(
+        "--isolate", action=argparse.BooleanOptionalAction, default=None,
+        help="each run in a fresh process (compare_trainers' worker), so no run's memory or CUDA state leaks into the "
+        "next one's peak; default: on with a GPU, off for --tiny",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -302,7 +308,7 @@ def shape_targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def run_check(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from compare_trainers import _versions
+    from compare_trainers import _run_isolated, _versions
     from trainer_benchmark.report import _device_description
     from trainer_benchmark.runners import run_trainer
     from trainer_benchmark.settings import Settings
@@ -324,6 +330,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--only names unknown shape:trainer pairs {unknown}; choose from {list(RUN_ORDER)}")
         order = [item for item in RUN_ORDER if item in wanted]
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="gpu_check_"))
+    isolate = on_gpu if args.isolate is None else args.isolate
     start = time.perf_counter()
     rows_needed = plan["batch_size"] * plan["gradient_accumulation"] * (plan["warmup"] + plan["steps"])
     settings_by_shape: dict[str, Settings] = {}
@@ -354,7 +361,13 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
         rows = json.loads((work_dir / f"{shape}.rows.json").read_text())
         print(f"[gpu_check] {shape} {trainer}: {time.perf_counter() - start:.0f} s in", flush=True)
         try:
-            result = run_trainer(trainer, settings, rows, work_dir / shape)
+            if isolate:  # compare_trainers' worker reads the settings and rows from the shape's folder
+                saved = {**asdict(settings), "trainers": [trainer], "fixed_completions_s": None}
+                (work_dir / shape / "settings.json").write_text(json.dumps(saved))
+                (work_dir / shape / "rows.json").write_text(json.dumps(rows))
+                result = _run_isolated(trainer, work_dir / shape)
+            else:
+                result = run_trainer(trainer, settings, rows, work_dir / shape)
         except Exception as error:  # noqa: BLE001 - an OOM or a trainer failure is a result too
             result = {"error": f"{type(error).__name__}: {error}"}
             print(f"[gpu_check] {shape} {trainer}: {result['error']}", flush=True)
@@ -368,6 +381,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
         "device": _device_description(),
         "tiny": args.tiny,
         "plan": plan,
+        "isolated_runs": isolate,
         "shapes": {shape: {k: v for k, v in SHAPES[shape].items()} for shape in results},
         "settings": {shape: asdict(s) for shape, s in settings_by_shape.items()},
         "results": results,
