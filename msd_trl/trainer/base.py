@@ -24,7 +24,8 @@ Layout: the pure pieces live beside this file and are tested there (`completions
 completion logits, step statistics; `row_checks`; `teacher_cache`; `rendering`: the collator). What stays here is
 one cohesive thing, the Trainer overrides that must sit on the class (set-up and the self-teacher, rollouts inside
 `get_batch_samples`, resume order of the RNG, the plain and chunked loss, metrics). The variants
-live in `on_policy.py` and `off_policy.py`.
+live in `on_policy.py` and `off_policy.py`; `vllm_rollouts.py` is the sampler behind `generate_completions` when
+`use_vllm` is on (TRL's `VLLMGeneration`, weights synced once per optimizer step).
 """
 
 from __future__ import annotations
