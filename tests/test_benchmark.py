@@ -229,6 +229,15 @@ def test_bad_arguments_name_the_value(bench):
         bench.settings_from_args(bench.parse_args(["--output_dir", "x", "--steps", "0", "--model", "m"]))
     quick = bench.settings_from_args(bench.parse_args(["--output_dir", "x", "--quick", "--model", "m"]))
     assert (quick.steps, quick.warmup, quick.max_new_tokens, quick.batch_size) == (3, 1, 16, 4)
+    assert quick.msd_rollout_batch_size is None  # one rollout call per optimizer step, MSD's default
+    capped = bench.settings_from_args(
+        bench.parse_args(["--output_dir", "x", "--msd_rollout_batch_size", "4", "--model", "m"])
+    )
+    assert capped.msd_rollout_batch_size == 4
+    with pytest.raises(ValueError, match="--msd_rollout_batch_size must be >= 1, got 0"):
+        bench.settings_from_args(
+            bench.parse_args(["--output_dir", "x", "--msd_rollout_batch_size", "0", "--model", "m"])
+        )
 
 
 def test_large_vocab_memory_script_reports_each_variant(tmp_path):

@@ -178,6 +178,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for key in ("batch_size", "gradient_accumulation", "max_new_tokens", "steps", "max_prompt_tokens"):
         if values[key] < 1:
             raise ValueError(f"--{key} must be >= 1, got {values[key]!r}.")
+    if args.msd_rollout_batch_size is not None and args.msd_rollout_batch_size < 1:
+        raise ValueError(f"--msd_rollout_batch_size must be >= 1, got {args.msd_rollout_batch_size!r}.")
     if values["warmup"] < 0:
         raise ValueError(f"--warmup must be >= 0, got {values['warmup']!r}.")
     trainers = list(TRAINERS)
