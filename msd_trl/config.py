@@ -2,7 +2,7 @@
 
 Design: `MSDConfig` subclasses TRL's `GKDConfig`, so every GKD field (`lmbda`, `beta`, `temperature`,
 `max_new_tokens`, `teacher_model_name_or_path`, ...) and every `TrainingArguments` field keeps its meaning, and
-`TrlParser` / YAML configs work unchanged. MSD adds four groups of fields (teacher, divergence, generation, data),
+`TrlParser` / YAML configs work unchanged. MSD adds five groups of fields (teacher, divergence, generation, vLLM rollouts, data),
 each with a `help` string, and changes three defaults so a run fits the hardware it is on:
 
 * `bf16` is on only where the accelerator supports it (TRL turns it on everywhere; on CPU it is many times
@@ -41,6 +41,10 @@ from .presets import (
 )
 
 logger = logging.getLogger(__name__)
+
+# vLLM's modes and model implementations (TRL's VLLMGeneration and SDFTConfig).
+VLLM_MODES = ("colocate", "server")
+VLLM_MODEL_IMPLS = ("vllm", "transformers")
 
 __all__ = ["MSDConfig", "bf16_supported", "build_divergence", "upgrade_config"]
 
@@ -122,7 +126,9 @@ class MSDConfig(GKDConfig):
         Rows per on-policy generate call. `None`: every rollout of an optimizer step (all gradient-accumulation
         micro-batches) in one call, which amortises the per-token decode cost; a number caps the call's memory
         (rows are grouped by prompt length). Exactly on-policy either way: the weights do not change inside an
-        accumulation window.
+        accumulation window. The default is measured: at 4 x 4 on a CPU the step's peak memory is set in the loss
+        and backward, and 4 or 8 rows per call saved none of it while costing generation time
+        (docs/performance.md).
     generation_threads (`int` or `None`, defaults to `None`):
         CPU only: torch threads for the decode steps of rollouts (one new token per row) and the sampling between
         them. A decode step runs hundreds of small matrix products, and on a CPU each wakes OpenMP's worker threads,
@@ -137,6 +143,51 @@ class MSDConfig(GKDConfig):
         Off-policy only: score the fixed teacher text once before training and keep the teacher's top-K log-probs
         (leftover mass spread evenly over the other tokens), so steps run only the student. Exact at K = V; DPSW
         weights are exact when K >= `dpsw_top_k`.
+
+    > vLLM rollouts (on-policy; TRL's `VLLMGeneration`, names, defaults and texts as in `SDFTConfig`)
+
+    use_vllm (`bool`, defaults to `False`):
+        Whether to use vLLM for generating completions. If set to `True`, the trainer will use vLLM for generation
+        instead of the default model.generate(). Requires `vllm` to be installed. MSD: on-policy rollouts only
+        (`OnPolicyMSDTrainer`); the weights are synced once per optimizer step, before that step's first rollout, and
+        the self-teacher (the adapter-disabled base) is scored by the training model, never by vLLM
+        (docs/vllm.md).
+    vllm_mode (`str`, defaults to `"colocate"`):
+        Mode to use for vLLM integration when `use_vllm` is set to `True`. Must be one of `'server'` or
+        `'colocate'`. `'server'`: The trainer will send generation requests to a separate vLLM server. Make sure a
+        vLLM server is running (start with `vllm serve`). `'colocate'`: vLLM will run in the same process and share
+        the training GPUs. This avoids the need for a separate server but may cause resource contention with
+        training.
+    vllm_model_impl (`str`, defaults to `"vllm"`):
+        Model implementation to use for vLLM. Must be one of `transformers` or `vllm`. `transformers`: Use the
+        `transformers` backend for model implementation. `vllm`: Use the `vllm` library for model implementation.
+    vllm_enable_sleep_mode (`bool`, defaults to `False`):
+        Enable vLLM sleep mode to offload weights/cache during the optimizer step. Keeps GPU memory usage low, but
+        waking the engine adds host–device transfer latency.
+    vllm_server_base_url (`str` or `None`, defaults to `None`):
+        Base URL for the vLLM server (e.g., 'http://localhost:8000'). If provided, `vllm_server_host` and
+        `vllm_server_port` are ignored.
+    vllm_server_host (`str`, defaults to `"0.0.0.0"`):
+        Host of the vLLM server to connect to. Ignored if vllm_server_base_url is provided.
+    vllm_server_port (`int`, defaults to `8000`):
+        Port of the vLLM server to connect to. Ignored if vllm_server_base_url is provided.
+    vllm_group_port (`int`, defaults to `51216`):
+        Port number for the weight update group. This is used to communicate with the vLLM server. Unless the port
+        is occupied, there is no need to change it.
+    vllm_server_timeout (`float`, defaults to `240.0`):
+        Total timeout duration in seconds to wait for the vLLM server to be up. If the server is not up after the
+        timeout, a `ConnectionError` is raised.
+    vllm_tensor_parallel_size (`int`, defaults to `1`):
+        Control the tensor parallel size for vLLM. This setting only applies when `vllm_mode` is set to
+        `'colocate'`. If you are using `vllm_mode='server'`, this parameter must be passed separately when
+        launching the vLLM server via the `--vllm_tensor_parallel_size` flag.
+    vllm_gpu_memory_utilization (`float`, defaults to `0.3`):
+        Control the GPU memory utilization for vLLM. This setting only applies when `vllm_mode` is set to
+        `'colocate'`. If you are using `vllm_mode='server'`, this parameter must be passed separately when
+        launching the vLLM server via the `--vllm_gpu_memory_utilization` flag.
+    vllm_max_model_length (`int` or `None`, defaults to `None`):
+        Context window for vLLM. Set it to at least the maximum prompt length in the dataset plus
+        `max_new_tokens`; if omitted, it is inferred from the model config.
 
     > Data
 
@@ -251,6 +302,92 @@ class MSDConfig(GKDConfig):
             "Exact when K = vocabulary size; DPSW weights are exact when K >= dpsw_top_k."
         },
     )
+    # --- vLLM rollouts (SDFTConfig's names, defaults and help texts) ---
+    use_vllm: bool = field(
+        default=False,
+        metadata={
+            "help": "Whether to use vLLM for generating completions. If set to `True`, the trainer will use vLLM for "
+            "generation instead of the default model.generate(). Requires `vllm` to be installed. MSD: on-policy "
+            "rollouts only, weights synced once per optimizer step; the self-teacher is never synced."
+        },
+    )
+    vllm_mode: str = field(
+        default="colocate",
+        metadata={
+            "help": "Mode to use for vLLM integration when `use_vllm` is set to `True`. Must be one of `'server'` or "
+            "`'colocate'`. `'server'`: The trainer will send generation requests to a separate vLLM server. Make sure "
+            "a vLLM server is running (start with `vllm serve`). `'colocate'`: vLLM will run in the same process and "
+            "share the training GPUs. This avoids the need for a separate server but may cause resource contention "
+            "with training."
+        },
+    )
+    vllm_model_impl: str = field(
+        default="vllm",
+        metadata={
+            "help": "Model implementation to use for vLLM. Must be one of `transformers` or `vllm`. `transformers`: "
+            "Use the `transformers` backend for model implementation. `vllm`: Use the `vllm` library for model "
+            "implementation."
+        },
+    )
+    vllm_enable_sleep_mode: bool = field(
+        default=False,
+        metadata={
+            "help": "Enable vLLM sleep mode to offload weights/cache during the optimizer step. Keeps GPU memory "
+            "usage low, but waking the engine adds host–device transfer latency."
+        },
+    )
+    vllm_server_base_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "Base URL for the vLLM server (e.g., 'http://localhost:8000'). If provided, `vllm_server_host` "
+            "and `vllm_server_port` are ignored."
+        },
+    )
+    vllm_server_host: str = field(
+        default="0.0.0.0",
+        metadata={"help": "Host of the vLLM server to connect to. Ignored if vllm_server_base_url is provided."},
+    )
+    vllm_server_port: int = field(
+        default=8000,
+        metadata={"help": "Port of the vLLM server to connect to. Ignored if vllm_server_base_url is provided."},
+    )
+    vllm_group_port: int = field(
+        default=51216,
+        metadata={
+            "help": "Port number for the weight update group. This is used to communicate with the vLLM server. "
+            "Unless the port is occupied, there is no need to change it."
+        },
+    )
+    vllm_server_timeout: float = field(
+        default=240.0,
+        metadata={
+            "help": "Total timeout duration in seconds to wait for the vLLM server to be up. If the server is not up "
+            "after the timeout, a `ConnectionError` is raised."
+        },
+    )
+    vllm_tensor_parallel_size: int = field(
+        default=1,
+        metadata={
+            "help": "Control the tensor parallel size for vLLM. This setting only applies when `vllm_mode` is set to "
+            "`'colocate'`. If you are using `vllm_mode='server'`, this parameter must be passed separately when "
+            "launching the vLLM server via the `--vllm_tensor_parallel_size` flag."
+        },
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={
+            "help": "Control the GPU memory utilization for vLLM. This setting only applies when `vllm_mode` is set "
+            "to `'colocate'`. If you are using `vllm_mode='server'`, this parameter must be passed separately when "
+            "launching the vLLM server via the `--vllm_gpu_memory_utilization` flag."
+        },
+    )
+    vllm_max_model_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Context window for vLLM. Set it to at least the maximum prompt length in the dataset plus "
+            "`max_new_tokens`; if omitted, it is inferred from the model config."
+        },
+    )
     # --- data ---
     max_prompt_length: int | None = field(
         default=512,
@@ -359,6 +496,7 @@ class MSDConfig(GKDConfig):
         positive_int_or_none("loss_chunk_size", "the plain loss")
         positive_int_or_none("rollout_batch_size", "one call per optimizer step")
         positive_int_or_none("generation_threads", "torch's setting")
+        self._check_vllm_fields(bad, positive_int_or_none)
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             bad("max_prompt_length", "must be >= 1 or None.")
         if self.teacher_cache_top_k is not None:
@@ -379,6 +517,36 @@ class MSDConfig(GKDConfig):
                     "teacher_cache_top_k",
                     f"must be >= the DPSW instance's top_k={self.divergence.top_k} so its teacher view is exact.",
                 )
+
+    def _check_vllm_fields(self, bad, positive_int_or_none) -> None:
+        # Checked whether or not use_vllm is on, so a config saved with a bad value fails where it is written.
+        if self.vllm_mode not in VLLM_MODES:
+            bad("vllm_mode", f"must be one of {list(VLLM_MODES)}.")
+        if self.vllm_model_impl not in VLLM_MODEL_IMPLS:
+            bad("vllm_model_impl", f"must be one of {list(VLLM_MODEL_IMPLS)}.")
+        for name in ("vllm_server_port", "vllm_group_port"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+                bad(name, "must be a port number in [1, 65535].")
+        if not 0 < self.vllm_server_timeout < float("inf"):
+            bad("vllm_server_timeout", "must be a finite number of seconds > 0.")
+        size = self.vllm_tensor_parallel_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            bad("vllm_tensor_parallel_size", "must be an integer >= 1.")
+        if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
+            bad("vllm_gpu_memory_utilization", "must be in (0, 1]: the share of GPU memory vLLM may reserve.")
+        positive_int_or_none("vllm_max_model_length", "the model config's context length")
+        if not self.use_vllm:
+            return
+        # Options of the model.generate path that would silently do nothing with vLLM sampling.
+        if self.merge_adapter_for_generation:
+            bad(
+                "merge_adapter_for_generation",
+                "is an option of the model.generate rollouts; with use_vllm=True, VLLMGeneration merges the adapter "
+                "itself at every weight sync. Set one of them to False.",
+            )
+        if self.generation_threads is not None:
+            bad("generation_threads", "is a CPU model.generate option; with use_vllm=True set it to None.")
 
     @staticmethod
     def template_placeholders(template: str) -> set[str]:

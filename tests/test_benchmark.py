@@ -71,8 +71,11 @@ def test_quick_run_on_a_tiny_model_writes_the_report_schema(bench, tmp_path, tin
         assert math.isfinite(result["final_loss"]), name
         expected = {"model": str(model_dir), "batch_size": 2, "gradient_accumulation": 1, "label": "2x1"}
         if name == "msd_on_policy":  # on a CPU in float32 MSD's rollouts run on one thread with the adapter merged
-            expected.update(generation_threads=1, merge_adapter_for_generation=True)
+            expected.update(generation_threads=1, merge_adapter_for_generation=True, rollout_batch_size=None)
         assert result["settings"] == expected, name
+        # Peak RSS per section (which phase sets the peak): never above the run's peak.
+        by_section = result["peak_rss_by_section_mb"]
+        assert by_section and all(0 < value <= result["peak_rss_mb"] for value in by_section.values()), name
         trainable.add(result["trainable_params"])
     assert len(trainable) == 1  # the same LoRA adapter in every run
     for name in ("msd_on_policy", "gkd_on_policy", "sdft", "distillation"):
@@ -226,6 +229,15 @@ def test_bad_arguments_name_the_value(bench):
         bench.settings_from_args(bench.parse_args(["--output_dir", "x", "--steps", "0", "--model", "m"]))
     quick = bench.settings_from_args(bench.parse_args(["--output_dir", "x", "--quick", "--model", "m"]))
     assert (quick.steps, quick.warmup, quick.max_new_tokens, quick.batch_size) == (3, 1, 16, 4)
+    assert quick.msd_rollout_batch_size is None  # one rollout call per optimizer step, MSD's default
+    capped = bench.settings_from_args(
+        bench.parse_args(["--output_dir", "x", "--msd_rollout_batch_size", "4", "--model", "m"])
+    )
+    assert capped.msd_rollout_batch_size == 4
+    with pytest.raises(ValueError, match="--msd_rollout_batch_size must be >= 1, got 0"):
+        bench.settings_from_args(
+            bench.parse_args(["--output_dir", "x", "--msd_rollout_batch_size", "0", "--model", "m"])
+        )
 
 
 def test_large_vocab_memory_script_reports_each_variant(tmp_path):

@@ -197,6 +197,15 @@ def test_bf16_follows_the_hardware(tmp_path, monkeypatch):
         ("lmbda", -0.1),
         ("beta", 1.2),
         ("beta", -0.5),
+        ("vllm_mode", "remote"),
+        ("vllm_model_impl", "tensorrt"),
+        ("vllm_server_port", 0),
+        ("vllm_group_port", 70000),
+        ("vllm_server_timeout", 0.0),
+        ("vllm_tensor_parallel_size", 0),
+        ("vllm_gpu_memory_utilization", 0.0),
+        ("vllm_gpu_memory_utilization", 1.5),
+        ("vllm_max_model_length", 0),
     ],
 )
 def test_bad_field_raises_value_error_naming_field_and_value(tmp_path, field_name, value):
@@ -425,3 +434,32 @@ def test_importing_msd_trl_prints_no_trl_experimental_warning():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert "trl.experimental" not in done.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# vLLM rollouts: SDFTConfig's fields.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_vllm_fields_have_sdft_config_names_and_defaults(tmp_path):
+    from trl.experimental.sdft import SDFTConfig
+
+    sdft = {f.name: f for f in fields(SDFTConfig) if f.name == "use_vllm" or f.name.startswith("vllm_")}
+    msd = {f.name: f for f in fields(MSDConfig)}
+    assert len(sdft) == 12  # use_vllm and 11 vllm_* fields
+    for name, sdft_field in sdft.items():
+        assert name in msd, name
+        assert msd[name].default == sdft_field.default, name
+        assert msd[name].metadata["help"], name
+    config = make_config(tmp_path)
+    assert config.use_vllm is False and config.vllm_mode == "colocate" and config.vllm_gpu_memory_utilization == 0.3
+    # The command line and YAML take them under the same names as SDFT's scripts.
+    parsed = parse(tmp_path, ["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_port", "8123"])
+    assert (parsed.use_vllm, parsed.vllm_mode, parsed.vllm_server_port) == (True, "server", 8123)
+
+
+@pytest.mark.parametrize(("field_name", "value"), [("merge_adapter_for_generation", True), ("generation_threads", 1)])
+def test_generate_only_options_are_refused_with_use_vllm(tmp_path, field_name, value):
+    make_config(tmp_path, **{field_name: value})  # fine for model.generate rollouts
+    with pytest.raises(ValueError, match=rf"MSDConfig.{field_name}={value!r} is invalid.*use_vllm=True"):
+        make_config(tmp_path, use_vllm=True, **{field_name: value})

@@ -150,6 +150,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "generation_threads=1, merge_adapter_for_generation=True), as the project's CPU configs run; default on",
     )  # fmt: skip
     parser.add_argument(
+        "--msd_rollout_batch_size", type=int, default=None,
+        help="MSDConfig.rollout_batch_size of the MSD on-policy rows: rows per generate call (default: every rollout "
+        "of an optimizer step in one call)",
+    )  # fmt: skip
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="keep DIR/work's rows, fixed teacher text and each trainer's result from an earlier run with the same "
@@ -173,6 +178,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for key in ("batch_size", "gradient_accumulation", "max_new_tokens", "steps", "max_prompt_tokens"):
         if values[key] < 1:
             raise ValueError(f"--{key} must be >= 1, got {values[key]!r}.")
+    if args.msd_rollout_batch_size is not None and args.msd_rollout_batch_size < 1:
+        raise ValueError(f"--msd_rollout_batch_size must be >= 1, got {args.msd_rollout_batch_size!r}.")
     if values["warmup"] < 0:
         raise ValueError(f"--warmup must be >= 0, got {values['warmup']!r}.")
     trainers = list(TRAINERS)
@@ -194,6 +201,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         model_path=model_path,
         msd_generation_threads=1 if fast else None,
         msd_merge_adapter_for_generation=fast,
+        msd_rollout_batch_size=args.msd_rollout_batch_size,
         seed=args.seed,
         isolate=args.isolate,
         quick=args.quick,

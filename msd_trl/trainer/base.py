@@ -24,7 +24,8 @@ Layout: the pure pieces live beside this file and are tested there (`completions
 completion logits, step statistics; `row_checks`; `teacher_cache`; `rendering`: the collator). What stays here is
 one cohesive thing, the Trainer overrides that must sit on the class (set-up and the self-teacher, rollouts inside
 `get_batch_samples`, resume order of the RNG, the plain and chunked loss, metrics). The variants
-live in `on_policy.py` and `off_policy.py`.
+live in `on_policy.py` and `off_policy.py`; `vllm_rollouts.py` is the sampler behind `generate_completions` when
+`use_vllm` is on (TRL's `VLLMGeneration`, weights synced once per optimizer step).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ from ..rendering import MSDDataCollator
 from ..row_checks import check_columns, check_privileged_context, named_datasets, validate_rows
 from ..scale_out import check_scale_out
 from ..teacher_cache import dense_from_topk
+from .vllm_rollouts import VLLMRollouts, check_vllm_installed
 
 # The trainers' logs keep the name users filter on.
 logger = logging.getLogger("msd_trl.trainer")
@@ -150,6 +152,13 @@ class MSDTrainer(SFTTrainer):
         formatting_func: Callable | None = None,
     ):
         args = upgrade_config(args)
+        if args.use_vllm:  # before any model is loaded
+            if self.requires_fixed_completions:
+                raise ValueError(
+                    f"MSDConfig.use_vllm=True, but {type(self).__name__} never samples the student (it scores fixed "
+                    "teacher text), so a vLLM engine would only hold GPU memory. Set use_vllm=False."
+                )
+            check_vllm_installed()
         args.remove_unused_columns = False
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         completion_column = getattr(data_collator, "completion_column", TEACHER_COMPLETION_COLUMN)
@@ -232,6 +241,8 @@ class MSDTrainer(SFTTrainer):
             check_output_head(self.accelerator.unwrap_model(self.model), f"loss_chunk_size={args.loss_chunk_size}")
         if args.merge_adapter_for_generation:
             check_adapter_mergeable(self.accelerator.unwrap_model(self.model))
+        # Rollouts from TRL's VLLMGeneration (vllm_rollouts.py): built last, on the model the trainer trains.
+        self.vllm_rollouts = VLLMRollouts.build(self) if args.use_vllm else None
 
     # ------------------------------------------------------------------ set-up
 
@@ -332,8 +343,11 @@ class MSDTrainer(SFTTrainer):
         """Sample the student on its own prompts. Returns `completion_ids`, `completion_mask` `[B, Lc]`.
 
         The mask keeps every token up to and including the first stop id (any of `self.stop_ids`), so when
-        pad == eos the real EOS keeps its label; tokens after it (padding) are masked.
+        pad == eos the real EOS keeps its label; tokens after it (padding) are masked. With `use_vllm` the same
+        prompts go to TRL's `VLLMGeneration` instead (weights synced once per optimizer step; see `vllm_rollouts`).
         """
+        if getattr(self, "vllm_rollouts", None) is not None:
+            return self.vllm_rollouts.generate(prompt_ids, prompt_mask, global_step=self.state.global_step)
         with unwrap_model_for_generation(
             model,
             self.accelerator,

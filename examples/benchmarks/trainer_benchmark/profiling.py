@@ -27,18 +27,28 @@ def _rss_mb() -> float:
 
 
 class PeakRSSSampler:
-    """Samples this process's RSS every `interval` seconds on a daemon thread; `peak_mb` is the largest sample."""
+    """Samples this process's RSS every `interval` seconds on a daemon thread; `peak_mb` is the largest sample.
 
-    def __init__(self, interval: float = RSS_INTERVAL_S):
+    With `section` (a callable naming the section running now, e.g. `StepProfiler.current`), `peak_by_section_mb`
+    also keeps the largest sample taken inside each section: which phase of a step sets the peak.
+    """
+
+    def __init__(self, interval: float = RSS_INTERVAL_S, section=None):
         self.interval = interval
         self.start_mb = _rss_mb()
         self.peak_mb = self.start_mb
+        self.peak_by_section_mb: dict[str, float] = {}
+        self._section = section
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak_mb = max(self.peak_mb, _rss_mb())
+            rss = _rss_mb()
+            self.peak_mb = max(self.peak_mb, rss)
+            if self._section is not None:
+                key = self._section() or "outside steps"
+                self.peak_by_section_mb[key] = max(self.peak_by_section_mb.get(key, 0.0), rss)
 
     def __enter__(self) -> PeakRSSSampler:
         self._thread.start()
@@ -83,6 +93,13 @@ class StepProfiler:
         self._current[key] += now - resumed_at
         if self._stack:
             self._stack[-1][1] = now
+
+    def current(self) -> str | None:
+        """The innermost open section (None between sections)."""
+        try:  # read from the memory sampler's thread while the step pushes and pops
+            return self._stack[-1][0]
+        except IndexError:
+            return None
 
     def inside(self, keys) -> bool:
         return any(entry[0] in keys for entry in self._stack)

@@ -54,8 +54,9 @@ def add_fixed_completions(rows: list[dict[str, Any]], settings: Settings) -> flo
     from msd_trl import generate_teacher_completions, load_model, load_tokenizer
 
     start = time.perf_counter()
-    model = load_model(settings.model_path, dtype=settings.dtype)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(settings.model_path, dtype=settings.dtype, load_in_4bit=settings.load_in_4bit)
+    if not settings.load_in_4bit:  # a 4-bit model is placed by load_model and cannot be moved
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
     dataset = generate_teacher_completions(
         model,
         Dataset.from_list(rows),
@@ -104,7 +105,7 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
 
     set_seed(settings.seed)
     tokenizer = load_tokenizer(settings.model_path)
-    model = load_model(settings.model_path, dtype=settings.dtype)
+    model = load_model(settings.model_path, dtype=settings.dtype, load_in_4bit=settings.load_in_4bit)
     peft_config = default_lora_config(**settings.lora)  # a fresh one per run: trainers may edit it
     common = _common_args(settings, output_dir)
 
@@ -120,7 +121,9 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
             train_sampling_strategy="sequential",
             generation_threads=settings.msd_generation_threads,
             merge_adapter_for_generation=settings.msd_merge_adapter_for_generation and name in MSD_ON_POLICY,
+            rollout_batch_size=settings.msd_rollout_batch_size,
             loss_chunk_size=LOSS_CHUNK_SIZE if name == "msd_on_policy_chunked" else None,
+            **({"max_prompt_length": settings.msd_max_prompt_length} if settings.msd_max_prompt_length else {}),
         )
         columns = ("id", "language", "prompt", "teacher_prompt")
         if name not in MSD_ON_POLICY:
@@ -157,7 +160,7 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
                 for row in rows
             ]
         )
-        teacher = load_model(settings.model_path, dtype=settings.dtype)
+        teacher = load_model(settings.model_path, dtype=settings.dtype, load_in_4bit=settings.load_in_4bit)
         return GKDTrainer(
             model=model,
             teacher_model=teacher,
@@ -209,7 +212,7 @@ def build_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], out
             shuffle_dataset=False,
         )
         dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": row["prompt"]}]} for row in rows])
-        teacher = load_model(settings.model_path, dtype=settings.dtype)
+        teacher = load_model(settings.model_path, dtype=settings.dtype, load_in_4bit=settings.load_in_4bit)
         return DistillationTrainer(
             model=model,
             teacher_model=teacher,
@@ -285,7 +288,7 @@ def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    with PeakRSSSampler() as rss:
+    with PeakRSSSampler(section=profiler.current) as rss:
         trainer = build_trainer(name, settings, rows, work_dir / "runs" / name, [callback])
         build_s = time.perf_counter() - start
         trainer.remove_callback(PrinterCallback)  # its per-step log dicts would drown the progress lines
@@ -306,6 +309,7 @@ def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_
                 {
                     "generation_threads": settings.msd_generation_threads,
                     "merge_adapter_for_generation": settings.msd_merge_adapter_for_generation,
+                    "rollout_batch_size": settings.msd_rollout_batch_size,
                 }
                 if name in MSD_ON_POLICY
                 else {}
@@ -315,6 +319,8 @@ def run_trainer(name: str, settings: Settings, rows: list[dict[str, Any]], work_
         "description": TRAINER_DESCRIPTIONS[name],
         **_summarise_steps(profiler.steps, settings.warmup),
         "peak_rss_mb": rss.peak_mb,
+        # The largest RSS sample inside each section (20 ms sampling): which phase of a step sets the peak.
+        "peak_rss_by_section_mb": dict(sorted(rss.peak_by_section_mb.items())),
         "rss_start_mb": rss.start_mb,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "trainable_dtypes": sorted({str(p.dtype) for p in trainer.model.parameters() if p.requires_grad}),

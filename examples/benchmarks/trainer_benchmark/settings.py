@@ -136,6 +136,13 @@ class Settings:
     # a CPU in float32, as the project's CPU configs use them; TRL's trainers have no such options.
     msd_generation_threads: int | None = None
     msd_merge_adapter_for_generation: bool = False
+    # MSDConfig.rollout_batch_size of the MSD on-policy rows (None: every rollout of an optimizer step in one call).
+    msd_rollout_batch_size: int | None = None
+    # QLoRA: every model (student, and the anchors' teacher copies) loaded as bitsandbytes NF4 with `dtype` as the
+    # compute dtype (the GPU check, examples/benchmarks/gpu_check.py); off in the CPU benchmark.
+    load_in_4bit: bool = False
+    # MSDConfig.max_prompt_length of the MSD rows (None: MSD's default); the GPU check's long prompts need more.
+    msd_max_prompt_length: int | None = None
 
     @property
     def num_rows(self) -> int:
