@@ -166,9 +166,15 @@ def monitor_point(args, monitor, preset: str, adapter: Path | None, path: Path) 
 
     if not path.exists():
         monitor.openings = openings_for(args, preset, monitor)
-        scores = monitor.scores(_load(args, adapter))
-        metrics = selectivity_metrics(scores["harmful"], scores["benign"])
-        path.write_text(json.dumps({"openings": monitor.openings, "metrics": metrics, "scores": scores}, indent=2))
+        scores, greedy = monitor.measure(_load(args, adapter))  # P(refusal opening); does greedy open with one
+        metrics = selectivity_metrics(
+            scores["harmful"], scores["benign"], harmful_greedy=greedy["harmful"], benign_greedy=greedy["benign"]
+        )
+        path.write_text(
+            json.dumps(
+                {"openings": monitor.openings, "metrics": metrics, "scores": scores, "greedy": greedy}, indent=2
+            )
+        )
     return json.loads(path.read_text())
 
 
@@ -225,6 +231,11 @@ def language_entries(report: dict, monitor: dict, eval_dir: Path | None = None) 
             "auc": metrics.get(f"eval_selectivity/{code}/auc"),
             "gap": metrics.get(f"eval_selectivity/{code}/gap"),
             "benign_p": metrics.get(f"eval_selectivity/{code}/benign_p"),
+            # Greedy-opening rates (teacher forcing: does greedy's answer open with a refusal?), monitor.json of
+            # this version on; absent (None) in older ones.
+            "harmful_greedy": metrics.get(f"eval_selectivity/{code}/harmful_greedy"),
+            "benign_greedy": metrics.get(f"eval_selectivity/{code}/benign_greedy"),
+            "greedy_gap": metrics.get(f"eval_selectivity/{code}/greedy_gap"),
             "in_language": multiq.get("language_fidelity"),
             "non_answer": multiq.get("non_answer_rate"),
             "degenerate": multiq.get("degenerate_rate"),
@@ -278,6 +289,9 @@ def monitor_vs_greedy(curves: list[dict]) -> dict:
                 "auc_vs_selectivity": corr("auc", "selectivity"),
                 "gap_vs_selectivity": corr("gap", "selectivity"),
                 "benign_p_vs_over_refusal": corr("benign_p", "over_refusal"),
+                "greedy_gap_vs_selectivity": corr("greedy_gap", "selectivity"),
+                "benign_greedy_vs_over_refusal": corr("benign_greedy", "over_refusal"),
+                "harmful_greedy_vs_refusal": corr("harmful_greedy", "refusal"),
                 "points": len(rows),
             }
     return result
