@@ -268,32 +268,43 @@ def collect(args, runs) -> dict:
     return {"base": base, "curves": curves}
 
 
-def monitor_vs_greedy(curves: list[dict]) -> dict:
-    """Per cell and language, Spearman's rank correlation across checkpoints (every seed and step) between the
-    monitor (AUC; gap) and greedy selectivity, and between the monitor's benign P(refusal) and greedy
-    over-refusal."""
+def _correlations(rows: list[dict]) -> dict:
+    """Spearman's rank correlations between the monitor's values and greedy's over `rows` (per-language entries)."""
     from msd_trl.stats import spearman
 
+    def corr(x: str, y: str):
+        pairs = [(r[x], r[y]) for r in rows if r[x] is not None and r[y] is not None]
+        return spearman([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
+
+    return {
+        "auc_vs_selectivity": corr("auc", "selectivity"),
+        "gap_vs_selectivity": corr("gap", "selectivity"),
+        "benign_p_vs_over_refusal": corr("benign_p", "over_refusal"),
+        "greedy_gap_vs_selectivity": corr("greedy_gap", "selectivity"),
+        "benign_greedy_vs_over_refusal": corr("benign_greedy", "over_refusal"),
+        "harmful_greedy_vs_refusal": corr("harmful_greedy", "refusal"),
+        "points": len(rows),
+    }
+
+
+def monitor_vs_greedy(curves: list[dict]) -> dict:
+    """Spearman's rank correlation between the monitor (AUC; gap; benign P(refusal); greedy-opening rates) and
+    greedy evaluation (selectivity, over-refusal, refusal): per cell and language across checkpoints (every seed
+    and step), and under `"all"` per cell and over all cells across every (checkpoint, language) point."""
     result: dict = {}
+    every: list[dict] = []
     for cell in dict.fromkeys(c["cell"] for c in curves):
         points = [c for c in curves if c["cell"] == cell]
         result[cell] = {}
+        pooled = []
         for code in LANGUAGES:
             rows = [p["languages"][code] for p in points if p["languages"][code]["selectivity"] is not None]
-
-            def corr(x: str, y: str, rows=rows):
-                pairs = [(r[x], r[y]) for r in rows if r[x] is not None and r[y] is not None]
-                return spearman([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
-
-            result[cell][code] = {
-                "auc_vs_selectivity": corr("auc", "selectivity"),
-                "gap_vs_selectivity": corr("gap", "selectivity"),
-                "benign_p_vs_over_refusal": corr("benign_p", "over_refusal"),
-                "greedy_gap_vs_selectivity": corr("greedy_gap", "selectivity"),
-                "benign_greedy_vs_over_refusal": corr("benign_greedy", "over_refusal"),
-                "harmful_greedy_vs_refusal": corr("harmful_greedy", "refusal"),
-                "points": len(rows),
-            }
+            result[cell][code] = _correlations(rows)
+            pooled += rows
+        result[cell]["all"] = _correlations(pooled)
+        every += pooled
+    if curves:
+        result["all"] = _correlations(every)
     return result
 
 

@@ -387,7 +387,12 @@ def test_learning_curves_evaluates_every_checkpoint_and_writes_the_issue_schema(
             assert len(entry[key]) == 2, (code, key)  # one value per seed
         assert "base_in_language" in entry and "base_non_answer" in entry
     assert set(results["curves"][0]["languages"]["jv"]) >= {"trained", "refusal", "over_refusal", "auc", "non_answer"}
-    assert set(results["monitor_vs_greedy"]["on_dpsw_english"]) == languages
+    assert set(results["monitor_vs_greedy"]["on_dpsw_english"]) == languages | {"all"}
+    pooled = results["monitor_vs_greedy"]["all"]
+    assert pooled["points"] == 4 * 7  # every (checkpoint, language) point of the cell
+    assert {"benign_greedy_vs_over_refusal", "greedy_gap_vs_selectivity", "auc_vs_selectivity"} <= set(pooled)
+    greedy_keys = {"harmful_greedy", "benign_greedy", "greedy_gap"}
+    assert all(c["languages"]["jv"][k] is not None for c in results["curves"] for k in greedy_keys)
     assert (tmp_path / "docs" / "learning_curves.json").exists()
     assert (tmp_path / "docs" / "learning_curves_on_dpsw_english.png").exists()
     with pytest.raises(ValueError, match="no evaluated checkpoint"):
