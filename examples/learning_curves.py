@@ -21,6 +21,8 @@ evaluates every checkpoint already saved, `report` writes `learning_curves.json`
 Markdown tables and one plot per cell from what exists, `all` (default) does the three. Runs and checkpoints whose
 outputs exist are not redone, so two processes can train different seeds side by side and a later call collects
 everything. `--recommended CELL@STEPS` names the configuration the JSON's `recommended` object describes.
+`--keep_json docs/results/learning_curves.json` keeps the points an earlier report holds and this output folder does
+not (marked `kept_from`), so curves measured over several sessions add up in one JSON.
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ def parse_args(argv=None):
     parser.add_argument("--model", default=None, help="Default: the embedded SmolLM2-135M-Instruct.")
     parser.add_argument("--recommended", default=None, help="CELL@STEPS described by the JSON's `recommended`.")
     parser.add_argument("--results_json", default=None, help="Also write the JSON here (and the plots beside it).")
+    parser.add_argument(
+        "--keep_json", default=None,
+        help="An earlier learning_curves.json whose points (checkpoints and base) --output_dir does not hold are kept "
+        "in the report, marked `kept_from`; its evaluation settings must equal these.",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -268,6 +275,37 @@ def collect(args, runs) -> dict:
     return {"base": base, "curves": curves}
 
 
+# Settings that decide what a point measures: a kept point must have been measured with the same ones.
+MEASUREMENT_SETTINGS = (
+    "split_seed", "eval_limit", "eval_max_chars", "eval_max_new_tokens", "eval_max_budget_tokens", "monitor_limit",
+    "monitor_max_prompt_tokens", "model",
+)  # fmt: skip
+
+
+def keep_points(args, collected: dict, path: str) -> int:
+    """Add the points of an earlier report at `path` that `collected` lacks (a (cell, seed, step) checkpoint, or the
+    base model of a preset), each kept curve marked `kept_from`; outputs outside the repository do not outlive a
+    session here, so a session that measures new checkpoints must not drop the ones measured before. Returns how many
+    checkpoints were kept."""
+    earlier = json.loads(Path(path).read_text())
+    for key in MEASUREMENT_SETTINGS:
+        if earlier["settings"].get(key) != getattr(args, key):
+            raise ValueError(
+                f"--keep_json {path}: its points were measured with {key}={earlier['settings'].get(key)!r}, this "
+                f"report's is {getattr(args, key)!r}; points measured differently cannot share one curve"
+            )
+    have = {(c["cell"], c["seed"], c["step"]) for c in collected["curves"]}
+    kept = [
+        {**c, "kept_from": c.get("kept_from", str(path))}
+        for c in earlier["curves"]
+        if (c["cell"], c["seed"], c["step"]) not in have
+    ]
+    for preset, entry in earlier.get("base", {}).items():
+        collected["base"].setdefault(preset, entry)
+    collected["curves"] = sorted(collected["curves"] + kept, key=lambda c: (c["cell"], c["seed"], c["step"]))
+    return len(kept)
+
+
 def _correlations(rows: list[dict]) -> dict:
     """Spearman's rank correlations between the monitor's values and greedy's over `rows` (per-language entries)."""
     from msd_trl.stats import spearman
@@ -400,6 +438,7 @@ def plot_curves(collected: dict, path_for) -> list[Path]:
 def write_report(args, runs, argv) -> dict:
     command = "python examples/learning_curves.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     collected = collect(args, runs)
+    kept = keep_points(args, collected, args.keep_json) if args.keep_json else 0
     results = {
         "model": reproduce_mini.EMBEDDED_MODEL,
         "command": command,
@@ -418,7 +457,10 @@ def write_report(args, runs, argv) -> dict:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(results, indent=2))
         plot_curves(collected, lambda cell, target=target: target.with_name(f"{target.stem}_{cell}.png"))
-    print(f"learning_curves: {len(collected['curves'])} checkpoints in {', '.join(map(str, targets))}")
+    print(
+        f"learning_curves: {len(collected['curves'])} checkpoints ({kept} kept from --keep_json) in "
+        f"{', '.join(map(str, targets))}"
+    )
     return results
 
 

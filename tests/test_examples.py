@@ -398,6 +398,18 @@ def test_learning_curves_evaluates_every_checkpoint_and_writes_the_issue_schema(
     with pytest.raises(ValueError, match="no evaluated checkpoint"):
         script.main([*common, "--phase", "report", "--recommended", "on_dpsw_english@7"])
 
+    # A later session's report keeps the earlier JSON's points that its own output folder lacks (here: all of them,
+    # and the base), marked with where they came from; points measured with other settings are refused.
+    earlier = tmp_path / "docs" / "learning_curves.json"
+    later = script.main([*common, "--output_dir", str(tmp_path / "later"), "--phase", "report",
+                         "--keep_json", str(earlier), "--recommended", "on_dpsw_english@2"])  # fmt: skip
+    assert [(c["seed"], c["step"]) for c in later["curves"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert {c["kept_from"] for c in later["curves"]} == {str(earlier)}
+    assert later["base"] == results["base"] and later["recommended"]["languages"] == recommended["languages"]
+    with pytest.raises(ValueError, match="eval_limit=1.*this report's is 2"):
+        script.main([*common, "--eval_limit", "2", "--output_dir", str(tmp_path / "later"), "--phase", "report",
+                     "--keep_json", str(earlier)])  # fmt: skip
+
     seen = []
     monkeypatch.setattr(script.reproduce_mini, "train", lambda argv: seen.append(argv))
     script.main([*common[2:], "--output_dir", str(tmp_path / "fresh"), "--seeds", "0", "--phase", "train"])
