@@ -51,6 +51,11 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=480, help="Optimizer steps of each run (480 = 6 epochs).")
     parser.add_argument("--checkpoint_every", type=int, default=80, help="Save (and evaluate) every this many steps.")
     parser.add_argument("--phase", choices=["train", "evaluate", "report", "all"], default="all")
+    parser.add_argument(
+        "--evaluate_steps", default="all",
+        help="Comma-separated checkpoint steps the evaluate phase measures (default: every saved one); the others "
+        "are left for a later call.",
+    )  # fmt: skip
     parser.add_argument("--split_seed", type=int, default=0)
     # Round 2's evaluation settings: reproduce_mini.EVALUATION (one place) unless these flags say otherwise.
     evaluation = reproduce_mini.EVALUATION
@@ -76,7 +81,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--keep_json", default=None,
         help="An earlier learning_curves.json whose points (checkpoints and base) --output_dir does not hold are kept "
-        "in the report, marked `kept_from`; its evaluation settings must equal these.",
+        "in the report, marked `kept_from` (and the evaluate phase does not measure a base model it holds); its "
+        "evaluation settings must equal these.",
     )  # fmt: skip
     return parser.parse_args(argv)
 
@@ -202,15 +208,21 @@ def greedy_point(args, preset: str, benign_preset: str | None, adapter: Path | N
 def evaluate_runs(args, runs) -> None:
     from msd_trl.models import load_tokenizer
 
+    wanted = None if args.evaluate_steps == "all" else {int(s) for s in reproduce_mini._csv(args.evaluate_steps)}
     monitor = build_monitor(args, load_tokenizer(args.model))
     presets = dict.fromkeys(reproduce_mini.CELLS[cell]["preset"] for cell, _, _ in runs)
+    kept_base = read_kept(args)["base"] if args.keep_json else {}
     for preset in presets:
+        if preset in kept_base:  # measured by the earlier report, with these settings (read_kept checks them)
+            continue
         base = Path(args.output_dir) / "base" / preset
         greedy_point(args, preset, None, None, base / "eval")
         monitor_point(args, monitor, preset, None, base / "monitor.json")
     for cell, seed, run_dir in runs:
         spec = reproduce_mini.CELLS[cell]
         for step, checkpoint in checkpoints(run_dir).items():
+            if wanted is not None and step not in wanted:
+                continue
             print(f"learning_curves: evaluating {cell} seed {seed} step {step}", flush=True)
             greedy_point(args, spec["preset"], spec.get("benign_preset"), checkpoint, checkpoint / "eval")
             monitor_point(args, monitor, spec["preset"], checkpoint, checkpoint / "monitor.json")
@@ -282,21 +294,27 @@ MEASUREMENT_SETTINGS = (
 )  # fmt: skip
 
 
-def keep_points(args, collected: dict, path: str) -> int:
-    """Add the points of an earlier report at `path` that `collected` lacks (a (cell, seed, step) checkpoint, or the
-    base model of a preset), each kept curve marked `kept_from`; outputs outside the repository do not outlive a
-    session here, so a session that measures new checkpoints must not drop the ones measured before. Returns how many
-    checkpoints were kept."""
-    earlier = json.loads(Path(path).read_text())
+def read_kept(args) -> dict:
+    """The earlier report named by --keep_json, after checking it was measured with this call's settings."""
+    earlier = json.loads(Path(args.keep_json).read_text())
     for key in MEASUREMENT_SETTINGS:
         if earlier["settings"].get(key) != getattr(args, key):
             raise ValueError(
-                f"--keep_json {path}: its points were measured with {key}={earlier['settings'].get(key)!r}, this "
-                f"report's is {getattr(args, key)!r}; points measured differently cannot share one curve"
+                f"--keep_json {args.keep_json}: its points were measured with {key}={earlier['settings'].get(key)!r}, "
+                f"this call's is {getattr(args, key)!r}; points measured differently cannot share one curve"
             )
+    return earlier
+
+
+def keep_points(args, collected: dict) -> int:
+    """Add the points of the earlier report named by --keep_json that `collected` lacks (a (cell, seed, step) checkpoint, or the
+    base model of a preset), each kept curve marked `kept_from`; outputs outside the repository do not outlive a
+    session here, so a session that measures new checkpoints must not drop the ones measured before. Returns how many
+    checkpoints were kept."""
+    earlier = read_kept(args)
     have = {(c["cell"], c["seed"], c["step"]) for c in collected["curves"]}
     kept = [
-        {**c, "kept_from": c.get("kept_from", str(path))}
+        {**c, "kept_from": c.get("kept_from", str(args.keep_json))}
         for c in earlier["curves"]
         if (c["cell"], c["seed"], c["step"]) not in have
     ]
@@ -438,7 +456,7 @@ def plot_curves(collected: dict, path_for) -> list[Path]:
 def write_report(args, runs, argv) -> dict:
     command = "python examples/learning_curves.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     collected = collect(args, runs)
-    kept = keep_points(args, collected, args.keep_json) if args.keep_json else 0
+    kept = keep_points(args, collected) if args.keep_json else 0
     results = {
         "model": reproduce_mini.EMBEDDED_MODEL,
         "command": command,

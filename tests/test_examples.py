@@ -406,9 +406,17 @@ def test_learning_curves_evaluates_every_checkpoint_and_writes_the_issue_schema(
     assert [(c["seed"], c["step"]) for c in later["curves"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
     assert {c["kept_from"] for c in later["curves"]} == {str(earlier)}
     assert later["base"] == results["base"] and later["recommended"]["languages"] == recommended["languages"]
-    with pytest.raises(ValueError, match="eval_limit=1.*this report's is 2"):
+    with pytest.raises(ValueError, match="eval_limit=1.*this call's is 2"):
         script.main([*common, "--eval_limit", "2", "--output_dir", str(tmp_path / "later"), "--phase", "report",
                      "--keep_json", str(earlier)])  # fmt: skip
+
+    # --evaluate_steps measures only the named checkpoints; with --keep_json the base model it holds is not measured
+    # again.
+    measured = []
+    monkeypatch.setattr(script, "greedy_point", lambda args, preset, benign, adapter, out: measured.append(adapter))
+    monkeypatch.setattr(script, "monitor_point", lambda *a, **k: None)
+    script.main([*common, "--phase", "evaluate", "--evaluate_steps", "2", "--keep_json", str(earlier)])
+    assert measured == [out / "on_dpsw_english" / f"seed{seed}" / "checkpoint-2" for seed in (0, 1)]
 
     seen = []
     monkeypatch.setattr(script.reproduce_mini, "train", lambda argv: seen.append(argv))
