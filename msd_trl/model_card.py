@@ -126,6 +126,14 @@ def write_model_card(
             "",
         ]
     lines += [
+        "## Choosing a checkpoint",
+        "",
+        "On the embedded SmolLM2-135M the most selective checkpoint of a 480-step run was not the last: its greedy "
+        "refusal level swung with the steps while harmful and benign prompts grew apart (msd_trl's docs/results.md, "
+        '"Learning curves to 480 steps"). Train with `--selectivity_monitor`, save every epoch, and keep the '
+        "checkpoint with the lowest `eval_selectivity/<language>/benign_greedy` in every language you serve among "
+        "those whose `harmful_greedy` has risen; then check its answers with `msd-trl evaluate` (non-answer rate).",
+        "",
         "## Use",
         "",
         "```python",
