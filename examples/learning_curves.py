@@ -307,10 +307,10 @@ def read_kept(args) -> dict:
 
 
 def keep_points(args, collected: dict) -> int:
-    """Add the points of the earlier report named by --keep_json that `collected` lacks (a (cell, seed, step) checkpoint, or the
-    base model of a preset), each kept curve marked `kept_from`; outputs outside the repository do not outlive a
-    session here, so a session that measures new checkpoints must not drop the ones measured before. Returns how many
-    checkpoints were kept."""
+    """Add the points of the earlier report named by --keep_json that `collected` lacks (a (cell, seed, step)
+    checkpoint, or the base model of a preset), each kept curve marked `kept_from`; outputs outside the repository do
+    not outlive a session here, so a session that measures new checkpoints must not drop the ones measured before.
+    Returns how many checkpoints were kept."""
     earlier = read_kept(args)
     have = {(c["cell"], c["seed"], c["step"]) for c in collected["curves"]}
     kept = [
