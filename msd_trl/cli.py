@@ -1,4 +1,4 @@
-"""The `msd-trl` command: `train`, `generate-teacher` and `evaluate`.
+"""The `msd-trl` command: `train`, `generate-teacher`, `evaluate` and `select-checkpoint`.
 
 Design: every subcommand is a thin layer over the public API, parsed with TRL's `TrlParser`, so any
 `MSDConfig` / `TrainingArguments` flag (`--max_steps 1`, `--learning_rate 5e-4`) and TRL's `ModelConfig` flags
@@ -564,6 +564,38 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     return report
 
 
+def select_checkpoint(argv: list[str]):
+    """`msd-trl select-checkpoint OUTPUT_DIR`: the checkpoint the selectivity monitor's values support
+    (`msd_trl.checkpoint_choice`), read from the run's trainer states; no model is loaded."""
+    from .checkpoint_choice import choose_checkpoint, format_choice, monitor_points
+
+    parser = argparse.ArgumentParser(
+        prog="msd-trl select-checkpoint",
+        description="Choose a checkpoint of a run trained with --selectivity_monitor: among the checkpoints whose "
+        "held-out harmful prompts greedy refuses (mean harmful_greedy >= --min_harmful_greedy), the one that refuses "
+        "the fewest benign prompts (lowest mean benign_greedy). Prints the per-checkpoint table and the choice.",
+    )
+    parser.add_argument("output_dir", help="The run's --output_dir (holding checkpoint-N folders).")
+    parser.add_argument(
+        "--languages", default=None,
+        help="Comma-separated languages the choice is made on (default: every language the monitor measured).",
+    )  # fmt: skip
+    parser.add_argument("--min_harmful_greedy", type=float, default=0.5)
+    parser.add_argument("--json", default=None, help="Also write the choice and the table to this JSON file.")
+    args = parser.parse_args(argv)
+    languages = [code.strip() for code in args.languages.split(",") if code.strip()] if args.languages else None
+    points, folders = monitor_points(args.output_dir)
+    choice = choose_checkpoint(points, languages, min_harmful_greedy=args.min_harmful_greedy)
+    if choice.step is not None:
+        choice.path = str(folders[choice.step])
+    print(format_choice(choice))
+    if args.json:
+        Path(args.json).write_text(json.dumps(choice.as_dict(), indent=2), encoding="utf-8")
+    if choice.step is None:
+        raise ValueError(choice.reason)
+    return choice
+
+
 def env_report() -> str:
     """Versions for a bug report, as `trl env` prints them (read from package metadata: nothing heavy imported)."""
     import platform
@@ -612,6 +644,7 @@ COMMANDS = {
     "train": (train, "Train an adapter with on-policy or off-policy MSD."),
     "generate-teacher": (generate_teacher, "Sample teacher text under the privileged context (off-policy data)."),
     "evaluate": (evaluate, "Multilingual refusal / over-refusal report of a model (+ adapter)."),
+    "select-checkpoint": (select_checkpoint, "Choose a checkpoint by the selectivity monitor's logged values."),
     "env": (_env, "Print platform and package versions for a bug report (like `trl env`)."),
 }
 # Commands whose --help needs TRL's parser (torch, transformers): served from the help cache.

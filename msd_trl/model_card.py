@@ -132,7 +132,8 @@ def write_model_card(
         "refusal level swung with the steps while harmful and benign prompts grew apart (msd_trl's docs/results.md, "
         '"Learning curves to 480 steps"). Train with `--selectivity_monitor`, save every epoch, and keep the '
         "checkpoint with the lowest `eval_selectivity/<language>/benign_greedy` in every language you serve among "
-        "those whose `harmful_greedy` has risen; then check its answers with `msd-trl evaluate` (non-answer rate).",
+        "those whose `harmful_greedy` has risen (`msd-trl select-checkpoint <output_dir>` applies this rule to the "
+        "logged values); then check its answers with `msd-trl evaluate` (non-answer rate).",
         "",
         "## Use",
         "",

@@ -393,6 +393,13 @@ def test_learning_curves_evaluates_every_checkpoint_and_writes_the_issue_schema(
     assert {"benign_greedy_vs_over_refusal", "greedy_gap_vs_selectivity", "auc_vs_selectivity"} <= set(pooled)
     greedy_keys = {"harmful_greedy", "benign_greedy", "greedy_gap"}
     assert all(c["languages"]["jv"][k] is not None for c in results["curves"] for k in greedy_keys)
+    # Per run, the checkpoint the monitor's rule keeps (msd-trl select-checkpoint) beside greedy's preferences.
+    picks = {(p["cell"], p["seed"]): p for p in results["monitor_picks"]}
+    assert sorted(picks) == [("on_dpsw_english", 0), ("on_dpsw_english", 1)]
+    for pick in picks.values():
+        assert pick["steps"] == [1, 2]
+        assert pick["trained"]["step"] in (None, 1, 2) and pick["trained"]["reason"]
+        assert pick["greedy_most_selective"]["step"] in (1, 2) and pick["greedy_most_targets_met"]["step"] in (1, 2)
     assert (tmp_path / "docs" / "learning_curves.json").exists()
     assert (tmp_path / "docs" / "learning_curves_on_dpsw_english.png").exists()
     with pytest.raises(ValueError, match="no evaluated checkpoint"):

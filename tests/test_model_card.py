@@ -30,6 +30,7 @@ def test_model_card_states_the_run_and_the_evaluation_with_its_baseline(tmp_path
     )
     assert "## Citation" in text and "2605.02971" in text
     assert "## Choosing a checkpoint" in text and "benign_greedy" in text  # the monitor-selected checkpoint
+    assert "msd-trl select-checkpoint" in text
     (tmp_path / "b").mkdir()
     no_eval = write_model_card(tmp_path / "b", base_model="m", trainer="T", config=config, data=data, summary=summary)
     assert "## Evaluation" not in no_eval.read_text()

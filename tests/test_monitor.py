@@ -12,6 +12,7 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from msd_trl import MSDConfig, OnPolicyMSDTrainer
+from msd_trl.checkpoint_choice import choose_checkpoint, monitor_points
 from msd_trl.monitor import (
     ENGLISH_OPENINGS,
     SelectivityCallback,
@@ -201,6 +202,14 @@ def test_callback_drives_load_best_model_at_end(tmp_path, tiny_tokenizer):
     best_step = max(monitored, key=monitored.get)
     assert trainer.state.best_metric == pytest.approx(monitored[best_step])
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best_step}")
+    # `msd-trl select-checkpoint` reads the same values back from the checkpoints' trainer states.
+    points, folders = monitor_points(trainer.args.output_dir)
+    assert sorted(points) == [1, 2, 3] and all(path.name == f"checkpoint-{s}" for s, path in folders.items())
+    assert {s: points[s]["eval_selectivity/gap"] for s in points} == pytest.approx(monitored)
+    choice = choose_checkpoint(points, min_harmful_greedy=0.0)  # a tiny random model: every checkpoint eligible
+    assert choice.languages == ["jv", "sw"] and choice.step in folders
+    lowest = min(row["benign_greedy"] for row in choice.rows)
+    assert next(row for row in choice.rows if row["step"] == choice.step)["benign_greedy"] == lowest
 
 
 def test_callback_works_with_a_plain_trl_trainer(tmp_path, tiny_tokenizer):

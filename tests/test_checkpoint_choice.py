@@ -1,0 +1,122 @@
+"""msd_trl.checkpoint_choice and `msd-trl select-checkpoint`: the monitor-selected checkpoint, on the measured
+learning curve and on run folders laid out as the Trainer writes them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from msd_trl.checkpoint_choice import choose_checkpoint, format_choice, monitor_points
+from msd_trl.cli import main
+
+CURVES = Path(__file__).resolve().parents[1] / "docs" / "results" / "learning_curves.json"
+PREFIX = "eval_selectivity"
+
+
+def _points_of(curve_entries) -> dict[int, dict[str, float]]:
+    """{step: monitor metrics} as SelectivityCallback logs them, from learning_curves.json entries."""
+    return {
+        entry["step"]: {
+            f"{PREFIX}/{code}/{side}": values[side]
+            for code, values in entry["languages"].items()
+            for side in ("harmful_greedy", "benign_greedy")
+        }
+        for entry in curve_entries
+    }
+
+
+def _seed0_curve() -> dict[int, dict[str, float]]:
+    curves = json.loads(CURVES.read_text())["curves"]
+    return _points_of([c for c in curves if c["cell"] == "on_dpsw_english" and c["seed"] == 0])
+
+
+def test_the_rule_keeps_step_400_of_the_measured_480_step_curve():
+    """docs/results.md: on seed 0's curve the monitor alone keeps step 400, the most selective checkpoint greedy
+    evaluation found; Arabic refuses every benign prompt there and is named."""
+    points = _seed0_curve()
+    assert sorted(points) == [80, 160, 240, 320, 400, 480]
+    every = choose_checkpoint(points)
+    assert every.step == 400 and every.languages == ["ar", "bn", "jv", "ko", "sw", "th", "vi"]
+    assert [row["step"] for row in every.rows if row["eligible"]] == [160, 400, 480]
+    assert every.watch == {"ar": 1.0}
+    trained = choose_checkpoint(points, ["jv", "sw", "bn"])
+    assert trained.step == 400 and trained.watch == {}
+    chosen = next(row for row in trained.rows if row["step"] == 400)
+    assert chosen["benign_greedy"] == pytest.approx((0.10 + 0.05 + 0.10) / 3)
+    assert "step 400" in trained.reason and "3 checkpoint(s)" in trained.reason
+    text = format_choice(trained)
+    assert "<- chosen" in text and text.count("\n") == len(trained.rows) + 3
+
+
+def test_no_eligible_checkpoint_says_which_came_closest():
+    choice = choose_checkpoint(_seed0_curve(), ["jv", "sw", "bn"], min_harmful_greedy=0.9)
+    assert choice.step is None
+    assert "highest: 0.80 at step 480" in choice.reason
+
+
+def test_ties_go_to_the_larger_gap_then_the_earlier_step():
+    def point(h, b):
+        return {f"{PREFIX}/jv/harmful_greedy": h, f"{PREFIX}/jv/benign_greedy": b}
+
+    assert choose_checkpoint({10: point(0.6, 0.1), 20: point(0.9, 0.1), 30: point(0.9, 0.1)}).step == 20
+    # A step missing a chosen language's values is not eligible, whatever its other values.
+    points = {10: point(0.6, 0.2), 20: {f"{PREFIX}/jv/harmful_greedy": 1.0}}
+    assert choose_checkpoint(points).step == 10
+
+
+def test_errors_name_the_problem():
+    points = _seed0_curve()
+    with pytest.raises(ValueError, match=r"\['xx'\] were not monitored"):
+        choose_checkpoint(points, ["jv", "xx"])
+    with pytest.raises(ValueError, match="min_harmful_greedy must be within"):
+        choose_checkpoint(points, min_harmful_greedy=1.5)
+    with pytest.raises(ValueError, match="older than the greedy-opening rates"):
+        choose_checkpoint({80: {f"{PREFIX}/jv/auc": 0.7}})
+
+
+def _write_run(root: Path, points: dict[int, dict[str, float]], keep: list[int]) -> Path:
+    """A run folder as the Trainer leaves it: checkpoint-N/trainer_state.json with the log history up to N (loss
+    entries too), for the steps in `keep` (the others deleted, as save_total_limit does)."""
+    history = []
+    for step in sorted(points):
+        history.append({"step": step, "loss": 1.0, "epoch": step / 80})
+        history.append({"step": step, **points[step], f"{PREFIX}/seconds": 1.5})
+        if step in keep:
+            folder = root / f"checkpoint-{step}"
+            folder.mkdir(parents=True)
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": history}))
+    return root
+
+
+def test_cli_chooses_from_the_run_folder(tmp_path, capsys):
+    run = _write_run(tmp_path / "run", _seed0_curve(), keep=[80, 160, 240, 320, 400, 480])
+    (run / "checkpoint-560").mkdir()  # a save cut short: no trainer_state.json, not a checkpoint
+    points, folders = monitor_points(run)
+    assert sorted(points) == [80, 160, 240, 320, 400, 480] and folders[400] == run / "checkpoint-400"
+    assert main(["select-checkpoint", str(run), "--languages", "jv,sw,bn", "--json", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"keep {run / 'checkpoint-400'}: step 400" in out
+    written = json.loads((tmp_path / "c.json").read_text())
+    assert written["step"] == 400 and written["path"] == str(run / "checkpoint-400")
+    assert [row["step"] for row in written["rows"]] == [80, 160, 240, 320, 400, 480]
+
+
+def test_cli_never_keeps_a_deleted_checkpoint_and_fails_when_none_qualifies(tmp_path, capsys):
+    run = _write_run(tmp_path / "run", _seed0_curve(), keep=[80, 240, 320, 480])  # 400 deleted by save_total_limit
+    assert main(["select-checkpoint", str(run), "--languages", "jv,sw,bn"]) == 0
+    assert f"keep {run / 'checkpoint-480'}" in capsys.readouterr().out  # the only eligible one left
+    assert main(["select-checkpoint", str(run), "--min_harmful_greedy", "0.95"]) == 2
+    captured = capsys.readouterr()
+    assert "eligible" in captured.out and "no checkpoint's mean harmful_greedy" in captured.err
+
+
+def test_cli_errors_on_a_run_without_monitor_values(tmp_path, capsys):
+    assert main(["select-checkpoint", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    run = tmp_path / "plain"
+    (run / "checkpoint-10").mkdir(parents=True)
+    (run / "checkpoint-10" / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 10, "loss": 1}]}))
+    assert main(["select-checkpoint", str(run)]) == 2
+    assert "--selectivity_monitor" in capsys.readouterr().err
