@@ -320,6 +320,8 @@ def train(argv: list[str]) -> dict[str, Any]:
         "total_wall_time_s": round(time.time() - start, 1),
         "final_metrics": _final_metrics(trainer.state.log_history),
     }
+    if monitor_rows is not None:
+        summary["checkpoint_choice"] = _checkpoint_choice(output_dir)
     evaluation = baseline = None
     eval_data = None
     if data_args.eval_after:
@@ -354,6 +356,27 @@ def train(argv: list[str]) -> dict[str, Any]:
         f"{output_dir}/msd_config.json"
     )
     return summary
+
+
+def _checkpoint_choice(output_dir: Path) -> dict[str, Any]:
+    """After a run with the monitor: the checkpoint `msd-trl select-checkpoint` keeps (every monitored language,
+    default threshold), printed and returned for run_summary.json (its path relative to the output folder)."""
+    from .checkpoint_choice import choose_checkpoint, monitor_points
+
+    try:
+        points, folders = monitor_points(output_dir)
+        choice = choose_checkpoint(points)
+    except ValueError as err:  # no checkpoint saved at a monitored step, say
+        print(f"msd-trl: the monitor chose no checkpoint: {_one_line(err)}")
+        return {"step": None, "reason": _one_line(err)}
+    path = str(folders[choice.step].relative_to(output_dir)) if choice.step is not None else None
+    if choice.step is None:
+        print(f"msd-trl: the monitor chose no checkpoint: {choice.reason}")
+    else:
+        watch = "".join(f"; watch {code} (benign_greedy {value:.2f})" for code, value in choice.watch.items())
+        print(f"msd-trl: the monitor keeps {output_dir / path} ({choice.reason}){watch}; table: msd-trl "
+              f"select-checkpoint {output_dir}")  # fmt: skip
+    return {"step": choice.step, "path": path, "reason": choice.reason, "watch": choice.watch}
 
 
 def _monitor_rows(data_args: DataArguments):

@@ -123,6 +123,13 @@ def test_train_selectivity_monitor_logs_and_picks_the_best_checkpoint(model_dir,
     monitored = {e["step"]: e["eval_selectivity/auc"] for e in state["log_history"] if "eval_selectivity/auc" in e}
     assert sorted(monitored) == [1, 2]  # every evaluation (not before the first step: at_start is off)
     assert state["best_metric"] == max(monitored[1], monitored[2])
+    # The run summary holds the checkpoint `msd-trl select-checkpoint` keeps from the same logged values.
+    from msd_trl.checkpoint_choice import choose_checkpoint, monitor_points
+
+    expected = choose_checkpoint(monitor_points(out)[0])
+    choice = json.loads((out / "run_summary.json").read_text())["checkpoint_choice"]
+    assert choice["step"] == expected.step and choice["reason"] == expected.reason
+    assert choice["path"] == (None if expected.step is None else f"checkpoint-{expected.step}")
     data_args = build_train_parser().parse_args_and_config(args=argv[1:])[0]
     harmful, benign, languages = _monitor_rows(data_args)
     assert languages == ["jv", "sw"]
