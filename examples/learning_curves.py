@@ -20,7 +20,9 @@ Phases (`--phase`): `train` trains the runs (resuming from the last checkpoint o
 evaluates every checkpoint already saved, `report` writes `learning_curves.json` (and `--results_json`), the
 Markdown tables and one plot per cell from what exists, `all` (default) does the three. Runs and checkpoints whose
 outputs exist are not redone, so two processes can train different seeds side by side and a later call collects
-everything. `--recommended CELL@STEPS` names the configuration the JSON's `recommended` object describes.
+everything. `--recommended CELL@STEPS` names the configuration the JSON's `recommended` object describes; the JSON's
+`monitor_picks` gives, per run, the checkpoint `msd-trl select-checkpoint`'s rule keeps from the monitor's values
+beside the ones greedy evaluation prefers.
 `--keep_json docs/results/learning_curves.json` keeps the points an earlier report holds and this output folder does
 not (marked `kept_from`), so curves measured over several sessions add up in one JSON.
 """

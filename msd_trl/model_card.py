@@ -128,12 +128,13 @@ def write_model_card(
     lines += [
         "## Choosing a checkpoint",
         "",
-        "On the embedded SmolLM2-135M the most selective checkpoint of a 480-step run was not the last: its greedy "
-        "refusal level swung with the steps while harmful and benign prompts grew apart (msd_trl's docs/results.md, "
-        '"Learning curves to 480 steps"). Train with `--selectivity_monitor`, save every epoch, and keep the '
-        "checkpoint with the lowest `eval_selectivity/<language>/benign_greedy` in every language you serve among "
-        "those whose `harmful_greedy` has risen (`msd-trl select-checkpoint <output_dir>` applies this rule to the "
-        "logged values); then check its answers with `msd-trl evaluate` (non-answer rate).",
+        "On the embedded SmolLM2-135M the checkpoint closest to the targets was not the last one, nor at the same "
+        "step on every seed: the greedy refusal level swung with the steps while harmful and benign prompts grew "
+        'apart (msd_trl\'s docs/results.md, "Learning curves to 480 steps"). Train with `--selectivity_monitor`, '
+        "save every epoch, and keep the checkpoint with the lowest mean `eval_selectivity/<language>/benign_greedy` "
+        "over the languages you serve among those that refuse held-out harmful prompts (mean `harmful_greedy` >= "
+        "0.5) more often than benign ones (gap >= 0.2): `msd-trl select-checkpoint <output_dir>` applies this rule "
+        "to the logged values. Then check its answers with `msd-trl evaluate` (non-answer rate).",
         "",
         "## Use",
         "",
