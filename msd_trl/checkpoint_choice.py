@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoints import _CHECKPOINT, _checkpoints, incomplete_reason
+
 __all__ = ["CheckpointChoice", "choose_checkpoint", "format_choice", "monitor_points"]
 
 PREFIX = "eval_selectivity"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _GREEDY = re.compile(rf"^{PREFIX}/([^/]+)/(harmful_greedy|benign_greedy)$")
 WATCH_AT = 0.5
 
@@ -68,22 +69,20 @@ def _log_history(state_file: Path) -> list[dict[str, Any]]:
 def monitor_points(output_dir: str | Path) -> tuple[dict[int, dict[str, float]], dict[int, Path]]:
     """The monitor's values at each saved checkpoint of a training run: `({step: metrics}, {step: folder})`.
 
-    Reads `log_history` from every complete checkpoint's `trainer_state.json` (and the run's own, written at the
-    end), merges the entries of each step, and keeps the steps that have both monitor values and a complete
-    checkpoint folder (one deleted by `save_total_limit` cannot be kept)."""
+    Reads `log_history` from the newest complete checkpoint's `trainer_state.json` (it holds every earlier entry)
+    and the run's own (written at the end), merges the entries of each step, and keeps the steps that have both
+    monitor values and a complete checkpoint folder (`msd_trl.checkpoints`' test, as resuming uses it: one deleted by
+    `save_total_limit` or cut short cannot be kept)."""
     folder = Path(output_dir)
     if not folder.is_dir():
         raise ValueError(f"output_dir {str(output_dir)!r} is not a folder")
-    folders = {}
-    for path in folder.iterdir():
-        match = _CHECKPOINT.match(path.name)
-        if match and path.is_dir() and (path / "trainer_state.json").is_file():
-            folders[int(match.group(1))] = path
-    if not folders:
+    complete = [path for path in _checkpoints(folder) if incomplete_reason(path) is None]  # newest first
+    if not complete:
         raise ValueError(
             f"output_dir {str(output_dir)!r} holds no complete checkpoint-N folder (with trainer_state.json)"
         )
-    states = [p / "trainer_state.json" for p in folders.values()] + [folder / "trainer_state.json"]
+    folders = {int(_CHECKPOINT.match(path.name).group(1)): path for path in complete}
+    states = [complete[0] / "trainer_state.json", folder / "trainer_state.json"]
     merged: dict[int, dict[str, float]] = {}
     for state in states:
         if not state.is_file():

@@ -33,8 +33,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .fingerprint import fingerprint_differences
-
 logger = logging.getLogger("msd_trl.trainer")
 
 __all__ = [
@@ -169,6 +167,8 @@ def checkpoint_save_error(checkpoint: str | os.PathLike, error: OSError) -> OSEr
 def check_resume_config(checkpoint: str | os.PathLike, current: dict[str, Any]) -> None:
     """Compare the checkpoint's `msd_config.json` with this run's (`current`, the same layout): refuse on a
     `RESUME_MUST_MATCH` field or teacher difference, warn on the rest (see the module docstring)."""
+    from .fingerprint import fingerprint_differences  # imports torch: not needed by the folder checks above
+
     path = Path(checkpoint) / RUN_CONFIG_FILE
     if not path.is_file():
         logger.warning(

@@ -112,6 +112,8 @@ def _write_run(root: Path, points: dict[int, dict[str, float]], keep: list[int])
 def test_cli_chooses_from_the_run_folder(tmp_path, capsys):
     run = _write_run(tmp_path / "run", _seed0_curve(), keep=[80, 160, 240, 320, 400, 480])
     (run / "checkpoint-560").mkdir()  # a save cut short: no trainer_state.json, not a checkpoint
+    (run / "checkpoint-640").mkdir()  # cut short while writing it: unreadable, not a checkpoint either
+    (run / "checkpoint-640" / "trainer_state.json").write_text('{"log_history": [{"step": 640, ')
     points, folders = monitor_points(run)
     assert sorted(points) == [80, 160, 240, 320, 400, 480] and folders[400] == run / "checkpoint-400"
     assert main(["select-checkpoint", str(run), "--languages", "jv,sw,bn", "--json", str(tmp_path / "c.json")]) == 0
@@ -139,3 +141,15 @@ def test_cli_errors_on_a_run_without_monitor_values(tmp_path, capsys):
     (run / "checkpoint-10" / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 10, "loss": 1}]}))
     assert main(["select-checkpoint", str(run)]) == 2
     assert "--selectivity_monitor" in capsys.readouterr().err
+
+
+def test_choosing_imports_no_torch():
+    """`msd-trl select-checkpoint` reads JSON files; it must not pay for importing torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, msd_trl.checkpoint_choice; print('torch' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
