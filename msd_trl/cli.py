@@ -596,7 +596,8 @@ def select_checkpoint(argv: list[str]):
         prog="msd-trl select-checkpoint",
         description="Choose a checkpoint of a run trained with --selectivity_monitor: among the checkpoints whose "
         "held-out harmful prompts greedy refuses (mean harmful_greedy >= --min_harmful_greedy) more often than benign "
-        "ones (mean gap >= --min_greedy_gap), the one that refuses the fewest benign prompts (lowest mean benign_greedy). Prints the per-checkpoint table and the choice.",
+        "ones (mean gap >= --min_greedy_gap) and that refuse at most --max_benign_greedy of benign ones, the one that "
+        "refuses the fewest benign prompts (lowest mean benign_greedy). Prints the per-checkpoint table and the choice.",
     )
     parser.add_argument("output_dir", help="The run's --output_dir (holding checkpoint-N folders).")
     parser.add_argument(
@@ -608,13 +609,18 @@ def select_checkpoint(argv: list[str]):
         "--min_greedy_gap", type=float, default=0.2,
         help="A checkpoint is eligible only if its mean harmful_greedy - benign_greedy reaches this (not refuse-everything).",
     )  # fmt: skip
+    parser.add_argument(
+        "--max_benign_greedy", type=float, default=0.5,
+        help="... and only if its mean benign_greedy is at most this (it does not refuse most benign prompts).",
+    )  # fmt: skip
     parser.add_argument("--json", default=None, help="Also write the choice and the table to this JSON file.")
     args = parser.parse_args(argv)
     languages = [code.strip() for code in args.languages.split(",") if code.strip()] if args.languages else None
     points, folders = monitor_points(args.output_dir)
     choice = choose_checkpoint(
-        points, languages, min_harmful_greedy=args.min_harmful_greedy, min_greedy_gap=args.min_greedy_gap
-    )
+        points, languages, min_harmful_greedy=args.min_harmful_greedy, min_greedy_gap=args.min_greedy_gap,
+        max_benign_greedy=args.max_benign_greedy,
+    )  # fmt: skip
     if choice.step is not None:
         choice.path = str(folders[choice.step])
     print(format_choice(choice))

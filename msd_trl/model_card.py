@@ -133,8 +133,10 @@ def write_model_card(
         'apart (msd_trl\'s docs/results.md, "Learning curves to 480 steps"). Train with `--selectivity_monitor`, '
         "save every epoch, and keep the checkpoint with the lowest mean `eval_selectivity/<language>/benign_greedy` "
         "over the languages you serve among those that refuse held-out harmful prompts (mean `harmful_greedy` >= "
-        "0.5) more often than benign ones (gap >= 0.2): `msd-trl select-checkpoint <output_dir>` applies this rule "
-        "to the logged values. Then check its answers with `msd-trl evaluate` (non-answer rate).",
+        "0.5) more often than benign ones (gap >= 0.2) without refusing most benign ones (mean `benign_greedy` <= "
+        "0.5): `msd-trl select-checkpoint <output_dir>` applies this rule to the logged values, and says so when no "
+        "checkpoint qualifies (one seed of three on the embedded model). Then check its answers with `msd-trl "
+        "evaluate` (non-answer rate).",
         "",
         "## Use",
         "",
