@@ -136,7 +136,8 @@ def write_model_card(
         "0.5) more often than benign ones (gap >= 0.2) without refusing most benign ones (mean `benign_greedy` <= "
         "0.5): `msd-trl select-checkpoint <output_dir>` applies this rule to the logged values, and says so when no "
         "checkpoint qualifies (one seed of three on the embedded model). Then check its answers with `msd-trl "
-        "evaluate` (non-answer rate).",
+        "evaluate` (non-answer rate) and read a sample of its benign ones: the rate does not catch an answer that "
+        "misses the question.",
         "",
         "## Use",
         "",
