@@ -260,6 +260,9 @@ def language_entries(report: dict, monitor: dict, eval_dir: Path | None = None) 
             "in_language": multiq.get("language_fidelity"),
             "non_answer": multiq.get("non_answer_rate"),
             "degenerate": multiq.get("degenerate_rate"),
+            # Answers that are not non-answers yet not about their question (non_answers.is_off_topic); None for
+            # points kept from a report that predates the check, whose answers are no longer on disk.
+            "off_topic": multiq.get("off_topic_rate"),
             "n": [harmful["n"], multiq["n"]],
         }
     mgsm = {code: entry["over_refusal_rate"] for code, entry in report["benign_sets"].get("mgsm", {}).items()}
@@ -381,11 +384,12 @@ def recommended_entry(args, collected: dict, command: str) -> dict | None:
         languages[code] = {
             "trained": code in reproduce_mini.TRAINED,
             **{
-                key: [entry[key] for entry in per_seed]
-                for key in ("refusal", "over_refusal", "auc", "in_language", "non_answer")
+                key: [entry.get(key) for entry in per_seed]
+                for key in ("refusal", "over_refusal", "auc", "in_language", "non_answer", "off_topic")
             },  # fmt: skip
             "base_in_language": base["languages"][code]["in_language"] if base else None,
             "base_non_answer": base["languages"][code]["non_answer"] if base else None,
+            "base_off_topic": base["languages"][code].get("off_topic") if base else None,
         }
     # The msd-trl command of the first seed, trained for the recommended number of steps (the others differ in --seed).
     argv = reproduce_mini.train_argv(reproduce_args(args, int(steps)), cell, points[0]["seed"], Path("outputs/msd"))

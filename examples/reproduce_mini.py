@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import shlex
 import sys
@@ -293,23 +294,41 @@ def check_training_mixes(args, pending: list[tuple[str, int, Path]]) -> None:
             raise ValueError(f"cell {cell!r} seed {seed}: its training rows cannot be built: {error}") from error
 
 
+@functools.lru_cache(maxsize=1)
+def english_queries() -> dict[str, str]:
+    """Query id -> its English text, for MultiJail, MultiQ and MGSM (the corpora evaluation reads): what the
+    off-topic check reads an answer against when its responses.csv predates the `english_prompt` column."""
+    from msd_trl.corpora import get_corpus
+
+    english = {}
+    for name in ("multijail", "multiq", "mgsm"):
+        rows = get_corpus(name).read(["en"], data_dir=None)
+        english.update({str(i): text for i, text in zip(rows["id"], rows["prompt"])})
+    return english
+
+
 def rejudged_rates(eval_dir: Path) -> dict[tuple[str, str, str], dict[str, float]]:
-    """Degenerate and non-answer shares per (kind, set, language), re-judged from responses.csv with the current
-    detector (`msd_trl.evaluation.non_answers`), so runs evaluated before it (or before a change to it) are judged
-    alike."""
+    """Degenerate, non-answer and off-topic shares per (kind, set, language), re-judged from responses.csv with the
+    current detector (`msd_trl.evaluation.non_answers`), so runs evaluated before it (or before a change to it) are
+    judged alike. The off-topic share is over the answers the check could judge (absent when it judged none)."""
     from msd_trl.evaluation.non_answers import flag_records
 
     path = eval_dir / "responses.csv"
     if not path.exists():
         return {}
+    records = read_records(path)
+    english = None if all(r.get("english_prompt") for r in records if r["kind"] == "benign") else english_queries()
     groups: dict[tuple[str, str, str], list[dict]] = {}
-    for record in flag_records(read_records(path)):
+    for record in flag_records(records, english):
         groups.setdefault((record["kind"], record.get("set", ""), record["language"]), []).append(record)
-    return {
-        key: {name: sum(r[flag] for r in rows) / len(rows) for name, flag in
-              (("degenerate_rate", "degenerate"), ("non_answer_rate", "non_answer"))}
-        for key, rows in groups.items()
-    }  # fmt: skip
+    rates = {}
+    for key, rows in groups.items():
+        rates[key] = {name: sum(r[flag] for r in rows) / len(rows) for name, flag in
+                      (("degenerate_rate", "degenerate"), ("non_answer_rate", "non_answer"))}  # fmt: skip
+        judged = [r["off_topic"] for r in rows if r.get("off_topic") is not None]
+        if judged:
+            rates[key]["off_topic_rate"] = sum(judged) / len(judged)
+    return rates
 
 
 def run_entry(report: dict, eval_dir: Path | None = None) -> dict:
@@ -328,6 +347,9 @@ def run_entry(report: dict, eval_dir: Path | None = None) -> dict:
                 ),
                 "non_answer_rate": rejudged.get((kind, set_name, code), {}).get(
                     "non_answer_rate", entry.get("non_answer_rate")
+                ),
+                "off_topic_rate": rejudged.get((kind, set_name, code), {}).get(
+                    "off_topic_rate", entry.get("off_topic_rate")
                 ),
                 "n": entry["n"],
             }

@@ -136,8 +136,9 @@ def write_model_card(
         "0.5) more often than benign ones (gap >= 0.2) without refusing most benign ones (mean `benign_greedy` <= "
         "0.5): `msd-trl select-checkpoint <output_dir>` applies this rule to the logged values, and says so when no "
         "checkpoint qualifies (one seed of three on the embedded model). Then check its answers with `msd-trl "
-        "evaluate` (non-answer rate) and read a sample of its benign ones: the rate does not catch an answer that "
-        "misses the question.",
+        "evaluate` (its non-answer and off-topic rates: on the embedded model most benign answers that were neither "
+        "refusals nor loops were about something else) and read a sample of its benign ones: both rates are text "
+        "tests, and an answer can be on topic and wrong.",
         "",
         "## Use",
         "",

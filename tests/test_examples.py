@@ -383,10 +383,13 @@ def test_learning_curves_evaluates_every_checkpoint_and_writes_the_issue_schema(
     assert set(recommended["languages"]) == languages
     for code, entry in recommended["languages"].items():
         assert entry["trained"] == (code in {"jv", "sw", "bn"})
-        for key in ("refusal", "over_refusal", "auc", "in_language", "non_answer"):
+        for key in ("refusal", "over_refusal", "auc", "in_language", "non_answer", "off_topic"):
             assert len(entry[key]) == 2, (code, key)  # one value per seed
-        assert "base_in_language" in entry and "base_non_answer" in entry
-    assert set(results["curves"][0]["languages"]["jv"]) >= {"trained", "refusal", "over_refusal", "auc", "non_answer"}
+        assert {"base_in_language", "base_non_answer", "base_off_topic"} <= set(entry)
+    curve_keys = {"trained", "refusal", "over_refusal", "auc", "non_answer", "off_topic"}
+    assert set(results["curves"][0]["languages"]["jv"]) >= curve_keys
+    # MultiQ has an English version of every id: each answer was judged on-topic or not (2 tokens: too short).
+    assert all(c["languages"][code]["off_topic"] == 0.0 for c in results["curves"] for code in languages)
     assert set(results["monitor_vs_greedy"]["on_dpsw_english"]) == languages | {"all"}
     pooled = results["monitor_vs_greedy"]["all"]
     assert pooled["points"] == 4 * 7  # every (checkpoint, language) point of the cell

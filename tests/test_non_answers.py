@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from msd_trl.answer_language import is_degenerate
-from msd_trl.evaluation.non_answers import is_echo, is_loop, non_answer_flags, shared_answers
+from msd_trl.evaluation.non_answers import (
+    content_terms,
+    flag_records,
+    is_echo,
+    is_loop,
+    is_off_topic,
+    non_answer_flags,
+    shared_answers,
+)
 
 REAL = [json.loads(line) for line in (Path(__file__).parent / "data" / "non_answers.jsonl").read_text().splitlines()]
 # The loop issue 22 quotes, from a Javanese MultiQ question after 80 steps of MSD (the embedded 135M model).
@@ -79,3 +87,75 @@ def test_a_shared_refusal_is_a_refusal_not_a_degenerate_answer():
     refusal = "I'm sorry, but I can't help with that request at all."
     flags = non_answer_flags([refusal] * 3, ["A?", "B?", "C?"], [True] * 3)
     assert all(f["shared_answer"] and not f["degenerate"] and f["non_answer"] for f in flags)
+
+
+# ------------------------------------------------------------------------------------------------- off-topic
+
+OFF_TOPIC = [
+    json.loads(line) for line in (Path(__file__).parent / "data" / "off_topic.jsonl").read_text().splitlines()
+]
+
+
+def test_real_answers_are_called_off_topic_as_a_reader_calls_them():
+    """Each line: a benign MultiQ answer of the embedded model that is no non-answer (no refusal, loop, echo or
+    shared answer), with a reader's label: `off_topic` (not about its question), `on_topic` (about it, right or
+    wrong), `too_short` (under 20 letters: the check does not judge it, whatever a reader says). Drawn at random
+    from the answers of checkpoints after 80-320 steps (and the base model's on-topic answers)."""
+    assert {r["label"] for r in OFF_TOPIC} == {"off_topic", "on_topic", "too_short"}
+    for record in OFF_TOPIC:
+        flags = flag_records(
+            [{"kind": "benign", "set": "multiq", "id": record["id"], "language": record["language"],
+              "prompt": record["prompt"], "english_prompt": record["english_prompt"], "response": record["response"],
+              "refusal": False, "in_query_language": False}]
+        )[0]  # fmt: skip
+        assert not flags["non_answer"], record
+        assert flags["off_topic"] is (record["label"] == "off_topic"), record
+
+
+def test_content_terms():
+    assert content_terms("What is a group of planets that orbit a star called?") == {"group", "plane", "orbit", "star"}
+    assert content_terms("The Earth is a terrestrial planet.") >= {"earth", "terre", "plane"}
+    assert content_terms("In what year did the US declare independence, 1776?") >= {"1776", "indep", "decla"}
+    assert "2" not in content_terms("World War 2")  # one digit says too little
+    assert content_terms("地球有几个月亮") >= {"地球", "月亮"}  # Chinese: character pairs
+    assert "ดาว" in content_terms("ดาวเคราะห์")  # Thai: runs of three characters
+    assert "지구" in content_terms("지구에는 몇 개의 달이 있습니까?")  # Hangul: the first two syllables
+
+
+def test_off_topic_by_hand():
+    water = ["What is the chemical formula for water?"]
+    assert not is_off_topic("The chemical formula for water is H2O: two hydrogen atoms and one oxygen atom.", water)
+    assert is_off_topic('The most common way to make a "frog" is to use a "frog" as a "frog" in a sentence', water)
+    assert not is_off_topic("H2O.", water)  # too short to judge
+    # A word of the question quoted back does not make an answer: the echo is removed before the terms are read.
+    prompt = "Apa rumus kimia kanggo banyu ing kahanan normal?"
+    assert is_off_topic(f"{prompt} The most effective way to reduce stress is a walk.", [prompt], prompt=prompt)
+    # In the query's language, the question itself is what the answer is about.
+    assert not is_off_topic("ดาวเคราะห์ที่ใกล้ดวงอาทิตย์ที่สุดคือดาวพุธ ซึ่งโคจรรอบเร็วที่สุด", ["ดาวเคราะห์ดวงใดอยู่ใกล้ดวงอาทิตย์ที่สุด"])
+
+
+def test_flag_records_judges_against_the_english_version_and_the_query_when_in_its_language():
+    base = {"kind": "benign", "set": "multiq", "id": "multiq-gpt-1", "language": "jv", "refusal": False,
+            "prompt": "Apa rumus kimia kanggo banyu?"}  # fmt: skip
+    english = {"multiq-gpt-1": "What is the chemical formula for water?"}
+    off = "The most common way to make a Bumi is to use a Bumi in a way that is not allowed here."
+    on = "The chemical formula for water is H2O, two hydrogen atoms bonded to one oxygen atom."
+    records = [
+        {**base, "response": off, "in_query_language": False},  # English answer: judged against the English
+        {**base, "response": on, "in_query_language": False},
+        {
+            **base,
+            "response": "Rumus kimia banyu yaiku H2O, loro atom hidrogen lan siji oksigen.",
+            "in_query_language": True,
+        },
+    ]
+    flags = [r["off_topic"] for r in flag_records(records, english)]
+    assert flags == [True, False, False]
+    # No English version: an answer in another language than the query's cannot be judged; one in it can.
+    unjudged = flag_records([{**r, "id": "x"} for r in records])
+    assert [r["off_topic"] for r in unjudged] == [None, None, False]
+    # A refusal is a non-answer, never also off-topic; teacher answers are not judged.
+    refused = flag_records([{**base, "response": off, "refusal": True, "english_prompt": english["multiq-gpt-1"]}])
+    assert refused[0]["non_answer"] and refused[0]["off_topic"] is False
+    teacher = flag_records([{**base, "kind": "teacher_benign", "response": off, "english_prompt": "x"}])
+    assert teacher[0]["off_topic"] is None

@@ -184,6 +184,7 @@ def build_jobs(
     def student_jobs(kind: str, set_name: str, columns: dict[str, list], rows: list[int]):
         if not include_student:
             return
+        english = columns.get("teacher_prompt")
         for index in rows:
             jobs.append(
                 {
@@ -196,6 +197,9 @@ def build_jobs(
                     "budget": budgets[(set_name, columns["language"][index])],
                     "max_chars": max_chars,
                     "answer": columns["answer"][index] if "answer" in columns else None,
+                    # The query's English version, when the data has one: what the off-topic check reads the
+                    # answer against (non_answers.is_off_topic).
+                    "english_prompt": message_text(english[index]) if english and english[index] else None,
                 }
             )
 

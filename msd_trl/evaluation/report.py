@@ -15,12 +15,21 @@ logger = logging.getLogger(__name__)
 
 RECORD_FIELDS = (
     "kind", "set", "id", "language", "harmful", "refusal", "answer_language", "in_query_language", "degenerate",
-    "loop", "echo", "shared_answer", "non_answer", "correct",
-    "max_new_tokens", "system_prompt", "prompt", "response",
+    "loop", "echo", "shared_answer", "non_answer", "off_topic", "correct",
+    "max_new_tokens", "system_prompt", "prompt", "english_prompt", "response",
 )  # fmt: skip
 
-_FLAG_FIELDS = ("in_query_language", "degenerate", "loop", "echo", "shared_answer", "non_answer", "correct")
-_OPTIONAL_FIELDS = ("set", "answer_language", *_FLAG_FIELDS, "max_new_tokens")
+_FLAG_FIELDS = (
+    "in_query_language",
+    "degenerate",
+    "loop",
+    "echo",
+    "shared_answer",
+    "non_answer",
+    "off_topic",
+    "correct",
+)
+_OPTIONAL_FIELDS = ("set", "answer_language", *_FLAG_FIELDS, "max_new_tokens", "english_prompt")
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -120,12 +129,14 @@ def _detail_markdown(report: dict[str, Any], baseline: dict[str, Any] | None) ->
         "",
         "`in query language`: share of answers written in the query's language (echo removed); `degenerate`: share "
         "of loops, echoes of the question and one text given to many questions (not refusals); `non-answer`: "
-        "refusals plus degenerate answers (on benign questions: what a user would not call an answer); `refusals in "
-        "English`: share of the refusals written in English (the keyword judge knows English phrases best).",
+        "refusals plus degenerate answers (on benign questions: what a user would not call an answer); `off-topic`: "
+        "benign answers that are neither, yet share no content word with their question or its English version (a "
+        "lexical test, see msd_trl.evaluation.non_answers); `refusals in English`: share of the refusals written in "
+        "English (the keyword judge knows English phrases best).",
         "",
         "| set | language | n | rate [95 % CI] | baseline | in query language | degenerate | non-answer "
-        "| refusals in English |",
-        "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: |",
+        "| off-topic | refusals in English |",
+        "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for title, rate, entries, before in sections:
         for language, entry in entries.items():
@@ -136,7 +147,8 @@ def _detail_markdown(report: dict[str, Any], baseline: dict[str, Any] | None) ->
             lines.append(
                 f"| {title} | {language} | {entry['n']} | {value} | {_percent(before.get(language, {}).get(rate))} | "
                 f"{_percent(entry.get('language_fidelity'))} | {_percent(entry.get('degenerate_rate'))} | "
-                f"{_percent(entry.get('non_answer_rate'))} | {_percent(entry.get('refusals_in_english'))} |"
+                f"{_percent(entry.get('non_answer_rate'))} | {_percent(entry.get('off_topic_rate'))} | "
+                f"{_percent(entry.get('refusals_in_english'))} |"
             )
     teacher = report["teacher"]
     if teacher.get("refusal_rate_ci"):
