@@ -32,7 +32,9 @@ two or more digits, and in scripts written without spaces (Thai, Chinese, Japane
 (two in Chinese characters). This is a lexical test: it reads topicality, not correctness ("The Earth is a
 planet" is on topic for "What is a group of planets that orbit a star called?"), it cannot judge a short answer
 ("Paris." shares no word with "What is the capital of France?"; under `min_letters` it is never called
-off-topic), and an answer written in a third language is judged against words it cannot share. It is reported
+off-topic), an answer in the query's language that repeats a few of the question's words passes whatever follows
+them (the base model's garbled Vietnamese and Thai answers do), and an answer written in a third language is judged
+against words it cannot share: the rate is a lower bound on what a reader would call off-topic. It is reported
 apart from the non-answer rate, which keeps issue 22's definition so earlier numbers stay comparable.
 
 Each check is a pure function of text, tested on real outputs of the embedded model (tests/data/).
