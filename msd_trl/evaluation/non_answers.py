@@ -238,10 +238,9 @@ def _questions(record: dict, english: Mapping[str, str] | None) -> list[str]:
         return []
     reference = record.get("english_prompt") or (english or {}).get(str(record.get("id")))
     about = [reference] if reference else []
+    # An answer in another language than the query's is judged by the English version alone (none: not judged).
     if record["language"] == "en" or record.get("in_query_language") is not False:
         about.append(record["prompt"])
-    elif not about:
-        return []  # an answer in another language than the query's, and no English version to judge it by
     return about
 
 
