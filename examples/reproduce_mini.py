@@ -121,6 +121,14 @@ CELLS: dict[str, dict] = {
         "trainer": "on-policy", "divergence": "dpsw", "preset": "english_refusal",
         "multiq_languages": MULTIQ_TRAIN + UNSEEN, "extra": ["--multiq_share", "0.8"],
     },
+    # The unseen languages trained on both sides: harmful rows (their by-id training split) and MultiQ even ids in th,
+    # ko, ar, vi beside jv, sw, bn, the mix of on_dpsw_english_chat80_unseen_scripts otherwise, off-policy (the cheaper
+    # trainer that reached the on-policy cell's selectivity): can a language whose benign rows alone removed its
+    # refusals (.00-.05) keep them when it also has harmful rows? Evaluation still reads held-out ids only.
+    "off_dpsw_english_chat80_all_languages": {
+        "trainer": "off-policy", "divergence": "dpsw", "preset": "english_refusal", "languages": TRAINED + UNSEEN,
+        "multiq_languages": MULTIQ_TRAIN + UNSEEN, "extra": ["--multiq_share", "0.8"],
+    },
 }  # fmt: skip
 # How every run (and the base model) is evaluated: round 2's settings, the ones docs/results was measured with, set
 # here as explicit EvaluationArguments values (not its defaults): the first 20 held-out ids per language, a 24-token
@@ -137,7 +145,7 @@ DEFAULT_CELLS = ["on_dpsw_english", "on_dpsw_paper", "on_rkl_english", "off_dpsw
 SINGLE_SEED_CELLS = [
     "on_dpsw_english_mgsm_only", "on_dpsw_english_benign60", "on_dpsw_english_epochs3", "off_dpsw_english_temp03",
     "on_dpsw_english_floor0", "on_dpsw_english_topk5", "on_dpsw_english_multiq_wide", "on_dpsw_english_chat80",
-    "on_dpsw_english_chat80_unseen_scripts",
+    "on_dpsw_english_chat80_unseen_scripts", "off_dpsw_english_chat80_all_languages",
 ]  # fmt: skip
 
 
@@ -241,12 +249,17 @@ def evaluate_run(
     )  # fmt: skip
 
 
+def trained_languages(cell: str) -> list[str]:
+    """The languages whose harmful rows a cell trains on (TRAINED unless the cell names its own)."""
+    return CELLS[cell].get("languages", TRAINED)
+
+
 def train_argv(args, cell: str, seed: int, run_dir: Path) -> list[str]:
     """The `msd-trl train` flags of one (cell, seed) run."""
     spec = CELLS[cell]
     argv = [
         "--trainer", spec["trainer"], "--divergence", spec["divergence"], "--teacher_preset", spec["preset"],
-        "--languages", ",".join(TRAINED), "--benign_languages", ",".join(MGSM_TRAIN),
+        "--languages", ",".join(trained_languages(cell)), "--benign_languages", ",".join(MGSM_TRAIN),
         "--multiq_languages", ",".join(spec.get("multiq_languages", MULTIQ_TRAIN)),
         "--benign_proportion", str(spec.get("benign_proportion", args.benign_proportion)),
         "--max_prompt_tokens", str(args.max_prompt_tokens + spec.get("extra_prompt_tokens", 0)),
