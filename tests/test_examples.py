@@ -236,6 +236,31 @@ def test_reproduce_mini_every_cell_parses_as_msd_trl_train_flags(tmp_path):
     unseen_scripts = data["on_dpsw_english_chat80_unseen_scripts"]
     assert unseen_scripts.multiq_languages.split(",") == script.TRAINED + script.UNSEEN
     assert unseen_scripts.languages.split(",") == script.TRAINED  # harmful rows: trained languages only
+    everywhere = data["off_dpsw_english_chat80_all_languages"]
+    assert everywhere.languages.split(",") == everywhere.multiq_languages.split(",") == script.TRAINED + script.UNSEEN
+    assert script.trained_languages("off_dpsw_english_chat80_all_languages") == script.TRAINED + script.UNSEEN
+    assert script.trained_languages("on_dpsw_english_chat80_unseen_scripts") == script.TRAINED
+
+
+def test_learning_curves_picks_follow_the_cells_own_trained_languages():
+    """A cell trained on harmful rows in every language is judged on all of them: its Thai meets the target."""
+    script = _load_script("learning_curves")
+
+    def entry(cell, step, thai_refusal):
+        languages = {
+            code: {"refusal": 0.6, "over_refusal": 0.0, "selectivity": 0.6, "harmful_greedy": 0.6,
+                   "benign_greedy": 0.0}
+            for code in script.LANGUAGES
+        }  # fmt: skip
+        languages["th"].update(refusal=thai_refusal, selectivity=thai_refusal, harmful_greedy=thai_refusal)
+        return {"cell": cell, "seed": 0, "step": step, "languages": languages}
+
+    curves = [entry(cell, step, refusal) for cell in ("on_dpsw_english", "off_dpsw_english_chat80_all_languages")
+              for step, refusal in ((1, 0.0), (2, 0.6))]  # fmt: skip
+    picks = {p["cell"]: p for p in script.monitor_picks(curves)}
+    assert picks["on_dpsw_english"]["greedy_most_targets_met"] == {"step": 1, "languages": ["jv", "sw", "bn"]}
+    everywhere = picks["off_dpsw_english_chat80_all_languages"]["greedy_most_targets_met"]
+    assert everywhere == {"step": 2, "languages": script.LANGUAGES}
 
 
 def test_reproduce_mini_reports_what_off_policy_teacher_text_refused(tmp_path):
