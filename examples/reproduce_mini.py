@@ -47,7 +47,7 @@ from pathlib import Path
 from msd_trl.cli import train
 from msd_trl.evaluation import EvaluationArguments, read_records, run_evaluation
 from msd_trl.models import EMBEDDED_MODEL
-from msd_trl.stats import mean_and_spread
+from msd_trl.stats import mean_and_spread, rate_entry
 
 TRAINED = ["jv", "sw", "bn"]
 UNSEEN = ["th", "ko", "ar", "vi"]
@@ -320,10 +320,11 @@ def english_queries() -> dict[str, str]:
     return english
 
 
-def rejudged_rates(eval_dir: Path) -> dict[tuple[str, str, str], dict[str, float]]:
-    """Degenerate, non-answer and off-topic shares per (kind, set, language), re-judged from responses.csv with the
-    current detector (`msd_trl.evaluation.non_answers`), so runs evaluated before it (or before a change to it) are
-    judged alike. The off-topic share is over the answers the check could judge (absent when it judged none)."""
+def rejudged_rates(eval_dir: Path) -> dict[tuple[str, str, str], dict]:
+    """Degenerate, non-answer and off-topic shares, with Wilson intervals as in the report, per (kind, set,
+    language), re-judged from responses.csv with the current detector (`msd_trl.evaluation.non_answers`), so runs
+    evaluated before it (or before a change to it) are judged alike. The off-topic share is over the answers the
+    check could judge (absent when it judged none)."""
     from msd_trl.evaluation.non_answers import flag_records
 
     path = eval_dir / "responses.csv"
@@ -336,11 +337,12 @@ def rejudged_rates(eval_dir: Path) -> dict[tuple[str, str, str], dict[str, float
         groups.setdefault((record["kind"], record.get("set", ""), record["language"]), []).append(record)
     rates = {}
     for key, rows in groups.items():
-        rates[key] = {name: sum(r[flag] for r in rows) / len(rows) for name, flag in
-                      (("degenerate_rate", "degenerate"), ("non_answer_rate", "non_answer"))}  # fmt: skip
         judged = [r["off_topic"] for r in rows if r.get("off_topic") is not None]
-        if judged:
-            rates[key]["off_topic_rate"] = sum(judged) / len(judged)
+        rates[key] = {
+            **rate_entry([r["degenerate"] for r in rows], "degenerate_rate"),
+            **rate_entry([r["non_answer"] for r in rows], "non_answer_rate"),
+            **(rate_entry(judged, "off_topic_rate") if judged else {}),
+        }
     return rates
 
 
