@@ -289,7 +289,9 @@ def collect(args, runs) -> dict:
             report, monitor = checkpoint / "eval" / "report.json", checkpoint / "monitor.json"
             if report.exists() and monitor.exists():
                 entry = language_entries(
-                    json.loads(report.read_text()), json.loads(monitor.read_text()), report.parent,
+                    json.loads(report.read_text()),
+                    json.loads(monitor.read_text()),
+                    report.parent,
                     reproduce_mini.trained_languages(cell),
                 )
                 curves.append({"cell": cell, "seed": seed, "step": step, **entry})
