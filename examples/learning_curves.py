@@ -384,11 +384,12 @@ def recommended_entry(args, collected: dict, command: str) -> dict | None:
     if not points:
         raise ValueError(f"--recommended {args.recommended!r}: no evaluated checkpoint of that cell at that step")
     base = collected["base"].get(reproduce_mini.CELLS[cell]["preset"])
+    trained = reproduce_mini.trained_languages(cell)
     languages = {}
     for code in LANGUAGES:
         per_seed = [p["languages"][code] for p in points]
         languages[code] = {
-            "trained": code in reproduce_mini.trained_languages(cell),
+            "trained": code in trained,
             **{
                 key: [entry.get(key) for entry in per_seed]
                 for key in ("refusal", "over_refusal", "auc", "in_language", "non_answer", "off_topic")
@@ -430,6 +431,7 @@ def plot_curves(collected: dict, path_for) -> list[Path]:
     for cell in dict.fromkeys(c["cell"] for c in collected["curves"]):
         points = [c for c in collected["curves"] if c["cell"] == cell]
         base = collected["base"].get(reproduce_mini.CELLS[cell]["preset"])
+        trained = reproduce_mini.trained_languages(cell)
         steps = sorted({p["step"] for p in points})
         fig, axes = plt.subplots(2, 4, figsize=(16, 7), sharex=True, sharey=True)
         for ax, code in zip(axes.flat, LANGUAGES):
@@ -450,8 +452,7 @@ def plot_curves(collected: dict, path_for) -> list[Path]:
                         high.append(max(values))
                 ax.plot(xs, mean, color=colour, label=label, linestyle="--" if key == "non_answer" else "-")
                 ax.fill_between(xs, low, high, color=colour, alpha=0.15)
-            trained = "trained" if code in reproduce_mini.trained_languages(cell) else "unseen"
-            ax.set_title(f"{code} ({trained})", fontsize=10)
+            ax.set_title(f"{code} ({'trained' if code in trained else 'unseen'})", fontsize=10)
             ax.set_ylim(-0.02, 1.02)
         axes.flat[-1].axis("off")
         axes.flat[0].legend(fontsize=8, loc="upper left")
